@@ -1,0 +1,51 @@
+"""The stage-2 LLM2CLIP model: trainable vision tower + adapter over frozen LLM caption embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm2clip.adapter import Adapter
+from llm2clip.config import ModelCfg
+from llm2clip.text import LLMEncoder
+from llm2clip.vision import VisionTower
+
+
+class LLM2CLIP(nn.Module):
+    def __init__(self, cfg: ModelCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisionTower(cfg.vision, cfg.embed_dim)
+        self.adapter = Adapter(cfg.adapter, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(pixels).float(), dim=-1)
+
+    def encode_text_embedding(self, llm_embedding: torch.Tensor) -> torch.Tensor:
+        """Frozen LLM caption embedding (B, in_dim) -> unit joint embedding (B, embed_dim)."""
+        return F.normalize(self.adapter(llm_embedding).float(), dim=-1)
+
+
+class ImageEncoderModule(nn.Module):
+    """What ``image_encoder.onnx`` computes: pixels -> unit embedding."""
+
+    def __init__(self, model: LLM2CLIP) -> None:
+        super().__init__()
+        self.visual = model.visual
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(pixel_values).float(), dim=-1)
+
+
+class TextEncoderModule(nn.Module):
+    """What ``text_encoder.onnx`` computes: LLM + mean pooling + adapter, token ids -> unit embedding."""
+
+    def __init__(self, llm: LLMEncoder, adapter: Adapter) -> None:
+        super().__init__()
+        self.llm = llm
+        self.adapter = adapter
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.adapter(self.llm(input_ids, attention_mask)).float(), dim=-1)

@@ -1,0 +1,1 @@
+"""Training, evaluation and export of LLM2CLIP checkpoints (uses llm2clip/, never index_builder/ or service/)."""
