@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny randomly initialised model bundle (the point is the code path) and a small
+"""Shared fixtures: a tiny model bundle (random 2-layer LLM, ImageNet EfficientNet at 64 px, random heads;
+the point is the code path; a random EfficientNet collapses every image to one vector) and a small
 scene corpus. The real trained bundle for end-to-end tests lives in tests/e2e/conftest.py."""
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def make_tiny_llm(folder: Path, seed: int = 0) -> Path:
 def tiny_cfg() -> ModelCfg:
     return ModelCfg(
         embed_dim=32,
-        vision=VisionCfg(pretrained=False, image_size=TINY_IMAGE, pool_width=32, pool_heads=2),
+        vision=VisionCfg(pretrained=True, image_size=TINY_IMAGE, pool_width=32, pool_heads=2),
         adapter=AdapterCfg(in_dim=64, blocks=2, expansion=2),
         text=TextCfg(llm="tiny-llama", max_tokens=512),
         preprocess=PreprocessCfg(size=TINY_IMAGE),

@@ -132,3 +132,15 @@ def compare_with_torch(bundle_dir: str | Path, model: LLM2CLIP, llm: LLMEncoder,
     oi = img_enc.encode_pixels(pixels)
     ot = txt_enc.encode_tokens(batch)
     return (oi * ti).sum(1), (ot * tt).sum(1)
+
+
+def check_export(checkpoint: str | Path, bundle_dir: str | Path, text_encoder: str | Path | None = None) -> dict:
+    """Minimum cosine between ONNX Runtime and PyTorch on random images and captions of several lengths."""
+    model, text_info = load_checkpoint(checkpoint)
+    llm = LLMEncoder.from_pretrained(text_encoder or text_info["path"], attn="eager")
+    size = model.cfg.preprocess.size
+    pixels = np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32)
+    texts = ["a red sneaker", "a large blue bag at the top left, mirrored, on a dotted white background. " * 6,
+             "three items: two coats and a sandal", "word " * 600]
+    img, txt = compare_with_torch(bundle_dir, model, llm, texts, pixels)
+    return {"image": round(float(img.min()), 6), "text": round(float(txt.min()), 6)}

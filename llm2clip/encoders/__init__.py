@@ -1,6 +1,6 @@
 """Runtime backends behind one interface: pre (preprocess / tokenize), core (run), post (normalize)."""
 
-from llm2clip.encoders.base import ImageEncoder, TextEncoder, TextBatch
+from llm2clip.encoders.base import ImageEncoder, TextBatch, TextEncoder
 from llm2clip.encoders.onnx import OnnxImageEncoder, OnnxTextEncoder, load_onnx_encoders
 
 __all__ = [

@@ -1,0 +1,113 @@
+"""`llm2clip index build`: a dataset + a model bundle -> the index bundles the service loads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MODALITIES = ("image", "text", "both")
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def _captions(value: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in value.split(",") if k.strip())
+    if not keys:
+        raise argparse.ArgumentTypeError("name at least one caption: long, short, all or key,key")
+    return keys
+
+
+def add_parser(subparsers) -> None:
+    index = subparsers.add_parser(
+        "index", help="build FAISS index bundles of a corpus (images and captions)",
+        description="Index bundles: a FAISS index over a corpus embedded with a model bundle, plus the "
+                    "items its rows stand for. The service searches them.")
+    sub = index.add_subparsers(dest="index_cmd", required=True, metavar="{build}")
+    b = sub.add_parser(
+        "build", help="embed a dataset's images and/or captions into index bundles",
+        description="Embed DATA with the model bundle's ONNX encoders and write index bundles: OUT/image "
+                    "(searched by text queries) and OUT/text (searched by image queries), or OUT itself "
+                    "with --modality image|text. Unreadable images are skipped and counted in the manifest.")
+    b.add_argument("--model", required=True, type=Path, help="model bundle folder (`llm2clip export`)")
+    b.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
+    b.add_argument("--out", required=True, type=Path,
+                   help="output folder; each index bundle is replaced atomically, so a running service "
+                        "never reads half an index")
+    b.add_argument("--modality", choices=MODALITIES, default="both",
+                   help="image, text, or both into OUT/image and OUT/text (default both)")
+    b.add_argument("--captions", type=_captions, default=("long",), metavar="long|short|all",
+                   help="captions of the text index: long, short, all (each caption its own row), or "
+                        "comma-separated caption names (default long)")
+    b.add_argument("--batch-size", type=_positive, default=32, help="items per encoder call (default 32)")
+    b.add_argument("--workers", type=_positive, default=2,
+                   help="image decode threads, running ahead of the encoder (default 2)")
+    b.add_argument("--threads", type=_positive, default=None,
+                   help="ONNX Runtime intra-op threads (default: every core)")
+    b.add_argument("--factory", default=None,
+                   help="FAISS index factory string (default: Flat up to 200k rows, HNSW32,Flat beyond)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _summary(modality: str, out: Path, manifest: dict) -> str:
+    build = manifest["build"]
+    skipped = build["skipped"]
+    reasons = ", ".join(f"{k} {v}" for k, v in skipped["reasons"].items())
+    d = build["durations_s"]
+    return (f"{modality} index: {manifest['count']} rows ({manifest['factory']}) -> {out}; "
+            f"skipped {skipped['count']}{f' ({reasons})' if reasons else ''}; "
+            f"read wait {d['read_wait']:.2f} s, encode {d['encode']:.2f} s, write {d['write']:.2f} s")
+
+
+def _fail(message: str) -> int:
+    print(f"llm2clip index build: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from index_builder.runner import build_index
+    from llm2clip.bundle import load_bundle
+    from llm2clip.data import read_dataset
+    from llm2clip.errors import LLM2CLIPError
+
+    if getattr(args, "index_cmd", None) != "build":
+        return _fail("unknown index command; use `llm2clip index build`")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        return _fail(f"--out {out} is a file: name a folder (it is created, or replaced if it is an index)")
+    try:
+        dataset = read_dataset(args.data)
+        bundle = load_bundle(args.model)
+        if args.factory:
+            import faiss
+
+            try:
+                faiss.index_factory(bundle.embed_dim, args.factory, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError:
+                return _fail(f"--factory {args.factory!r} is not a FAISS index factory string (e.g. Flat, "
+                             "HNSW32,Flat, IVF256,Flat)")
+        targets = [("image", out / "image"), ("text", out / "text")] if args.modality == "both" \
+            else [(args.modality, out)]
+        for modality, target in targets:
+            try:
+                manifest = build_index(dataset, bundle, target, modality, batch_size=args.batch_size,
+                                       captions=args.captions, workers=args.workers, threads=args.threads,
+                                       progress=not args.no_progress, factory=args.factory)
+            except RuntimeError as exc:
+                if not args.factory:
+                    raise
+                # e.g. an IVF index with more lists than the corpus has rows
+                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                return _fail(f"FAISS could not build {args.factory!r} for this corpus: {first}")
+            print(_summary(modality, target, manifest))
+    except LLM2CLIPError as exc:
+        return _fail(str(exc))
+    return 0

@@ -1,0 +1,1 @@
+"""The `llm2clip` console script: one subcommand group per component."""

@@ -1,0 +1,107 @@
+"""`llm2clip`: data, train, export, eval, index, serve, demo.
+
+Each component registers its own subcommands; heavy imports (torch, onnxruntime, faiss) happen only
+inside the command that needs them, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from llm2clip import __version__
+
+
+def _add_data(subparsers) -> None:
+    data = subparsers.add_parser("data", help="make datasets (the bundled long-caption scene corpus)",
+                                 description="Dataset tools.")
+    sub = data.add_subparsers(dest="data_cmd", required=True, metavar="{scenes}")
+    s = sub.add_parser(
+        "scenes", help="generate the scene corpus (long captions, near twins in the test split)",
+        description="Compose scenes of real Fashion-MNIST product photos with exact long captions "
+                    "(see DATASET.md). Same arguments, same bytes.")
+    s.add_argument("--out", required=True, type=Path, help="output folder (items.jsonl + images/)")
+    s.add_argument("--n", required=True, type=int, help="number of scenes")
+    s.add_argument("--split", required=True, choices=["train", "val", "test"],
+                   help="train/val draw Fashion-MNIST train images; test draws test images and near twins")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from llm2clip.data.scenes import generate_scenes
+
+    ds = generate_scenes(args.out, args.n, args.split, args.seed)
+    print(f"{len(ds)} {args.split} scenes in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from index_builder import cli as index_cli
+    from llm2clip_cli import demo
+    from service import cli as service_cli
+    from training import cli as train_cli
+    from training import eval_cli
+
+    parser = argparse.ArgumentParser(
+        prog="llm2clip",
+        description="LLM2CLIP long-caption image retrieval: scene corpus, stage-2 training, ONNX export, "
+                    "FAISS indexes and the HTTP service. `llm2clip demo` runs everything on the offline defaults.",
+    )
+    parser.add_argument("--version", action="version", version=f"llm2clip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data(sub)
+    train_cli.add_parser(sub)
+    eval_cli.add_parser(sub)
+    index_cli.add_parser(sub)
+    service_cli.add_parser(sub)
+    demo.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from llm2clip.errors import LLM2CLIPError
+
+    try:
+        if args.command == "data":
+            return _run_data(args)
+        if args.command in ("train", "export"):
+            from training import cli as train_cli
+
+            return train_cli.run(args)
+        if args.command == "eval":
+            from training import eval_cli
+
+            return eval_cli.run(args)
+        if args.command == "index":
+            from index_builder import cli as index_cli
+
+            return index_cli.run(args)
+        if args.command == "serve":
+            from service import cli as service_cli
+
+            return service_cli.run(args)
+        if args.command == "demo":
+            from llm2clip_cli import demo
+
+            return demo.run(args)
+    except LLM2CLIPError as exc:
+        print(f"llm2clip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llm2clip: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

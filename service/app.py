@@ -1,0 +1,137 @@
+"""App factory and lifespan: bundles, encoders and indexes load once, into ``app.state``.
+
+``create_app(settings)`` builds the app; the model and indexes load when it starts (its lifespan), or
+are handed in already loaded (``resources=``, what the CLI does so that a bad bundle fails before the
+port is served). ``uvicorn --factory service.app:create_app`` works with settings from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from PIL import Image
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm2clip import __version__
+from service.batching import Batcher, image_batch_fn, text_batch_fn
+from service.errors import CatchAllMiddleware, register_error_handlers
+from service.metrics import HttpMetricsMiddleware, Metrics
+from service.routes import api_router
+from service.settings import Settings
+from service.state import Resources, Runtime, ServiceState, load_resources
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Long-caption image retrieval with LLM2CLIP embeddings. `POST /search` ranks indexed images for a text "
+    "(or captions for an image); `POST /embed` returns embeddings. Errors are "
+    '`{"error": {"code": ..., "message": ...}}`.'
+)
+
+
+def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
+    """The service as an ASGI app. ``resources``, when given, stay owned (and closed) by the caller."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    app = FastAPI(title="LLM2CLIP retrieval", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.service = ServiceState(settings=settings, metrics=metrics, preloaded=resources)
+    register_error_handlers(app)
+    # the last added runs first: metrics see every request, then a crash becomes a 500, then the size limit
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    app.include_router(api_router)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServiceState = app.state.service
+    settings = state.settings
+    metrics = state.metrics
+    # PIL's own bomb guard is process-wide: set it for our limit while we run, restore it after (the
+    # per-request check in decode_image is what enforces each app's own limit)
+    previous_pixels = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    resources = state.preloaded
+    owned = resources is None
+    batchers: list[Batcher] = []
+    try:
+        if resources is None:
+            resources = await asyncio.to_thread(load_resources, settings)
+        await asyncio.to_thread(resources.warmup)
+        text_batcher = _batcher("text", text_batch_fn(resources.text_encoder), settings, metrics)
+        image_batcher = _batcher("image", image_batch_fn(resources.image_encoder), settings, metrics)
+        batchers = [text_batcher, image_batcher]
+        for batcher in batchers:
+            batcher.start()
+        for modality, index in resources.indexes.items():
+            metrics.index_items.labels(index=modality).set(index.count)
+        state.runtime = Runtime(settings, metrics, resources, text_batcher, image_batcher)
+        log.info("ready: model %s, indexes %s", resources.bundle.fingerprint[:12],
+                 {m: i.count for m, i in resources.indexes.items()})
+        yield
+    finally:
+        state.runtime = None
+        for batcher in batchers:
+            await asyncio.to_thread(batcher.stop)
+        if owned and resources is not None:
+            resources.close()
+        Image.MAX_IMAGE_PIXELS = previous_pixels
+
+
+def _batcher(modality: str, fn, settings: Settings, metrics: Metrics) -> Batcher:
+    encode_seconds = metrics.encode_seconds.labels(modality=modality)
+    batch_size = metrics.encode_batch_size.labels(modality=modality)
+    depth = metrics.queue_depth.labels(modality=modality)
+
+    def on_batch(size: int, seconds: float) -> None:
+        encode_seconds.observe(seconds)
+        batch_size.observe(size)
+
+    return Batcher(modality, fn, batch_size=settings.batch.batch_size, queue_size=settings.batch.queue_size,
+                   wait_s=settings.batch.wait_ms / 1000, on_batch=on_batch, on_depth=depth.set)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` (413), whether Content-Length announces one or a streamed
+    (chunked) body grows past the limit.
+
+    The refusal is raised from ``receive`` inside the handler that reads the body, not answered here
+    before routing: the 413 then counts under its route in the metrics, and nothing is read of a body
+    that announced itself too large.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = 0
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            if declared > self.max_bytes:
+                raise HTTPException(413, f"the request body is larger than {self.max_bytes} bytes")
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, f"the request body is larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)

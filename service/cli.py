@@ -1,0 +1,138 @@
+"""`llm2clip serve`: run the HTTP service with uvicorn.
+
+The port is bound and the bundles are loaded before the server starts, so a port in use or a bad
+bundle is one line on stderr and exit status 2, not a traceback from inside the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import socket
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the HTTP search service (search page, /search, /embed, /metrics)",
+        description="Serve a model bundle and its indexes over HTTP. Every flag can also be set in the "
+                    "environment as LLM2CLIP_<NAME> (e.g. LLM2CLIP_MODEL, LLM2CLIP_IMAGE_INDEX); flags win.")
+    _add_arguments(p)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="model bundle folder (written by `llm2clip export`)")
+    p.add_argument("--image-index", type=Path, help="image index bundle: answers text queries")
+    p.add_argument("--text-index", type=Path, help="caption index bundle: answers image queries")
+    p.add_argument("--corpus-root", type=Path,
+                   help="folder item images are served from (default: the image index's corpus)")
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads per encoder (default: every core)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip re-hashing the bundle files at startup (faster start for large bundles)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default info)")
+
+
+def _error(message: str) -> int:
+    print(message, file=sys.stderr)  # noqa: T201
+    return EXIT_USAGE
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here and hand it to uvicorn: no window for another process to take
+    the port between a check and the server's own bind."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # what uvicorn does: a restart can reuse a port whose old connections sit in TIME_WAIT, but a
+        # listening server still makes bind fail
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from llm2clip.errors import LLM2CLIPError
+    from service.settings import Settings
+
+    overrides = {
+        "model": args.model, "image_index": args.image_index, "text_index": args.text_index,
+        "corpus_root": args.corpus_root, "host": args.host, "port": args.port, "threads": args.threads,
+    }
+    if getattr(args, "no_verify", False):
+        overrides["verify_bundles"] = False
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        return _error(f"llm2clip serve: invalid setting {field}: {first['msg']}")
+
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return _error(f"port {settings.port} on {settings.host} is in use: "
+                          "stop the other server or pass --port")
+        if exc.errno == errno.EACCES:
+            return _error(f"port {settings.port} on {settings.host} needs privileges: pass --port above 1023")
+        return _error(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+
+    try:
+        import uvicorn
+
+        from service.app import create_app
+        from service.state import load_resources
+
+        try:
+            resources = load_resources(settings)
+        except LLM2CLIPError as exc:
+            return _error("llm2clip serve: " + " ".join(str(exc).split()))
+        try:
+            app = create_app(settings, resources=resources)
+            config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                                    log_level=getattr(args, "log_level", "info"), lifespan="on")
+            server = uvicorn.Server(config)
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            # uvicorn does not announce the address of a socket handed to it; its own logger is the one
+            # configured to show at --log-level info
+            port = sock.getsockname()[1]
+            logging.getLogger("uvicorn.error").info("search page on http://%s:%d/", host, port)
+            try:
+                server.run(sockets=[sock])
+            except KeyboardInterrupt:
+                # uvicorn re-raises the Ctrl-C it caught after a graceful shutdown: a normal stop
+                pass
+        finally:
+            resources.close()
+        return 0 if server.started else 1
+    finally:
+        sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m service.cli serve ...`: the same command without the `llm2clip` script."""
+    parser = argparse.ArgumentParser(prog="llm2clip")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

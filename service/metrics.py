@@ -1,0 +1,93 @@
+"""Prometheus metrics: per-route HTTP metrics plus a histogram around each stage (encode, search).
+
+Each app owns a ``CollectorRegistry``, so several apps (tests, or two services in one process) never
+collide on the global registry.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "llm2clip_http_requests", "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"], registry=r,
+        )
+        self.http_duration = Histogram(
+            "llm2clip_http_request_duration_seconds", "Time from request to the end of the response.",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.encode_seconds = Histogram(
+            "llm2clip_encode_seconds", "Time of one encoder call (one batch), preprocessing included.",
+            ["modality"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.encode_batch_size = Histogram(
+            "llm2clip_encode_batch_size", "Items per encoder call.", ["modality"], buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.search_seconds = Histogram(
+            "llm2clip_search_seconds", "Time of one FAISS search plus its item lookup.", ["index"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "llm2clip_queue_depth", "Items waiting for or in an encoder call.", ["modality"], registry=r,
+        )
+        self.index_items = Gauge("llm2clip_index_items", "Rows in each loaded index.", ["index"], registry=r)
+        self.rejected = Counter(
+            "llm2clip_rejected_requests", "Requests refused with a 4xx, by error code.", ["reason"],
+            registry=r,
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class HttpMetricsMiddleware:
+    """Counts and times every HTTP request under its route template (``/items/{path:path}``, not the raw
+    path), so that the number of series stays bounded whatever clients send."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            method = method if method in METHODS else "other"
+            self.metrics.http_requests.labels(route=template, method=method, status=str(status)).inc()
+            elapsed = time.perf_counter() - start
+            self.metrics.http_duration.labels(route=template, method=method).observe(elapsed)

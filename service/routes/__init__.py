@@ -1,0 +1,11 @@
+"""HTTP routes; ``api_router`` holds them all."""
+
+from fastapi import APIRouter
+
+from service.routes import embed, items, ops, page, search
+
+api_router = APIRouter()
+for module in (search, embed, items, ops, page):
+    api_router.include_router(module.router)
+
+__all__ = ["api_router"]

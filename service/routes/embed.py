@@ -1,0 +1,103 @@
+"""POST /embed: texts and images in, unit embeddings out."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.errors import ApiError
+from service.routes.deps import RuntimeDep
+from service.routes.inputs import (
+    body_kind,
+    check_text,
+    decode_base64_image,
+    form_fields,
+    gather_encoded,
+    pixels_of,
+    read_form,
+    read_upload,
+    submit_pixels,
+    submit_texts,
+    validate,
+)
+from service.schemas import EmbedRequest, EmbedResponse, error_responses
+from service.state import Runtime
+
+router = APIRouter(prefix="/embed", tags=["embed"])
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "texts": {"type": "array", "items": {"type": "string"}, "description": "Texts (repeat the field)."},
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                   "description": "Image files (repeat the field)."},
+    },
+}
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": EmbedRequest.model_json_schema()},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        },
+    }
+}
+
+
+@router.post("", response_model=EmbedResponse, responses=error_responses(400, 413, 415, 422, 429, 503),
+             openapi_extra=_BODY_DOC)
+async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
+    """Embed texts and/or images with the loaded model (unit vectors, comparable by dot product)."""
+    settings = runtime.settings
+    texts, images = await _read_inputs(request, runtime)
+    total = len(texts) + len(images)
+    if total == 0:
+        raise ApiError(422, "invalid_request", "give at least one text or image to embed")
+    if total > settings.max_batch:
+        raise _too_many(total, settings.max_batch)
+    texts = [check_text(t, f"texts[{i}]", settings) for i, t in enumerate(texts)]
+    pixels = await pixels_of(images, runtime)
+    text_future = submit_texts(runtime, texts)
+    try:
+        image_future = submit_pixels(runtime, pixels)
+    except BaseException:
+        # the texts must not be encoded for a request that is refused
+        if text_future is not None:
+            text_future.cancel()
+        raise
+    text_out, image_out = await gather_encoded(text_future, image_future)
+    return EmbedResponse(
+        text_embeddings=[t.vector.tolist() for t in text_out],
+        image_embeddings=[v.tolist() for v in image_out],
+        text_truncated=[t.truncated for t in text_out],
+        dim=runtime.resources.bundle.embed_dim,
+        model=runtime.resources.bundle.fingerprint,
+    )
+
+
+def _too_many(count: int, max_batch: int) -> ApiError:
+    return ApiError(422, "invalid_request",
+                    f"{count} inputs: at most {max_batch} texts and images per request")
+
+
+async def _read_inputs(request: Request, runtime: Runtime) -> tuple[list[str], list[tuple[str, bytes]]]:
+    settings = runtime.settings
+    if body_kind(request) == "json":
+        req = validate(EmbedRequest, await request.body(), {})
+        if len(req.texts) + len(req.images_base64) > settings.max_batch:
+            # refused before decoding any of them
+            raise _too_many(len(req.texts) + len(req.images_base64), settings.max_batch)
+        images = [(f"images_base64[{i}]", decode_base64_image(b64, f"images_base64[{i}]", settings))
+                  for i, b64 in enumerate(req.images_base64)]
+        return req.texts, images
+    form = await read_form(request, settings, max_files=settings.max_batch)
+    try:
+        fields, uploads = form_fields(form, files=["images"])
+        texts = fields.get("texts", [])
+        req = validate(EmbedRequest, {**fields, "texts": texts if isinstance(texts, list) else [texts]}, {})
+        if req.images_base64:
+            raise ApiError(422, "invalid_request", "images_base64: send images as `images` file fields")
+        images = [(f"images[{i}]", await read_upload(up, f"images[{i}]", settings))
+                  for i, up in enumerate(uploads["images"])]
+        return req.texts, images
+    finally:
+        await form.close()

@@ -1,0 +1,71 @@
+"""Operations: liveness, readiness, Prometheus metrics, and what is loaded."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from service.errors import ApiError
+from service.routes.deps import RuntimeDep, ServiceDep
+from service.schemas import Health, IndexInfo, Info, Readiness, error_responses
+from service.state import MODALITIES
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: the process answers HTTP."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses=error_responses(503))
+async def readyz(service: ServiceDep) -> Readiness:
+    """Readiness: the model, every configured index and the encoder workers are up."""
+    runtime = service.runtime
+    if runtime is None or not runtime.alive:
+        raise ApiError(503, "not_ready", "the service is starting or stopping")
+    indexes = runtime.resources.indexes
+    return Readiness(status="ready", model=runtime.resources.bundle.fingerprint[:12],
+                     indexes={m: indexes[m].count if m in indexes else None for m in MODALITIES})
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus metrics of this process (text exposition format)."""
+    body, content_type = service.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/info", response_model=Info, responses=error_responses(503))
+async def info(runtime: RuntimeDep) -> Info:
+    """The loaded model and indexes, and the request limits."""
+    bundle = runtime.resources.bundle
+    manifest = bundle.manifest
+    settings = runtime.settings
+    indexes = runtime.resources.indexes
+    return Info(
+        model={
+            "fingerprint": bundle.fingerprint,
+            "embed_dim": bundle.embed_dim,
+            "max_tokens": bundle.max_tokens,
+            "image_size": bundle.preprocess.size,
+            "precision": manifest.get("precision"),
+            "created": manifest.get("created"),
+        },
+        indexes={
+            m: IndexInfo(count=indexes[m].count, dim=indexes[m].dim,
+                         factory=indexes[m].manifest.get("factory"), metric=indexes[m].manifest.get("metric"),
+                         model=indexes[m].model_fingerprint[:12])
+            if m in indexes else None
+            for m in MODALITIES
+        },
+        corpus_root=runtime.resources.corpus_root is not None,
+        limits={
+            "max_k": settings.max_k,
+            "max_text_chars": settings.max_text_chars,
+            "max_image_bytes": settings.max_image_bytes,
+            "max_image_pixels": settings.max_image_pixels,
+            "max_batch": settings.max_batch,
+            "max_request_bytes": settings.max_request_bytes,
+        },
+    )

@@ -1,0 +1,144 @@
+"""POST /search: a text or an image in, ranked items out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from llm2clip.index import IndexBundle, Record
+from service.errors import ApiError
+from service.routes.deps import RuntimeDep
+from service.routes.inputs import (
+    body_kind,
+    check_text,
+    decode_base64_image,
+    form_fields,
+    gather_encoded,
+    pixels_of,
+    read_form,
+    read_upload,
+    submit_pixels,
+    submit_texts,
+    validate,
+)
+from service.schemas import Modality, QueryInfo, SearchHit, SearchRequest, SearchResponse, error_responses
+from service.state import Runtime, index_setting
+
+router = APIRouter(prefix="/search", tags=["search"])
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "Query image file."},
+        "text": {"type": "string", "description": "Query text (instead of an image)."},
+        "k": {"type": "integer", "default": 10, "minimum": 1},
+        "target": {"type": "string", "enum": ["image", "text"]},
+    },
+}
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": SearchRequest.model_json_schema()},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=SearchResponse,
+    responses=error_responses(400, 413, 415, 422, 429, 503),
+    openapi_extra=_BODY_DOC,
+)
+async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
+    """Rank indexed items for a text or image query: text searches images, an image searches captions."""
+    start = time.perf_counter()
+    settings = runtime.settings
+    query, image = await _read_query(request, runtime)
+    if query.text is not None and image is not None:
+        raise ApiError(422, "invalid_request", "give either text or an image, not both")
+    if query.text is None and image is None:
+        raise ApiError(422, "invalid_request", "give a text or an image to search with")
+    modality: Modality = "text" if query.text is not None else "image"
+    target: Modality = query.target or ("image" if modality == "text" else "text")
+    index = runtime.resources.indexes.get(target)
+    if index is None:
+        raise ApiError(503, "index_not_loaded",
+                       f"no {target} index is loaded: set {index_setting(target)} and restart the service")
+
+    tokens: int | None = None
+    truncated = False
+    if query.text is not None:
+        text = check_text(query.text, "text", settings)
+        [encoded] = await gather_encoded(submit_texts(runtime, [text]))
+        vector = encoded[0].vector
+        tokens, truncated = encoded[0].tokens, encoded[0].truncated
+    else:
+        assert image is not None
+        pixels = await pixels_of([image], runtime)
+        [encoded] = await gather_encoded(submit_pixels(runtime, pixels))
+        vector = encoded[0]
+
+    hits = await asyncio.to_thread(_search, runtime, target, index, vector, query.k)
+    root_path = request.scope.get("root_path", "")
+    results = [
+        SearchHit(rank=rank, score=score, id=rec.id, uri=rec.uri, caption=rec.caption,
+                  caption_key=rec.caption_key, meta=rec.meta or {},
+                  image_url=_image_url(runtime, root_path, rec.uri))
+        for rank, (score, rec) in enumerate(hits, start=1)
+    ]
+    return SearchResponse(
+        results=results,
+        query=QueryInfo(modality=modality, target=target, tokens=tokens, truncated=truncated),
+        took_ms=round((time.perf_counter() - start) * 1000, 3),
+        model=runtime.resources.bundle.fingerprint[:12],
+    )
+
+
+async def _read_query(request: Request, runtime: Runtime) -> tuple[SearchRequest, tuple[str, bytes] | None]:
+    """-> (the query fields, the image as (field name, bytes) when one was sent)."""
+    settings = runtime.settings
+    context = {"max_k": settings.max_k}
+    if body_kind(request) == "json":
+        query = validate(SearchRequest, await request.body(), context)
+        if query.image_base64 is None:
+            return query, None
+        return query, ("image_base64", decode_base64_image(query.image_base64, "image_base64", settings))
+    form = await read_form(request, settings, max_files=1)
+    try:
+        fields, uploads = form_fields(form, files=["image"])
+        if "image_base64" in fields:
+            raise ApiError(422, "invalid_request", "image_base64: send the image as the `image` file field")
+        query = validate(SearchRequest, fields, context)
+        if not uploads["image"]:
+            return query, None
+        return query, ("image", await read_upload(uploads["image"][0], "image", settings))
+    finally:
+        await form.close()
+
+
+def _search(
+    runtime: Runtime, name: str, index: IndexBundle, vector: np.ndarray, k: int,
+) -> list[tuple[float, Record]]:
+    """FAISS search and item lookup: blocking, so it runs in a worker thread."""
+    t0 = time.perf_counter()
+    scores, rows = index.search(vector[None, :].astype(np.float32, copy=False), k)
+    found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
+    records = index.records([r for _, r in found])
+    runtime.metrics.search_seconds.labels(index=name).observe(time.perf_counter() - t0)
+    if len(records) != len(found):
+        raise RuntimeError(f"index {index.path}: rows without items; the index bundle is inconsistent")
+    return [(score, rec) for (score, _), rec in zip(found, records, strict=True)]
+
+
+def _image_url(runtime: Runtime, root_path: str, uri: Any) -> str | None:
+    if runtime.resources.corpus_root is None or not uri:
+        return None
+    return f"{root_path}/items/{quote(str(uri), safe='/')}"

@@ -1,0 +1,131 @@
+"""Request and response models of the HTTP API.
+
+Limits that depend on the settings (largest k, batch size) are checked with the validation context
+(``{"max_k": ..., "max_batch": ...}``), so one model serves every configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+Modality = Literal["image", "text"]
+
+
+class SearchRequest(BaseModel):
+    """A /search query: exactly one of ``text`` or an image (``image_base64`` here, or a multipart file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(
+        default=None, description="Query text; long captions are fine (cut at the model's max tokens).",
+    )
+    image_base64: str | None = Field(
+        default=None, description="Query image, base64 (a data: URL prefix is accepted).",
+    )
+    k: int = Field(default=10, ge=1, description="Number of results (at most the service's max_k).")
+    target: Modality | None = Field(
+        default=None,
+        description="Index to search: 'image' or 'text'. Default: text queries search images, image "
+                    "queries search captions.",
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _k_at_most_max(cls, k: int, info: ValidationInfo) -> int:
+        max_k = (info.context or {}).get("max_k")
+        if max_k is not None and k > max_k:
+            raise PydanticCustomError("less_than_equal", "Input should be less than or equal to {max_k}",
+                                      {"max_k": max_k})
+        return k
+
+
+class EmbedRequest(BaseModel):
+    """An /embed request: texts and/or base64 images (or multipart ``texts`` fields and ``images`` files)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(default_factory=list, description="Texts to embed.")
+    images_base64: list[str] = Field(default_factory=list, description="Images to embed, base64 each.")
+
+
+class SearchHit(BaseModel):
+    rank: int = Field(description="1 for the best match.")
+    score: float = Field(description="Cosine similarity between the query and the item embedding.")
+    id: str = Field(description="Item id in the indexed dataset.")
+    uri: str | None = Field(description="Image path relative to the corpus root.")
+    caption: str | None = Field(
+        description="The matched caption (text index) or the item's caption (image index).",
+    )
+    caption_key: str | None = Field(
+        default=None, description="Which caption of the item matched ('long', 'short', ...).",
+    )
+    meta: dict[str, Any] = Field(default_factory=dict, description="The item's metadata from the dataset.")
+    image_url: str | None = Field(
+        default=None, description="Where this service serves the item image, if it does.",
+    )
+
+
+class QueryInfo(BaseModel):
+    modality: Modality = Field(description="What the query was.")
+    target: Modality = Field(description="Which index was searched.")
+    tokens: int | None = Field(default=None, description="Tokens the text encoder saw (text queries).")
+    truncated: bool = Field(
+        default=False, description="The text was longer than the model's max tokens and was cut.",
+    )
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    query: QueryInfo
+    took_ms: float = Field(description="Server time for this request, decoding to response.")
+    model: str = Field(description="First 12 characters of the model bundle fingerprint.")
+
+
+class EmbedResponse(BaseModel):
+    text_embeddings: list[list[float]] = Field(description="One unit vector per text, in request order.")
+    image_embeddings: list[list[float]] = Field(description="One unit vector per image, in request order.")
+    text_truncated: list[bool] = Field(description="Per text: longer than the model's max tokens and cut.")
+    dim: int
+    model: str = Field(description="Full model bundle fingerprint: embeddings compare only within one.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. 'invalid_request', 'overloaded'.")
+    message: str = Field(description="What went wrong and what to change.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    model: str
+    indexes: dict[str, int | None] = Field(description="Rows per index; null for an index not configured.")
+
+
+class IndexInfo(BaseModel):
+    count: int
+    dim: int
+    factory: str | None
+    metric: str | None
+    model: str
+
+
+class Info(BaseModel):
+    model: dict[str, Any]
+    indexes: dict[str, IndexInfo | None]
+    corpus_root: bool = Field(description="Whether item images are served under /items/.")
+    limits: dict[str, int]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses a route can answer."""
+    return {s: {"model": ErrorBody} for s in statuses}

@@ -1,0 +1,92 @@
+"""Service settings: one pydantic-settings class, read from ``LLM2CLIP_*`` environment variables.
+
+Nested groups use ``__``: ``LLM2CLIP_BATCH__QUEUE_SIZE=512``. CLI flags override the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class BatchSettings(BaseModel):
+    """The request batcher in front of each encoder (one for text, one for images)."""
+
+    queue_size: int = Field(
+        default=256, ge=1,
+        description="Items (texts or images) queued or being encoded per encoder; past it, requests get 429.",
+    )
+    batch_size: int = Field(default=32, ge=1, description="Most items one encoder call takes.")
+    wait_ms: float = Field(
+        default=2.0, ge=0, le=1000,
+        description="How long the worker waits for more requests to fill a batch once one has arrived.",
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at startup; each field is ``LLM2CLIP_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLM2CLIP_", env_nested_delimiter="__", extra="ignore", validate_default=True,
+    )
+
+    # bundles
+    model: Path | None = Field(
+        default=None, description="Model bundle folder (written by `llm2clip export`). Required.",
+    )
+    image_index: Path | None = Field(
+        default=None,
+        description="Image index bundle: answers text queries. Optional; without it /search refuses "
+                    "queries that target images.",
+    )
+    text_index: Path | None = Field(
+        default=None,
+        description="Caption index bundle: answers image queries. Optional; without it /search refuses "
+                    "queries that target captions.",
+    )
+    corpus_root: Path | None = Field(
+        default=None,
+        description="Folder the item images are served from (/items/...). Default: the image index "
+                    "manifest's build.corpus_root, when it names a folder that exists.",
+    )
+    verify_bundles: bool = Field(
+        default=True,
+        description="Re-hash every bundle file at startup (seconds for a large bundle) to catch corruption.",
+    )
+
+    # server and runtime
+    host: str = Field(default="127.0.0.1", description="Interface to listen on (0.0.0.0: every interface).")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
+    threads: int | None = Field(
+        default=None, ge=1,
+        description="ONNX Runtime intra-op threads per encoder session (default: all cores).",
+    )
+    providers: list[str] | None = Field(
+        default=None,
+        description="ONNX Runtime execution providers in preference order (a JSON list in the environment). "
+                    "Default: the best available of TensorRT, CUDA, CPU.",
+    )
+    batch: BatchSettings = Field(default_factory=lambda: BatchSettings(), description="Batching per encoder.")
+
+    # request limits: each is checked before any expensive work
+    max_text_chars: int = Field(
+        default=8000, ge=1, description="Longest query or /embed text, in characters (413 above).",
+    )
+    max_image_bytes: int = Field(
+        default=10 * MiB, ge=1, description="Largest encoded image, in bytes (413 above).",
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1,
+        description="Most pixels (width x height) of an image, read from its header before decoding: "
+                    "guards against decompression bombs (413 above).",
+    )
+    max_k: int = Field(default=100, ge=1, description="Largest k a /search may ask for (422 above).")
+    max_batch: int = Field(default=64, ge=1, description="Most texts + images per /embed call (422 above).")
+    max_request_bytes: int = Field(
+        default=16 * MiB, ge=1024,
+        description="Largest request body in bytes, sent with Content-Length or streamed (413 above).",
+    )

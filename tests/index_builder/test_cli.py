@@ -1,0 +1,93 @@
+"""`llm2clip index build` through its own parser and run()."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from index_builder import cli
+from llm2clip.data.dataset import Item, write_items
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="llm2clip")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli.add_parser(sub)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "ds"
+    rng = np.random.default_rng(3)
+    items = []
+    for i in range(5):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / f"images/{i}.png")
+        items.append(Item(id=f"x{i}", image=f"images/{i}.png",
+                          captions={"long": f"a long caption number {i}", "short": f"short {i}"}))
+    (root / "images/4.png").write_bytes(b"not a png")
+    write_items(root, items)
+    return root
+
+
+def test_build_both_by_default(tiny_bundle, dataset, tmp_path, capsys):
+    out = tmp_path / "indexes"
+    args = parse(["index", "build", "--model", str(tiny_bundle), "--data", str(dataset), "--out", str(out),
+                  "--captions", "all", "--batch-size", "2", "--workers", "1", "--threads", "1",
+                  "--no-progress"])
+    assert cli.run(args) == 0
+    image = json.loads((out / "image" / "manifest.json").read_text())
+    text = json.loads((out / "text" / "manifest.json").read_text())
+    assert (image["modality"], image["count"]) == ("image", 4)
+    assert image["build"]["skipped"]["reasons"] == {"decode_error": 1}
+    assert (text["modality"], text["count"]) == ("text", 10)
+    assert text["build"]["captions"] == ["all"] and text["build"]["batch_size"] == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("image index: 4 rows") and "decode_error 1" in lines[0]
+    assert lines[1].startswith("text index: 10 rows")
+
+
+def test_single_modality_writes_out_itself(tiny_bundle, dataset, tmp_path):
+    out = tmp_path / "img"
+    args = parse(["index", "build", "--model", str(tiny_bundle), "--data", str(dataset), "--out", str(out),
+                  "--modality", "text", "--captions", "short", "--no-progress"])
+    assert cli.run(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["modality"] == "text" and manifest["build"]["captions"] == ["short"]
+    assert not (out / "image").exists()
+
+
+@pytest.mark.parametrize("case", ["no_dataset", "not_a_bundle", "out_is_file", "bad_factory"])
+def test_errors_are_one_line_and_exit_2(case, tiny_bundle, dataset, tmp_path, capsys):
+    model, data, out, extra = tiny_bundle, dataset, tmp_path / "out", []
+    if case == "no_dataset":
+        data = tmp_path / "nowhere"
+    elif case == "not_a_bundle":
+        model = dataset
+    elif case == "out_is_file":
+        out.write_text("x")
+    else:
+        extra = ["--factory", "NoSuchIndex42"]
+    args = parse(["index", "build", "--model", str(model), "--data", str(data), "--out", str(out),
+                  "--no-progress", *extra])
+    assert cli.run(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llm2clip index build: error:")
+    assert "Traceback" not in captured.err
+
+
+def test_flags_are_validated_by_the_parser():
+    with pytest.raises(SystemExit):
+        parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--batch-size", "0"])
+    with pytest.raises(SystemExit):
+        parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--modality", "audio"])
+    args = parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--captions", "long,short"])
+    assert args.captions == ("long", "short") and args.modality == "both" and args.workers == 2

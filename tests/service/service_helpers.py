@@ -1,0 +1,73 @@
+"""Small helpers shared by the service tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def noise_png(side: int, seed: int = 0) -> bytes:
+    """Incompressible: its PNG is about 3 * side * side bytes."""
+    rng = np.random.default_rng(seed)
+    return png_bytes(Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header (IHDR, CRC fixed) claims width x height: a decompression bomb
+    as far as the header goes."""
+    data = bytearray(png_bytes(Image.new("RGB", (1, 1), (200, 10, 10))))
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (235, 205, 20)}
+SHAPES = ("circle", "square", "triangle")
+SIDE = 64
+
+
+def draw_shape(colour: str, shape: str, side: int = SIDE) -> Image.Image:
+    image = Image.new("RGB", (side, side), (245, 245, 240))
+    draw = ImageDraw.Draw(image)
+    box = (side // 5, side // 5, side - side // 5, side - side // 5)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(side // 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill)
+    return image
+
+
+def read_items(corpus: Path) -> list[dict]:
+    return [json.loads(line) for line in (corpus / "items.jsonl").read_text().splitlines()]

@@ -1,0 +1,100 @@
+"""`serve`: the real server over real HTTP, and the one-line refusals before it starts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service import cli
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_serve_answers_over_http(tiny_bundle, indexes):
+    port = free_port()
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_bundle), "--image-index",
+           str(indexes[0]), "--text-index", str(indexes[1]), "--port", str(port), "--threads", "1",
+           "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                r = httpx.get(base + "/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up in 60 s"
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        assert httpx.get(base + "/readyz", timeout=5).status_code == 200
+        r = httpx.post(base + "/search", json={"text": "a red circle", "k": 3}, timeout=10)
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        # a second server on the same port is refused in one line, before loading anything
+        second = subprocess.run([*cmd[:-2]], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert second.stderr == f"port {port} on 127.0.0.1 is in use: stop the other server or pass --port\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    output = proc.stdout.read() if proc.stdout else ""
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+
+
+def test_port_in_use_is_one_line_and_exit_2(capsys, tiny_bundle):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.run(parse("--model", str(tiny_bundle), "--port", str(port))) == 2
+    err = capsys.readouterr().err
+    assert err == f"port {port} on 127.0.0.1 is in use: stop the other server or pass --port\n"
+
+
+@pytest.mark.parametrize("case", ["missing bundle", "foreign index", "bad env"])
+def test_bad_bundle_or_setting_is_one_line_and_exit_2(case, capsys, monkeypatch, tmp_path, tiny_bundle,
+                                                      indexes):
+    port = str(free_port())
+    if case == "missing bundle":
+        args, fragment = parse("--model", str(tmp_path / "nothing"), "--port", port), "does not exist"
+    elif case == "foreign index":
+        # a text index passed as the image index: refused before the server starts
+        args = parse("--model", str(tiny_bundle), "--image-index", str(indexes[1]), "--port", port)
+        fragment = "text index"
+    else:
+        monkeypatch.setenv("LLM2CLIP_MAX_K", "lots")
+        args, fragment = parse("--model", str(tiny_bundle), "--port", port), "max_k"
+    assert cli.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+    # the port was given back
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", int(port)))

@@ -1,0 +1,109 @@
+"""Health, readiness, metrics, info, the page and the OpenAPI text."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from service_helpers import draw_shape, png_bytes
+
+from llm2clip.bundle import load_bundle
+
+
+def samples(client) -> dict[tuple[str, frozenset], float]:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(snapshot, name: str, **labels) -> float:
+    return snapshot.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_healthz_and_readyz(client, tiny_bundle):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ready", "model": load_bundle(tiny_bundle).fingerprint[:12],
+                        "indexes": {"image": 12, "text": 24}}
+
+
+def test_readyz_is_503_outside_the_lifespan(make_settings):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    c = TestClient(create_app(make_settings()))  # not entered: no lifespan, nothing loaded
+    r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+    assert c.get("/healthz").status_code == 200
+    assert c.post("/search", json={"text": "x"}).status_code == 503
+
+
+def test_metrics_count_requests_stages_and_rejections(client):
+    before = samples(client)
+    assert client.post("/search", json={"text": "red circle", "k": 3}).status_code == 200
+    query = png_bytes(draw_shape("red", "square"))
+    assert client.post("/search", files={"image": ("q.png", query, "image/png")}).status_code == 200
+    assert client.post("/search", json={"text": "x", "k": 0}).status_code == 422
+    assert client.get("/items/images/01_red_square.png").status_code == 200
+    assert client.get("/items/images/nope.png").status_code == 404
+    after = samples(client)
+
+    def grew(name, by=1.0, **labels):
+        assert value(after, name, **labels) - value(before, name, **labels) == by, (name, labels)
+
+    grew("llm2clip_http_requests_total", route="/search", method="POST", status="200", by=2.0)
+    grew("llm2clip_http_requests_total", route="/search", method="POST", status="422")
+    # the route template, not the raw path: one series for every item
+    grew("llm2clip_http_requests_total", route="/items/{path:path}", method="GET", status="200")
+    grew("llm2clip_http_requests_total", route="/items/{path:path}", method="GET", status="404")
+    assert not any("01_red_square" in str(labels) for _, labels in after)
+    grew("llm2clip_http_request_duration_seconds_count", route="/search", method="POST", by=3.0)
+    grew("llm2clip_encode_seconds_count", modality="text")
+    grew("llm2clip_encode_seconds_count", modality="image")
+    grew("llm2clip_encode_batch_size_count", modality="text")
+    grew("llm2clip_search_seconds_count", index="image")
+    grew("llm2clip_search_seconds_count", index="text")
+    grew("llm2clip_rejected_requests_total", reason="invalid_request")
+    grew("llm2clip_rejected_requests_total", reason="not_found")
+    assert value(after, "llm2clip_index_items", index="image") == 12
+    assert value(after, "llm2clip_index_items", index="text") == 24
+    assert value(after, "llm2clip_queue_depth", modality="text") == 0
+
+
+def test_two_apps_have_their_own_registries(app_client):
+    a, b = app_client(), app_client()
+    a.post("/search", json={"text": "x"})
+    assert 'route="/search"' in a.get("/metrics").text
+    assert 'route="/search"' not in b.get("/metrics").text
+
+
+def test_info(client):
+    info = client.get("/info").json()
+    assert info["model"]["embed_dim"] == 32
+    assert info["indexes"]["image"]["count"] == 12 and info["indexes"]["text"]["count"] == 24
+    assert info["corpus_root"] is True
+    assert info["limits"]["max_k"] == 100
+    assert "/" not in str(info["indexes"])  # no server paths in a public answer
+
+
+def test_search_page(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    for needle in ("<textarea", 'type="file"', 'fetch("search"', "image_url"):
+        assert needle in html
+    assert "http://" not in html and "https://" not in html  # nothing from a CDN: works offline
+
+
+def test_openapi_documents_both_bodies_and_the_docstrings(client):
+    spec = client.get("/openapi.json").json()
+    search = spec["paths"]["/search"]["post"]
+    assert set(search["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert search["description"].startswith("Rank indexed items")
+    assert "429" in search["responses"] and "413" in search["responses"]
+    assert spec["paths"]["/embed"]["post"]["description"].startswith("Embed texts")
+    assert "/items/{path}" in spec["paths"]

@@ -1,0 +1,154 @@
+"""Frozen LLM caption embeddings, computed once and stored as shards (the paper's offline step).
+
+Stage 2 never runs the LLM: it reads these. Layout of ``out/``:
+``manifest.json`` (text encoder, dim, dtype, captions, shard list), ``shard-00000.safetensors`` ...
+each with ``embeddings`` (N, dim) in bf16 (or fp32) and a JSON sidecar naming (item id, caption key)
+per row. Finished shards are kept, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from llm2clip.data import Dataset
+from llm2clip.errors import BundleError
+from llm2clip.hashing import sha256_file
+from llm2clip.text import LLMEncoder, Tokenizer
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "llm2clip-caption-embeddings"
+
+
+def text_encoder_info(folder: str | Path) -> dict[str, Any]:
+    """Name, path and fingerprint of a text encoder checkpoint (a Hugging Face folder)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise BundleError(f"{folder} is not a text encoder checkpoint (no config.json): pass a Hugging Face "
+                          "model folder, or omit --text-encoder to use the default SmolLM2-135M")
+    weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
+    digests = [sha256_file(folder / "config.json")] + [sha256_file(p) for p in weights]
+    import hashlib
+
+    return {
+        "name": json.loads((folder / "config.json").read_text()).get("_model_name_or_path") or folder.name,
+        "path": str(folder.resolve()),
+        "fingerprint": hashlib.sha256("".join(digests).encode()).hexdigest(),
+    }
+
+
+def caption_rows(dataset: Dataset, keys: tuple[str, ...] | None) -> list[tuple[str, str, str]]:
+    """(item id, caption key, text) for every caption to embed; keys None means all of them."""
+    rows = []
+    for item in dataset:
+        for key, text in item.captions.items():
+            if keys is None or key in keys:
+                rows.append((item.id, key, text))
+    return rows
+
+
+def embed_captions(
+    dataset: Dataset,
+    text_encoder: str | Path,
+    out: str | Path,
+    batch_size: int = 32,
+    max_tokens: int = 512,
+    dtype: str = "bf16",
+    shard_size: int = 2048,
+    captions: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = text_encoder_info(text_encoder)
+    rows = caption_rows(dataset, captions)
+    settings = {"text_encoder": info, "max_tokens": max_tokens, "dtype": dtype, "dataset": str(Path(dataset.root).resolve()),
+                "count": len(rows), "shard_size": shard_size}
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if {k: old.get(k) for k in settings} != settings:
+            raise BundleError(f"{out} holds embeddings made with other settings (text encoder, dataset or "
+                              "dtype): choose another --out or delete it")
+        if old.get("complete"):
+            return old
+    manifest_path.write_text(json.dumps({"format": FORMAT, **settings, "complete": False}, indent=2))
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    llm = LLMEncoder.from_pretrained(text_encoder)
+    tok = Tokenizer(text_encoder, max_tokens)
+    shards = []
+    t0 = time.perf_counter()
+    tokens_done = 0
+    bar = tqdm(total=len(rows), desc="embed captions", unit="cap", disable=not progress)
+    for shard_no, start in enumerate(range(0, len(rows), shard_size)):
+        chunk = rows[start : start + shard_size]
+        name = f"shard-{shard_no:05d}"
+        shards.append(name)
+        if (out / f"{name}.safetensors").is_file() and (out / f"{name}.json").is_file():
+            bar.update(len(chunk))
+            continue
+        # longest first: the first batch fails fast if memory is short, and padding stays small
+        order = sorted(range(len(chunk)), key=lambda i: -len(chunk[i][2]))
+        emb = torch.zeros(len(chunk), llm.dim, dtype=torch.float32)
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            ids, mask, _ = tok([chunk[i][2] for i in idx])
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                vec = llm(torch.from_numpy(ids), torch.from_numpy(mask))
+            emb[idx] = vec.float()
+            tokens_done += int(mask.sum())
+            bar.update(len(idx))
+            bar.set_postfix(tok_s=f"{tokens_done / (time.perf_counter() - t0):.0f}")
+        save_file({"embeddings": emb.to(torch_dtype).contiguous()}, str(out / f"{name}.safetensors.tmp"))
+        (out / f"{name}.json").write_text(json.dumps([[r[0], r[1]] for r in chunk]))
+        os.replace(out / f"{name}.safetensors.tmp", out / f"{name}.safetensors")
+    bar.close()
+    manifest = {"format": FORMAT, **settings, "dim": llm.dim, "shards": shards, "complete": True,
+                "seconds": round(time.perf_counter() - t0, 2)}
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+class CaptionEmbeddings:
+    """All shards in memory: lookup by (item id, caption key)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise BundleError(f"{folder} holds no caption embeddings: run `llm2clip train embed` first")
+        self.manifest = json.loads(path.read_text())
+        if not self.manifest.get("complete"):
+            raise BundleError(f"caption embeddings in {folder} are incomplete: run `llm2clip train embed` again "
+                              "to resume")
+        tensors, keys = [], []
+        for name in self.manifest["shards"]:
+            tensors.append(load_file(str(folder / f"{name}.safetensors"))["embeddings"])
+            keys.extend(tuple(k) for k in json.loads((folder / f"{name}.json").read_text()))
+        self.embeddings = torch.cat(tensors) if tensors else torch.zeros(0, 0)
+        self.row = {k: i for i, k in enumerate(keys)}
+        self.by_item: dict[str, list[str]] = {}
+        for item_id, key in keys:
+            self.by_item.setdefault(item_id, []).append(key)
+        self.dim = int(self.manifest["dim"])
+
+    def keys_for(self, item_id: str) -> list[str]:
+        return self.by_item.get(item_id, [])
+
+    def get(self, item_id: str, key: str) -> torch.Tensor:
+        return self.embeddings[self.row[(item_id, key)]]
+
+    def as_numpy(self) -> np.ndarray:
+        return self.embeddings.float().numpy()

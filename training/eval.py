@@ -1,0 +1,192 @@
+"""Retrieval evaluation of a model bundle on a dataset: R@1/5/10 both ways, long and short captions,
+near twins.
+
+It embeds with the bundle's ONNX encoders, so it measures exactly what the service serves. The gallery is
+the dataset itself: query caption i's right image is image i, image i's right caption is caption i.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from llm2clip.data.dataset import Dataset, read_dataset
+from llm2clip.errors import DatasetError
+
+KS = (1, 5, 10)
+# text batches handed to the encoder between progress updates; the encoder sorts each by length, so a
+# larger chunk wastes less padding
+TEXT_CHUNK_BATCHES = 8
+
+
+def ranks(sim: np.ndarray) -> np.ndarray:
+    """0-based rank of the right answer (the diagonal) in each row of a (queries, gallery) score matrix.
+
+    A wrong item scoring exactly as high as the right one counts against it: a collapsed model that embeds
+    everything alike then scores 0, not 1.
+    """
+    sim = np.asarray(sim)
+    right = np.diagonal(sim)[:, None]
+    above = (sim > right).sum(axis=1)
+    ties = (sim == right).sum(axis=1) - 1  # the right item ties with itself
+    return above + ties
+
+
+def recall_at(sim: np.ndarray, ks: Sequence[int] = KS) -> dict[int, float]:
+    r = ranks(sim)
+    return {k: float((r < k).mean()) for k in ks}
+
+
+def retrieval_metrics(text_emb: np.ndarray, image_emb: np.ndarray,
+                      ks: Sequence[int] = KS) -> dict[str, float]:
+    """{t2i_r1, ..., i2t_r10} for paired unit embeddings (row i of each describes item i)."""
+    sim = text_emb @ image_emb.T  # (captions, images); exact, no index approximation
+    t2i = recall_at(sim, ks)
+    i2t = recall_at(sim.T, ks)
+    return {**{f"t2i_r{k}": t2i[k] for k in ks}, **{f"i2t_r{k}": i2t[k] for k in ks}}
+
+
+def twin_pairs(dataset: Dataset) -> list[tuple[int, int]]:
+    """Ordered (scene, twin) index pairs from ``meta["twin_of"]``; ids not in the dataset are ignored."""
+    index = {item.id: i for i, item in enumerate(dataset.items)}
+    pairs: set[tuple[int, int]] = set()
+    for i, item in enumerate(dataset.items):
+        twins = item.meta.get("twin_of") if isinstance(item.meta, dict) else None
+        if isinstance(twins, str):
+            twins = [twins]
+        for twin in twins or []:
+            j = index.get(twin)
+            if j is not None and j != i:
+                pairs.add((i, j))
+    return sorted(pairs)
+
+
+def twin_accuracy(text_emb: np.ndarray, image_emb: np.ndarray,
+                  pairs: Sequence[tuple[int, int]]) -> dict[str, float]:
+    """t2i: scene a's caption scores image a above its twin b's image; i2t: image a scores caption a above
+    caption b. Strictly above: a tie is a failure to tell the twins apart."""
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    own = np.einsum("nd,nd->n", text_emb[a], image_emb[a])
+    t2i = own > np.einsum("nd,nd->n", text_emb[a], image_emb[b])
+    i2t = own > np.einsum("nd,nd->n", image_emb[a], text_emb[b])
+    return {"t2i": float(t2i.mean()), "i2t": float(i2t.mean())}
+
+
+def _open_image(dataset: Dataset, item) -> Image.Image:
+    path = dataset.image_path(item)
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        problem = "is missing"
+    except UnidentifiedImageError:
+        problem = "is not an image"
+    except (OSError, SyntaxError, ValueError) as exc:
+        problem = f"cannot be decoded ({exc})"
+    # skipping would shrink the gallery and make numbers incomparable across runs: refuse instead
+    raise DatasetError(f"item {item.id!r}: image {item.image} {problem}; an eval set must be complete, "
+                       "so fix the file or remove the item")
+
+
+def _embed_images(encoder, dataset: Dataset, batch_size: int, progress: bool) -> np.ndarray:
+    out = []
+    items = dataset.items
+    bar = tqdm(total=len(items), unit="image", desc="eval images", disable=not progress, file=sys.stderr)
+    with bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            out.append(np.asarray(encoder.encode([_open_image(dataset, it) for it in chunk]), np.float32))
+            bar.update(len(chunk))
+    return np.concatenate(out)
+
+
+def _embed_texts(encoder, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    out = []
+    step = batch_size * TEXT_CHUNK_BATCHES
+    with tqdm(total=len(texts), unit="caption", desc=desc, disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(texts), step):
+            chunk = texts[start : start + step]
+            out.append(np.asarray(encoder.encode(chunk, batch_size=batch_size), np.float32))
+            bar.update(len(chunk))
+    return np.concatenate(out)
+
+
+def evaluate(
+    bundle_path: str | Path | None,
+    dataset_path: str | Path,
+    batch_size: int = 32,
+    progress: bool = True,
+    *,
+    encoders: tuple[Any, Any] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Retrieval metrics of a model bundle on a dataset (see the module docstring).
+
+    ``encoders=(image_encoder, text_encoder)`` replaces the bundle's ONNX encoders (tests, other runtimes);
+    ``bundle_path`` then only names the model (it may be None).
+    """
+    t0 = time.perf_counter()
+    dataset = read_dataset(dataset_path)
+    model: str | None = None
+    if encoders is None:
+        from llm2clip.bundle import load_bundle
+        from llm2clip.encoders.onnx import load_onnx_encoders
+
+        if bundle_path is None:
+            raise ValueError("evaluate needs a model bundle path or encoders")
+        bundle = load_bundle(bundle_path)
+        model = bundle.fingerprint
+        img_enc, txt_enc = load_onnx_encoders(bundle, threads=threads)
+    else:
+        img_enc, txt_enc = encoders
+        if bundle_path is not None:
+            from llm2clip.bundle import load_bundle
+
+            model = load_bundle(bundle_path).fingerprint
+    t1 = time.perf_counter()
+    image_emb = _embed_images(img_enc, dataset, batch_size, progress)
+    t2 = time.perf_counter()
+    long_texts = [it.long for it in dataset.items]
+    short_texts = [it.short for it in dataset.items]
+    long_emb = _embed_texts(txt_enc, long_texts, batch_size, progress, "eval long captions")
+    short_emb = _embed_texts(txt_enc, short_texts, batch_size, progress, "eval short captions")
+    t3 = time.perf_counter()
+
+    long = retrieval_metrics(long_emb, image_emb)
+    short = retrieval_metrics(short_emb, image_emb)
+    pairs = twin_pairs(dataset)
+    near_twin = None
+    if pairs:
+        near_twin = {
+            "n_pairs": len(pairs),
+            "long": twin_accuracy(long_emb, image_emb, pairs),
+            "short": twin_accuracy(short_emb, image_emb, pairs),
+        }
+    t4 = time.perf_counter()
+    return {
+        **long,  # the main numbers: long captions
+        "n": len(dataset),
+        "long": long,
+        "short": short,
+        "near_twin": near_twin,
+        "model": model,
+        "dataset": str(dataset_path),
+        "timing": {
+            "load_s": round(t1 - t0, 3),
+            "encode_images_s": round(t2 - t1, 3),
+            "encode_texts_s": round(t3 - t2, 3),
+            "metrics_s": round(t4 - t3, 3),
+            "total_s": round(t4 - t0, 3),
+        },
+    }
+
+
+__all__ = ["evaluate", "ranks", "recall_at", "retrieval_metrics", "twin_accuracy", "twin_pairs"]

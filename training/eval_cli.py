@@ -1,0 +1,79 @@
+"""`llm2clip eval`: retrieval metrics of a model bundle on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="retrieval R@1/5/10 of a model bundle on a dataset (long, short, near twins)",
+        description="Embed DATA's images and captions with the model bundle's ONNX encoders (what the "
+                    "service serves) and report text-to-image and image-to-text recall at 1, 5 and 10, with "
+                    "long and with short captions, and near-twin accuracy on test splits.")
+    p.add_argument("--model", required=True, type=Path, help="model bundle folder (`llm2clip export`)")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="items per encoder call (default 32)")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="ONNX Runtime intra-op threads (default: every core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:6.1f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"model    {(result.get('model') or '?')[:12]}",
+        f"dataset  {result['dataset']}  ({result['n']} items, gallery = its images / long captions)",
+        "",
+        f"{'':16}{'t2i R@1':>8}{'R@5':>7}{'R@10':>7}   {'i2t R@1':>8}{'R@5':>7}{'R@10':>7}",
+    ]
+    for name in ("long", "short"):
+        m = result[name]
+        lines.append(f"{name + ' captions':16}  {_pct(m['t2i_r1'])} {_pct(m['t2i_r5'])} {_pct(m['t2i_r10'])}"
+                     f"     {_pct(m['i2t_r1'])} {_pct(m['i2t_r5'])} {_pct(m['i2t_r10'])}")
+    twin = result.get("near_twin")
+    lines.append("")
+    if twin:
+        lines.append(f"near twins ({twin['n_pairs']} pairs): right one ranked above its twin, %")
+        for name in ("long", "short"):
+            t2i, i2t = _pct(twin[name]["t2i"]), _pct(twin[name]["i2t"])
+            lines.append(f"  {name + ' captions':16}t2i {t2i}   i2t {i2t}")
+    else:
+        lines.append("near twins: none in this dataset (a test split has them)")
+    lines.append(f"\n{result['timing']['total_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm2clip.errors import LLM2CLIPError
+    from training.eval import evaluate
+
+    try:
+        result = evaluate(args.model, args.data, batch_size=args.batch_size, progress=not args.no_progress,
+                          threads=args.threads)
+    except LLM2CLIPError as exc:
+        print(f"llm2clip eval: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(format_table(result))
+    return 0
