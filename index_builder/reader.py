@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from llm2clip.config import PreprocessCfg
 from llm2clip.data.dataset import Dataset, Item
 from llm2clip.errors import DatasetError
-from llm2clip.vision import preprocess_image
+from llm2clip.preprocess import preprocess_image
 
 log = logging.getLogger(__name__)
 

@@ -4,33 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from llm2clip.config import PreprocessCfg, VisionCfg
+from llm2clip.config import VisionCfg
+from llm2clip.preprocess import preprocess_image
 
-
-def preprocess_image(image: Image.Image, cfg: PreprocessCfg) -> np.ndarray:
-    """PIL image -> float32 (3, size, size), normalized. The one preprocessing of the project."""
-    image = image.convert("RGB")
-    size = cfg.size
-    if cfg.resize == "squash":
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    elif cfg.resize == "shortest_side_center_crop":
-        w, h = image.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        if (nw, nh) != (w, h):
-            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    else:
-        raise ValueError(f"unknown resize mode {cfg.resize!r}")
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+__all__ = ["AttentionPool", "BACKBONES", "VisionTower", "preprocess_image"]
 
 
 class AttentionPool(nn.Module):

@@ -190,7 +190,7 @@ def train_clip(
                 rate = seen / (now - t_last)
                 t_last, seen = now, 0
                 history.append({"step": step, "epoch": epoch, "loss": round(float(loss.detach()), 5),
-                                "logit_scale": round(float(model.logit_scale.exp()), 3), "img_s": round(rate, 1),
+                                "logit_scale": round(float(model.logit_scale.detach().exp()), 3), "img_s": round(rate, 1),
                                 "lr": opt.param_groups[0]["lr"]})
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{rate:.1f}")
             if step >= total:

@@ -489,7 +489,7 @@ def _long_caption(
         rng,
         (
             f"a {texture} {colour} background",
-            f"a {colour}, {texture} background",
+            f"{_an(colour)} {colour}, {texture} background",
             f"a {texture} background in {colour}",
         ),
     )

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from llm2clip.config import PreprocessCfg
-from llm2clip.text import Tokenizer
-from llm2clip.vision import preprocess_image
+from llm2clip.preprocess import preprocess_image
+from llm2clip.tokenizer import Tokenizer
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 
 from llm2clip.bundle import ModelBundle, load_bundle
 from llm2clip.encoders.base import ImageEncoder, TextBatch, TextEncoder, l2_normalize
-from llm2clip.text import Tokenizer
+from llm2clip.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -64,5 +64,5 @@ def load_onnx_encoders(
     verify: bool = True,
 ) -> tuple[OnnxImageEncoder, OnnxTextEncoder]:
     if not isinstance(bundle, ModelBundle):
-        bundle = load_bundle(bundle, verify=verify)
+        bundle = load_bundle(os.fspath(bundle), verify=verify)
     return OnnxImageEncoder(bundle, providers, threads), OnnxTextEncoder(bundle, providers, threads)

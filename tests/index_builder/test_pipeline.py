@@ -103,7 +103,7 @@ def test_image_index_bundle(tiny_bundle, corpus, tmp_path):
     assert json.loads(rows[3][5]) == {"n": 3, "tags": ["a", "b"]}
 
     # each item's own image embedding finds that item first: vectors and records share row order
-    from llm2clip.vision import preprocess_image
+    from llm2clip.preprocess import preprocess_image
 
     own = mapper(np.stack([preprocess_image(Image.open(corpus.image_path(it)), bundle.preprocess)
                            for it in corpus.items]))

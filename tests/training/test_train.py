@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
+from tiny_models import tiny_cfg
 
 from llm2clip.data import read_dataset
 from llm2clip.errors import BundleError
