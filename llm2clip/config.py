@@ -37,10 +37,20 @@ class AdapterCfg:
 
 
 @dataclass
+class ClipTextCfg:
+    vocab_size: int = 49152  # the tokenizer's vocabulary (SmolLM2's by default)
+    context: int = 77  # CLIP's context: tokens past it are cut
+    width: int = 256  # transformer width
+    layers: int = 4
+    heads: int = 4
+
+
+@dataclass
 class TextCfg:
     llm: str = "smollm2-135m-instruct"  # name of the text encoder checkpoint (informative)
     max_tokens: int = 512  # captions are cut here, not at 77
-    pooling: str = "mean"  # mean over non-padding tokens, bidirectional attention (LLM2Vec)
+    pooling: str = "mean"  # mean over non-padding tokens, bidirectional attention (LLM2Vec); "eot" for clip77
+    add_special_tokens: bool = False  # True for BERT-type encoders ([CLS] ... [SEP])
 
 
 @dataclass
@@ -50,6 +60,8 @@ class ModelCfg:
     adapter: AdapterCfg = field(default_factory=AdapterCfg)
     text: TextCfg = field(default_factory=TextCfg)
     preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
+    # set: a CLIP text transformer trained jointly replaces the frozen LLM + adapter (the clip77 baseline)
+    text_tower: ClipTextCfg | None = None
     init_logit_scale: float = 2.6592  # log(1/0.07), CLIP's initial temperature
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +83,7 @@ class ModelCfg:
             adapter=build(AdapterCfg, data.get("adapter")),
             text=build(TextCfg, data.get("text")),
             preprocess=build(PreprocessCfg, data.get("preprocess")),
+            text_tower=build(ClipTextCfg, data["text_tower"]) if data.get("text_tower") else None,
             init_logit_scale=data.get("init_logit_scale", 2.6592),
         )
 

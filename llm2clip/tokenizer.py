@@ -13,31 +13,54 @@ TOKENIZER_FILE = "tokenizer.json"
 class Tokenizer:
     """Fast tokenizer with right padding and truncation; identical in training, export and serving."""
 
-    def __init__(self, folder: str | Path, max_tokens: int) -> None:
+    def __init__(self, folder: str | Path, max_tokens: int, add_special_tokens: bool | None = None) -> None:
+        """``add_special_tokens`` None: decided from the model folder's config (BERT-type encoders were
+        trained with [CLS] ... [SEP]; decoder LLMs are mean pooled over the plain text)."""
         from tokenizers import Tokenizer as HFTokenizer
 
         folder = Path(folder)
         self._tok = HFTokenizer.from_file(str(folder / TOKENIZER_FILE))
+        self._tok.no_padding()
+        # the library's own truncation keeps the closing special token ([SEP]) of encoder models
+        self._tok.enable_truncation(max_length=max_tokens)
         self.max_tokens = max_tokens
+        self.add_special_tokens = uses_special_tokens(folder) if add_special_tokens is None else add_special_tokens
         self.pad_id = _pad_id(folder, self._tok)
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> (input_ids int64 (B, L), attention_mask int64 (B, L), truncated bool (B,))."""
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        lengths = [len(e.ids) for e in encs]
-        width = max(1, min(self.max_tokens, max(lengths, default=1)))
+        encs = self._tok.encode_batch(list(texts), add_special_tokens=self.add_special_tokens)
+        width = max(1, max((len(e.ids) for e in encs), default=1))
         ids = np.full((len(encs), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encs), width), dtype=np.int64)
         for i, enc in enumerate(encs):
-            row = enc.ids[: self.max_tokens]
+            row = enc.ids
             if not row:  # an empty text still gets one token, so mean pooling has something to average
                 row = [self.pad_id]
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
-        return ids, mask, np.asarray([n > self.max_tokens for n in lengths])
+        return ids, mask, np.asarray([bool(e.overflowing) for e in encs])
 
     def count(self, text: str) -> int:
-        return len(self._tok.encode(text, add_special_tokens=False).ids)
+        """Tokens of ``text`` without truncation."""
+        enc = self._tok.encode(text, add_special_tokens=self.add_special_tokens)
+        return len(enc.ids) + sum(len(o.ids) for o in enc.overflowing)
+
+
+DECODER_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text",
+                 "phi", "phi3", "gpt2", "gpt_neox", "falcon", "olmo", "olmo2", "smollm3"}
+
+
+def uses_special_tokens(folder: str | Path) -> bool:
+    """True for encoder-only models (BERT family), False for decoder LLMs and for folders without a config."""
+    cfg_file = Path(folder) / "config.json"
+    if not cfg_file.is_file():
+        return False
+    cfg = json.loads(cfg_file.read_text())
+    archs = cfg.get("architectures") or []
+    if cfg.get("model_type") in DECODER_TYPES or any(a.endswith("ForCausalLM") for a in archs):
+        return False
+    return not cfg.get("is_decoder", False)
 
 
 def _pad_id(folder: Path, tok) -> int:

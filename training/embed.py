@@ -73,7 +73,11 @@ def embed_captions(
     out.mkdir(parents=True, exist_ok=True)
     info = text_encoder_info(text_encoder)
     rows = caption_rows(dataset, captions)
-    settings = {"text_encoder": info, "max_tokens": max_tokens, "dtype": dtype, "dataset": str(Path(dataset.root).resolve()),
+    from llm2clip.tokenizer import uses_special_tokens
+
+    settings = {"text_encoder": info, "max_tokens": max_tokens,
+                "add_special_tokens": uses_special_tokens(text_encoder), "dtype": dtype,
+                "dataset": str(Path(dataset.root).resolve()),
                 "count": len(rows), "shard_size": shard_size}
     manifest_path = out / MANIFEST
     if manifest_path.is_file():

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from llm2clip import bundle as B
-from llm2clip.model import LLM2CLIP, ImageEncoderModule, TextEncoderModule
+from llm2clip.model import LLM2CLIP, ClipTextEncoderModule, ImageEncoderModule, TextEncoderModule
 from llm2clip.text import LLMEncoder, Tokenizer
+from llm2clip.tokenizer import uses_special_tokens
 from training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,27 @@ def _export_onnx(module, args, path: Path, input_names, dynamic_axes) -> None:
         )
 
 
-def export_bundle(model: LLM2CLIP, llm: LLMEncoder, tokenizer_dir: str | Path, out: str | Path,
+def text_module(model: LLM2CLIP, llm: LLMEncoder | None) -> torch.nn.Module:
+    """The module ``text_encoder.onnx`` is traced from: LLM + pooling + adapter, or the CLIP text tower."""
+    if model.text_tower is not None:
+        return ClipTextEncoderModule(model).eval()
+    if llm is None or model.adapter is None:
+        raise ValueError("a model with an adapter needs its frozen LLM to export the text encoder")
+    return TextEncoderModule(llm.eval().float(), model.adapter).eval()
+
+
+def export_bundle(model: LLM2CLIP, llm: LLMEncoder | None, tokenizer_dir: str | Path, out: str | Path,
                   text_info: dict | None = None) -> B.ModelBundle:
-    """Write ``out`` (atomically) with both ONNX encoders, the tokenizer and the manifest."""
+    """Write ``out`` (atomically) with both ONNX encoders, the tokenizer and the manifest.
+
+    ``llm`` is the frozen text encoder of an adapter model, None for a model with a CLIP text tower."""
     cfg = model.cfg
     out = Path(out)
     stage = B.staging_dir(out)
+    tower = cfg.text_tower
+    max_tokens = tower.context if tower is not None else cfg.text.max_tokens
     try:
         model = model.eval().float()
-        llm = llm.eval().float()
         size = cfg.preprocess.size
         pixels = torch.zeros(2, 3, size, size)
         with torch.no_grad():
@@ -57,10 +70,11 @@ def export_bundle(model: LLM2CLIP, llm: LLMEncoder, tokenizer_dir: str | Path, o
             for name in TOKENIZER_FILES:
                 if (Path(tokenizer_dir) / name).is_file():
                     shutil.copy2(Path(tokenizer_dir) / name, tok_dir / name)
-            tok = Tokenizer(tok_dir, cfg.text.max_tokens)
+            special = uses_special_tokens(tokenizer_dir)
+            tok = Tokenizer(tok_dir, max_tokens, add_special_tokens=special)
             ids, mask, _ = tok(["an example caption to trace the text encoder", "a shorter one"])
             _export_onnx(
-                TextEncoderModule(llm, model.adapter).eval(),
+                text_module(model, llm),
                 (torch.from_numpy(ids), torch.from_numpy(mask)),
                 stage / B.TEXT_ONNX,
                 ["input_ids", "attention_mask"],
@@ -86,10 +100,11 @@ def export_bundle(model: LLM2CLIP, llm: LLMEncoder, tokenizer_dir: str | Path, o
                     "file": B.TEXT_ONNX,
                     "inputs": ["input_ids", "attention_mask"],
                     "tokenizer": B.TOKENIZER_DIR,
-                    "max_tokens": cfg.text.max_tokens,
-                    "pooling": cfg.text.pooling,
-                    "attention": "bidirectional",
+                    "max_tokens": max_tokens,
+                    "pooling": "eot" if tower is not None else cfg.text.pooling,
+                    "attention": "causal" if tower is not None else "bidirectional",
                     "pad_token_id": tok.pad_id,
+                    "add_special_tokens": special,
                     "llm": text_info or {"name": cfg.text.llm},
                 },
                 "model": cfg.to_dict(),
@@ -106,6 +121,14 @@ def export_bundle(model: LLM2CLIP, llm: LLMEncoder, tokenizer_dir: str | Path, o
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, text_encoder: str | Path | None = None) -> B.ModelBundle:
     model, text_info = load_checkpoint(checkpoint)
+    if model.text_tower is not None:
+        tok_dir = Path(text_encoder or text_info.get("tokenizer", ""))
+        if not (tok_dir / "tokenizer.json").is_file():
+            from llm2clip.errors import BundleError
+
+            raise BundleError(f"the tokenizer of {checkpoint} ({tok_dir}) is missing: pass --text-encoder DIR "
+                              "(a folder with tokenizer.json)")
+        return export_bundle(model, None, tok_dir, out, text_info={**text_info, "tokenizer": str(tok_dir)})
     llm_dir = Path(text_encoder or text_info.get("path", ""))
     if not (llm_dir / "config.json").is_file():
         from llm2clip.errors import BundleError
@@ -117,7 +140,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, text_encoder: str
     return export_bundle(model, llm, llm_dir, out, text_info={**text_info, "path": str(llm_dir)})
 
 
-def compare_with_torch(bundle_dir: str | Path, model: LLM2CLIP, llm: LLMEncoder, texts: list[str],
+def compare_with_torch(bundle_dir: str | Path, model: LLM2CLIP, llm: LLMEncoder | None, texts: list[str],
                        pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cosine between ONNX Runtime and PyTorch embeddings, per image and per text."""
     from llm2clip.encoders.onnx import load_onnx_encoders
@@ -127,8 +150,8 @@ def compare_with_torch(bundle_dir: str | Path, model: LLM2CLIP, llm: LLMEncoder,
     with torch.no_grad():
         ti = model.encode_image(torch.from_numpy(pixels)).numpy()
         batch = txt_enc.tokenize(texts)
-        tt = TextEncoderModule(llm, model.adapter).eval()(torch.from_numpy(batch.input_ids),
-                                                   torch.from_numpy(batch.attention_mask)).numpy()
+        tt = text_module(model, llm)(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+        tt = tt.numpy()
     oi = img_enc.encode_pixels(pixels)
     ot = txt_enc.encode_tokens(batch)
     return (oi * ti).sum(1), (ot * tt).sum(1)
@@ -137,7 +160,9 @@ def compare_with_torch(bundle_dir: str | Path, model: LLM2CLIP, llm: LLMEncoder,
 def check_export(checkpoint: str | Path, bundle_dir: str | Path, text_encoder: str | Path | None = None) -> dict:
     """Minimum cosine between ONNX Runtime and PyTorch on random images and captions of several lengths."""
     model, text_info = load_checkpoint(checkpoint)
-    llm = LLMEncoder.from_pretrained(text_encoder or text_info["path"], attn="eager")
+    llm = None
+    if model.text_tower is None:
+        llm = LLMEncoder.from_pretrained(text_encoder or text_info["path"], attn="eager")
     size = model.cfg.preprocess.size
     pixels = np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32)
     texts = ["a red sneaker", "a large blue bag at the top left, mirrored, on a dotted white background. " * 6,

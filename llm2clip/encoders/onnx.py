@@ -49,7 +49,8 @@ class OnnxTextEncoder(TextEncoder):
     def __init__(self, bundle: ModelBundle, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
         self.bundle = bundle
         self.dim = bundle.embed_dim
-        self.tokenizer = Tokenizer(bundle.tokenizer_dir, bundle.max_tokens)
+        self.tokenizer = Tokenizer(bundle.tokenizer_dir, bundle.max_tokens,
+                                   add_special_tokens=bool(bundle.manifest["text"].get("add_special_tokens", False)))
         self.session = make_session(bundle.text_onnx, providers, threads)
 
     def encode_tokens(self, batch: TextBatch) -> np.ndarray:
