@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from llm2clip_cli import demo
     from service import cli as service_cli
     from training import cli as train_cli
-    from training import eval_cli
+    from training import eval_cli, repro_cli
 
     parser = argparse.ArgumentParser(
         prog="llm2clip",
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(sub)
     index_cli.add_parser(sub)
     service_cli.add_parser(sub)
+    repro_cli.add_parser(sub)
     demo.add_parser(sub)
     return parser
 
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             from service import cli as service_cli
 
             return service_cli.run(args)
+        if args.command == "repro":
+            from training import repro_cli
+
+            return repro_cli.run(args)
         if args.command == "demo":
             from llm2clip_cli import demo
 

@@ -1,4 +1,4 @@
-"""`llm2clip train embed|clip` and `llm2clip export`."""
+"""`llm2clip train text|embed|clip` and `llm2clip export`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,47 @@ from pathlib import Path
 
 def add_parser(subparsers) -> None:
     train = subparsers.add_parser(
-        "train", help="train LLM2CLIP checkpoints (stage 2: embed captions, then train the vision side)",
-        description="Stage 2 of LLM2CLIP: `embed` computes frozen LLM caption embeddings once; `clip` trains "
-                    "the vision tower and the adapter against them with the CLIP loss.")
-    sub = train.add_subparsers(dest="train_cmd", required=True, metavar="{embed,clip}")
+        "train", help="train LLM2CLIP (stage 1: fine-tune the text encoder; stage 2: embed captions, train vision)",
+        description="Stage 1 of LLM2CLIP: `text` fine-tunes the LLM text encoder on captions. Stage 2: `embed` "
+                    "computes frozen LLM caption embeddings once; `clip` trains the vision tower and the adapter "
+                    "against them with the CLIP loss.")
+    sub = train.add_subparsers(dest="train_cmd", required=True, metavar="{text,embed,clip}")
+
+    t = sub.add_parser(
+        "text", help="stage 1: caption-contrastive LoRA fine-tuning of the LLM text encoder (resumable)",
+        description="Stage 1 of LLM2CLIP: make a decoder LLM (Llama, Mistral, Qwen2, Gemma) bidirectional with "
+                    "mean pooling, optionally adapt it with MNTP, then LoRA-train it with a contrastive loss where "
+                    "two captions of a scene (long, short, generator paraphrases) are positives. OUT becomes a "
+                    "Hugging Face model folder with the LoRA merged (for `train embed --text-encoder OUT`), "
+                    "plus stage1.json; OUT/checkpoint/ lets a rerun resume or extend the run.")
+    t.add_argument("--data", required=True, type=Path, help="training dataset folder (items.jsonl)")
+    t.add_argument("--out", required=True, type=Path, help="output model folder (resumed when it holds a run)")
+    t.add_argument("--base", type=Path, default=None,
+                   help="Hugging Face folder of the base LLM (default: SmolLM2-135M-Instruct, offline)")
+    t.add_argument("--val", type=Path, default=None,
+                   help="held-out dataset: caption retrieval accuracy before and after, in stage1.json")
+    t.add_argument("--steps", type=int, default=1000, help="contrastive optimizer steps (default 1000)")
+    t.add_argument("--mntp-steps", type=int, default=0,
+                   help="masked next-token prediction steps before the contrastive ones (default 0: none)")
+    t.add_argument("--batch-size", type=int, default=16,
+                   help="scenes per micro-batch, 2 views each: the contrastive problem's size (default 16)")
+    t.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per optimizer step, each its own contrastive problem (default 1)")
+    t.add_argument("--lr", type=float, default=2e-4, help="contrastive peak learning rate (default 2e-4)")
+    t.add_argument("--mntp-lr", type=float, default=5e-5, help="MNTP peak learning rate (default 5e-5)")
+    t.add_argument("--warmup-steps", type=int, default=50, help="linear warmup of each phase, then cosine")
+    t.add_argument("--lora-r", type=int, default=16)
+    t.add_argument("--lora-alpha", type=int, default=32)
+    t.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default 0; LLM2Vec: 0.05)")
+    t.add_argument("--temperature", type=float, default=0.05, help="contrastive temperature (default 0.05)")
+    t.add_argument("--max-tokens", type=int, default=512, help="captions are cut here (default 512)")
+    t.add_argument("--paraphrases", type=int, default=2,
+                   help="generator paraphrases of each scene's long caption, made once up front (default 2)")
+    t.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-bf16", action="store_true", help="train in fp32 (slower on CPUs with AMX)")
+    t.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                   help="recompute activations in the backward pass: less memory, ~30%% more time (default on)")
 
     e = sub.add_parser("embed", help="embed a dataset's captions with a frozen LLM (sharded, resumable)",
                        description="Embed every caption of DATASET with the text encoder (bidirectional "
@@ -28,15 +65,32 @@ def add_parser(subparsers) -> None:
 
     c = sub.add_parser("clip", help="train the vision tower + adapter with the CLIP loss (resumable)",
                        description="Train a stage-2 checkpoint in OUT from DATASET images and the caption "
-                                   "embeddings of `llm2clip train embed`. An existing checkpoint in OUT is resumed.")
+                                   "embeddings of `llm2clip train embed`. An existing checkpoint in OUT is resumed. "
+                                   "Data-parallel: launch under torchrun (`torchrun --nproc_per_node N -m "
+                                   "llm2clip_cli.main train clip ...`); --batch-size stays the global batch.")
     c.add_argument("--data", required=True, type=Path, help="training dataset folder")
     c.add_argument("--embeddings", required=True, type=Path, help="folder written by `llm2clip train embed`")
     c.add_argument("--out", required=True, type=Path, help="checkpoint folder (resumed when it exists)")
     c.add_argument("--epochs", type=int, default=8)
-    c.add_argument("--batch-size", type=int, default=64)
-    c.add_argument("--lr", type=float, default=5e-4, help="learning rate of the adapter and the pooling head")
-    c.add_argument("--backbone-lr", type=float, default=2e-4, help="learning rate of the pretrained backbone")
+    c.add_argument("--batch-size", type=int, default=64, help="global batch over all processes (default 64)")
+    c.add_argument("--lr", type=float, default=5e-4,
+                   help="peak learning rate of the top: adapter, attention pool, temperature (default 5e-4)")
+    c.add_argument("--layer-decay", type=float, default=0.85,
+                   help="layer-wise lr decay over the backbone: layer l trains at lr * decay^(top - l), stem "
+                        "lowest; 1 disables it (default 0.85)")
+    c.add_argument("--backbone-lr", type=float, default=None,
+                   help="lr of the backbone's top layer, lower layers decaying from it (default: lr * layer-decay)")
+    c.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not on norms, biases)")
     c.add_argument("--warmup-steps", type=int, default=50)
+    c.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the pretrained BatchNorm statistics (weights still train); needed for multi-process "
+                        "runs to match one process (default on)")
+    c.add_argument("--drop-path", type=float, default=0.2, help="stochastic depth rate of the backbone blocks")
+    c.add_argument("--val", type=Path, default=None,
+                   help="validation dataset: long-caption R@1/R@5 at the end of every epoch (needs --val-embeddings)")
+    c.add_argument("--val-embeddings", type=Path, default=None,
+                   help="caption embeddings of --val (`llm2clip train embed --data VAL`)")
+    c.add_argument("--log-every", type=int, default=10, help="history entry every N steps (and at epoch ends)")
     c.add_argument("--image-size", type=int, default=224, help="input side of the vision tower")
     c.add_argument("--embed-dim", type=int, default=256, help="width of the joint embedding space")
     c.add_argument("--seed", type=int, default=0)
@@ -59,6 +113,24 @@ def _keys(value: str) -> tuple[str, ...] | None:
 def run(args: argparse.Namespace) -> int:
     from llm2clip.data import read_dataset
 
+    if args.command == "train" and args.train_cmd == "text":
+        from training.stage1 import Stage1Cfg, train_text
+
+        cfg = Stage1Cfg(steps=args.steps, mntp_steps=args.mntp_steps, batch_size=args.batch_size,
+                        grad_accum=args.grad_accum, lr=args.lr, mntp_lr=args.mntp_lr, warmup_steps=args.warmup_steps,
+                        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                        temperature=args.temperature, max_tokens=args.max_tokens, paraphrases=args.paraphrases,
+                        seed=args.seed, bf16=not args.no_bf16, grad_checkpointing=args.grad_checkpointing,
+                        save_every=args.save_every)
+        summary = train_text(args.data, args.out, args.base, cfg, val=args.val)
+        cc = summary.get("contrastive") or {}
+        print(f"text encoder {args.out}: {cc.get('steps', 0)} contrastive steps, loss {cc.get('first_loss')} -> "
+              f"{cc.get('last_loss')}, {cc.get('samples_s')} samples/s")
+        val = summary.get("val")
+        if val:
+            print(f"caption retrieval on {val['dataset']}: {val['before']['caption_retrieval']:.3f} -> "
+                  f"{val['after']['caption_retrieval']:.3f}")
+        return 0
     if args.command == "train" and args.train_cmd == "embed":
         from llm2clip.defaults import smollm2_dir
         from training.embed import embed_captions
@@ -72,11 +144,15 @@ def run(args: argparse.Namespace) -> int:
         from training.clip import TrainCfg, train_clip
 
         cfg = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, backbone_lr=args.backbone_lr,
-                       warmup_steps=args.warmup_steps, seed=args.seed, bf16=not args.no_bf16)
+                       layer_decay=args.layer_decay, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                       freeze_bn=args.freeze_bn, drop_path=args.drop_path, seed=args.seed, bf16=not args.no_bf16,
+                       log_every=args.log_every)
         summary = train_clip(read_dataset(args.data), args.embeddings, args.out, cfg,
-                             embed_dim=args.embed_dim, image_size=args.image_size)
-        last = summary["history"][-1] if summary["history"] else {}
-        print(f"checkpoint {args.out}: {summary['steps']} steps, last loss {last.get('loss')}")
+                             embed_dim=args.embed_dim, image_size=args.image_size,
+                             val=read_dataset(args.val) if args.val else None, val_embeddings=args.val_embeddings)
+        if summary["rank"] == 0:
+            last = summary["history"][-1] if summary["history"] else {}
+            print(f"checkpoint {args.out}: {summary['steps']} steps, last loss {last.get('loss')}")
         return 0
     if args.command == "export":
         from training.export import check_export, export_checkpoint

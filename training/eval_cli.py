@@ -1,4 +1,4 @@
-"""`llm2clip eval`: retrieval metrics of a model bundle on a dataset."""
+"""`llm2clip eval`: retrieval metrics of a model bundle, and caption retrieval of a text encoder, on a dataset."""
 
 from __future__ import annotations
 
@@ -21,11 +21,18 @@ def _positive(value: str) -> int:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="retrieval R@1/5/10 of a model bundle on a dataset (long, short, near twins)",
+        "eval", help="retrieval R@1/5/10 of a model bundle on a dataset (long, short, near twins); caption "
+                     "retrieval of a text encoder",
         description="Embed DATA's images and captions with the model bundle's ONNX encoders (what the "
                     "service serves) and report text-to-image and image-to-text recall at 1, 5 and 10, with "
-                    "long and with short captions, and near-twin accuracy on test splits.")
-    p.add_argument("--model", required=True, type=Path, help="model bundle folder (`llm2clip export`)")
+                    "long and with short captions, and near-twin accuracy on test splits. With --text-encoder, "
+                    "report the caption retrieval accuracy of that LLM alone (long caption -> its short caption "
+                    "and back, top-1; the stage-1 metric); give --model, --text-encoder or both.")
+    p.add_argument("--model", type=Path, default=None, help="model bundle folder (`llm2clip export`)")
+    p.add_argument("--text-encoder", type=Path, default=None,
+                   help="Hugging Face text encoder folder (e.g. `llm2clip train text` output): caption retrieval")
+    p.add_argument("--max-tokens", type=_positive, default=512,
+                   help="--text-encoder reads this many tokens of a caption (default 512)")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
     p.add_argument("--batch-size", type=_positive, default=32, help="items per encoder call (default 32)")
@@ -62,18 +69,54 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_caption_table(result: dict[str, Any]) -> str:
+    return "\n".join([
+        f"text encoder  {result['text_encoder']['name']}",
+        f"dataset       {result['dataset']}  ({result['n']} items, {result['unique_short']} distinct short captions)",
+        "",
+        f"{'caption retrieval, top-1 %':28}{'text':>7}{'strict':>8}",
+        f"{'  long -> short':28}{_pct(result['long_to_short'])} {_pct(result['long_to_short_strict'])}",
+        f"{'  short -> long':28}{_pct(result['short_to_long'])} {_pct(result['short_to_long_strict'])}",
+        f"{'  mean':28}{_pct(result['caption_retrieval'])} {_pct(result['caption_retrieval_strict'])}",
+    ])
+
+
 def run(args: argparse.Namespace) -> int:
     from llm2clip.errors import LLM2CLIPError
-    from training.eval import evaluate
 
+    model, text_encoder = args.model, getattr(args, "text_encoder", None)
+    if model is None and text_encoder is None:
+        print("llm2clip eval: error: give --model BUNDLE, --text-encoder DIR or both", file=sys.stderr)
+        return 2
+    result: dict[str, Any] = {}
+    caption: dict[str, Any] | None = None
     try:
-        result = evaluate(args.model, args.data, batch_size=args.batch_size, progress=not args.no_progress,
-                          threads=args.threads)
+        if model is not None:
+            from training.eval import evaluate
+
+            result = evaluate(model, args.data, batch_size=args.batch_size, progress=not args.no_progress,
+                              threads=args.threads)
+        if text_encoder is not None:
+            from training.caption_retrieval import METRICS, caption_retrieval
+
+            caption = caption_retrieval(text_encoder, args.data, batch_size=args.batch_size,
+                                        max_tokens=getattr(args, "max_tokens", 512), progress=not args.no_progress)
     except LLM2CLIPError as exc:
         print(f"llm2clip eval: error: {exc}", file=sys.stderr)
         return 2
+    if caption is not None:
+        if result:
+            # the bundle's keys stay as they are; the text encoder's join them, shaped as when it runs alone
+            result.update({k: caption[k] for k in (*METRICS, "text_encoder", "unique_long", "unique_short")})
+            if isinstance(result.get("timing"), dict):
+                result["timing"]["caption_retrieval_s"] = caption["seconds"]
+        else:
+            result = caption
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        print(format_table(result))
+        parts = [format_table(result)] if model is not None else []
+        if caption is not None:
+            parts.append(format_caption_table(caption))
+        print("\n\n".join(parts))
     return 0

@@ -671,6 +671,40 @@ def short_caption(graph: dict[str, Any]) -> str:
     return f"{head} {_join(bare)}"
 
 
+_PARAPHRASE_STREAM = 3  # spawn key of paraphrase draws: apart from the scene (0) and caption (1) streams
+
+
+@lru_cache(maxsize=1)
+def _shared_tokens_counter() -> TokenCounter:
+    # loading the tokenizer costs more than phrasing a caption; paraphrasing a corpus calls this per item
+    return _tokens_counter()
+
+
+def paraphrase_long(
+    meta: dict[str, Any],
+    seed: int,
+    count_tokens: TokenCounter | None = None,
+    avoid: Sequence[str] = (),
+) -> str:
+    """Another long caption of the scene graph in ``meta`` (an item's meta): same facts, new phrasing and order.
+
+    Drawn by the same machinery as the corpus's own long captions, so it describes every object with all
+    its attributes (class, colour, size, orientation, cell), the background, and 60..250 tokens' worth of
+    relations and details. ``seed`` picks the phrasing; a draw equal to a text in ``avoid`` (e.g. the
+    item's own caption) is drawn again. Referring expressions only consider the scene's own objects (a test
+    scene's twins are not in ``meta``), which is all a caption of that picture needs.
+    """
+    graph = {"background": meta["background"], "objects": meta["objects"]}
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_PARAPHRASE_STREAM,)))
+    count = count_tokens or _shared_tokens_counter()
+    text = long_caption(graph, rng, count).text
+    for _ in range(16):
+        if text not in avoid:
+            break
+        text = long_caption(graph, rng, count).text
+    return text
+
+
 # ---------------------------------------------------------------- the generator
 
 

@@ -19,7 +19,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     assert cli(["data", "scenes", "--out", str(p["data"]), "--n", str(N_SCENES), "--split", "train", "--seed", "7"]) == 0
     assert cli(["train", "embed", "--data", str(p["data"]), "--out", str(p["emb"])]) == 0
     assert cli(["train", "clip", "--data", str(p["data"]), "--embeddings", str(p["emb"]), "--out", str(p["ckpt"]),
-                "--epochs", "25", "--batch-size", "16", "--image-size", "96", "--lr", "1e-3", "--backbone-lr", "3e-4",
+                "--epochs", "40", "--batch-size", "16", "--image-size", "96", "--lr", "1e-3", "--backbone-lr", "3e-4",
+                "--layer-decay", "1.0", "--drop-path", "0", "--no-freeze-bn",
                 "--warmup-steps", "5", "--embed-dim", "128"]) == 0
     assert cli(["export", "--checkpoint", str(p["ckpt"]), "--out", str(p["bundle"])]) == 0
     assert cli(["index", "build", "--model", str(p["bundle"]), "--data", str(p["data"]), "--out", str(p["indexes"]),

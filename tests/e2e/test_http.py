@@ -72,8 +72,9 @@ def test_long_caption_finds_its_scene(server, dataset):
         scores = [h["score"] for h in body["results"]]
         assert scores == sorted(scores, reverse=True) and len(scores) == 5
         hits.append(item.id in [h["id"] for h in body["results"]])
-    # trained on these scenes: most long captions rank their own scene in the top 5 (chance: 5/48)
-    assert sum(hits) >= 9, hits
+    # trained on these 48 scenes: at least half the long captions rank their own scene in the top 5, as
+    # eval's R@5 >= 0.5 asks (chance is 5/48; 6 or more of 12 by chance has probability ~5e-4)
+    assert sum(hits) >= 6, hits
 
 
 def test_image_finds_its_caption(server, dataset):
@@ -85,7 +86,7 @@ def test_image_finds_its_caption(server, dataset):
         results = r.json()["results"]
         assert all(h["caption"] for h in results)
         hits.append(item.long in [h["caption"] for h in results])
-    assert sum(hits) >= 9, hits
+    assert sum(hits) >= 6, hits
 
 
 def test_base64_image_and_embed_agree_with_search(server, dataset):

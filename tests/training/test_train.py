@@ -1,4 +1,4 @@
-"""Stage-2 code path on a tiny random model: embed shards, train, resume, export."""
+"""Stage-2 code path on a tiny random model: embed shards, train, resume, export; the recipe's pieces."""
 
 import json
 
@@ -9,8 +9,9 @@ from tiny_models import tiny_cfg
 
 from llm2clip.data import read_dataset
 from llm2clip.errors import BundleError
+from llm2clip.model import LLM2CLIP
 from training.checkpoint import load_checkpoint, load_state
-from training.clip import TrainCfg, clip_loss, lr_factor, train_clip
+from training.clip import TrainCfg, clip_loss, layer_ids, lr_factor, param_groups, train_clip
 from training.embed import CaptionEmbeddings, embed_captions
 
 
@@ -59,13 +60,31 @@ def test_embed_refuses_other_settings(scenes, shards, tiny_llm_dir):
 
 def test_train_overfits_resumes_and_exports(scenes, shards, tmp_path):
     ckpt = tmp_path / "ckpt"
-    cfg = TrainCfg(epochs=6, batch_size=8, lr=3e-3, backbone_lr=1e-3, warmup_steps=2, log_every=1, seed=0)
-    first = train_clip(scenes, shards, ckpt, cfg, model_cfg=tiny_cfg(), progress=False)
+    # fp32: on this CPU bf16 autocast makes the 64 px model ~10x slower (the e2e run trains in bf16)
+    cfg = TrainCfg(epochs=6, batch_size=8, lr=3e-3, backbone_lr=1e-3, warmup_steps=2, log_every=1, seed=0,
+                   bf16=False)
+    # the training set doubles as validation set: the point is that recall is measured and recorded
+    first = train_clip(scenes, shards, ckpt, cfg, model_cfg=tiny_cfg(), progress=False, val=scenes,
+                       val_embeddings=shards)
     losses = [h["loss"] for h in first["history"]]
     assert first["steps"] == 6 * 3
     assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns on the training set
     state = load_state(ckpt)
     assert state["step"] == 18
+    val = [h for h in first["history"] if "val_t2i_r1" in h]
+    assert [h["step"] for h in val] == [3, 6, 9, 12, 15, 18]  # every epoch end
+    assert all(0 <= h[k] <= 1 for h in val for k in ("val_t2i_r1", "val_t2i_r5", "val_i2t_r1", "val_i2t_r5"))
+    assert val[-1]["val_t2i_r5"] >= val[-1]["val_t2i_r1"]
+    assert (ckpt / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # frozen BatchNorm: the pretrained running statistics are untouched, the BN weights trained
+    torch.manual_seed(0)
+    fresh = LLM2CLIP(tiny_cfg()).state_dict()
+    trained = load_checkpoint(ckpt)[0].state_dict()
+    bn = "visual.backbone.net._blocks.3._bn1."
+    assert torch.equal(trained[bn + "running_mean"], fresh[bn + "running_mean"])
+    assert torch.equal(trained[bn + "running_var"], fresh[bn + "running_var"])
+    assert not torch.equal(trained[bn + "weight"], fresh[bn + "weight"])
 
     more = TrainCfg(**{**cfg.__dict__, "epochs": 8})
     second = train_clip(scenes, shards, ckpt, more, progress=False)
@@ -87,3 +106,63 @@ def test_schedule_warms_up_then_decays():
     f = [lr_factor(s, 100, 10) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert f[50] < f[10] and f[99] < 0.01
+
+
+def test_interrupted_run_resumes_exactly(scenes, shards, tmp_path):
+    """Captions, permutations and stochastic depth derive from (seed, step): no random state to save, and a
+    resumed run continues exactly as if it had never stopped."""
+    from safetensors.torch import load_file
+
+    cfg = TrainCfg(epochs=1, batch_size=8, lr=3e-3, warmup_steps=1, drop_path=0.2, bf16=False, log_every=1, seed=1)
+    train_clip(scenes, shards, tmp_path / "whole", cfg, model_cfg=tiny_cfg(), progress=False)
+    part = train_clip(scenes, shards, tmp_path / "parts", cfg, model_cfg=tiny_cfg(), progress=False, stop_at=2)
+    assert part["steps"] == 2 and load_state(tmp_path / "parts")["step"] == 2
+    rest = train_clip(scenes, shards, tmp_path / "parts", cfg, progress=False)  # resumes mid-epoch
+    assert rest["resumed"] and rest["steps"] == 3
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "parts"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole = json.loads((tmp_path / "whole" / "history.json").read_text())
+    assert [h["loss"] for h in whole] == [h["loss"] for h in rest["history"]]
+
+
+def test_layer_decay_param_groups():
+    torch.manual_seed(0)
+    model = LLM2CLIP(tiny_cfg())
+    ids, top = layer_ids(model)
+    assert top == 18  # stem 0, 16 MBConv blocks 1..16, head 17, then pool + adapter + temperature
+    assert ids["visual.backbone.net._conv_stem.weight"] == 0
+    assert ids["visual.backbone.net._blocks.0._depthwise_conv.weight"] == 1
+    assert ids["visual.backbone.net._blocks.15._project_conv.weight"] == 16
+    assert ids["visual.backbone.net._bn1.weight"] == 17
+    assert ids["visual.pool.proj.weight"] == ids["adapter.proj.weight"] == ids["logit_scale"] == top
+
+    cfg = TrainCfg(lr=1e-3, layer_decay=0.5, weight_decay=0.1)
+    groups = param_groups(model, cfg)
+    lr = {g["layer"]: g["lr"] for g in groups}
+    assert lr[top] == 1e-3 and lr[17] == pytest.approx(5e-4) and lr[0] == pytest.approx(1e-3 * 0.5**18)
+    assert all(lr[i] < lr[i + 1] for i in range(top))
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+    for g in groups:
+        if g["name"].endswith("_nd"):
+            assert g["weight_decay"] == 0 and all(p.ndim < 2 or p is model.logit_scale or p is model.visual.pool.pos
+                                                  for p in g["params"])
+        else:
+            assert g["weight_decay"] == 0.1 and all(p.ndim >= 2 for p in g["params"])
+    assert any(model.visual.pool.pos is p for g in groups if g["name"].endswith("_nd") for p in g["params"])
+    # an explicit backbone lr sets the backbone's top layer; the decay goes down from there
+    lr = {g["layer"]: g["lr"] for g in param_groups(model, TrainCfg(lr=1e-3, backbone_lr=2e-4, layer_decay=0.5))}
+    assert lr[top] == 1e-3 and lr[17] == pytest.approx(2e-4) and lr[16] == pytest.approx(1e-4)
+
+
+def test_save_curves_writes_a_png(tmp_path):
+    from training.plots import save_curves
+
+    history = [{"step": s, "epoch": s // 5, "loss": 2.0 / s, "logit_scale": 14.0 + s, "lr": 1e-4 * s, "img_s": 9.0}
+               for s in range(1, 11)]
+    history[4].update(val_t2i_r1=0.2, val_t2i_r5=0.5, val_i2t_r1=0.25, val_i2t_r5=0.6)
+    history[9].update(val_t2i_r1=0.4, val_t2i_r5=0.7, val_i2t_r1=0.45, val_i2t_r5=0.8)
+    out = save_curves(history, tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "curves.png.tmp").exists()
+    save_curves(history[:3], out)  # no validation entries yet: three panels
+    assert out.stat().st_size > 1000

@@ -1,0 +1,265 @@
+"""`llm2clip repro`: the paper's ablation rows on the scene corpus, same vision tower, data, steps, seed.
+
+Rows (each writes DIR/<row>/ckpt and DIR/<row>/bundle, and is evaluated on the test split):
+  clip77    a CLIP text transformer with a 77-token context, trained from scratch jointly (vanilla CLIP)
+  minilm    all-MiniLM-L6-v2 mean pooled + adapter (the paper's BERT-type row)
+  llm_nocc  SmolLM2-135M, bidirectional + mean pooled, no caption-contrastive fine-tuning
+  llm_cc    SmolLM2-135M after stage 1 (LLM2CLIP)
+Also: caption retrieval accuracy of each text encoder on the test split (before/after stage 1), and
+stage-2 samples/s with precomputed caption embeddings against running the LLM online.
+Every step is cached in DIR, so an interrupted run continues, and `--rows` runs a subset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+from training.repro_cli import ROWS  # noqa: E402
+
+REPORT_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
+
+
+@dataclass
+class ReproCfg:
+    train_scenes: int = 4000
+    val_scenes: int = 300  # stage-1 held-out set
+    test_scenes: int = 500
+    image_size: int = 160
+    embed_dim: int = 256
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    stage1_steps: int = 400
+    stage1_mntp_steps: int = 0
+    stage1_batch: int = 16
+    stage1_paraphrases: int = 2
+    clip77_width: int = 256
+    clip77_layers: int = 4
+    throughput_steps: int = 5
+    seed: int = 0
+
+
+QUICK = ReproCfg(train_scenes=24, val_scenes=8, test_scenes=12, image_size=64, embed_dim=64, epochs=1,
+                 batch_size=8, stage1_steps=2, stage1_mntp_steps=1, stage1_batch=4, stage1_paraphrases=1,
+                 clip77_width=64, clip77_layers=2, throughput_steps=1)
+
+
+def _say(msg: str) -> None:
+    import sys
+
+    print(f"[repro] {msg}", file=sys.stderr, flush=True)
+
+
+def _cached_json(path: Path, fn) -> Any:
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = fn()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True))
+    return value
+
+
+def _data(out: Path, cfg: ReproCfg) -> dict[str, Path]:
+    from llm2clip.data.scenes import generate_scenes
+
+    paths = {s: out / "data" / s for s in ("train", "val", "test")}
+    sizes = {"train": cfg.train_scenes, "val": cfg.val_scenes, "test": cfg.test_scenes}
+    for split, path in paths.items():
+        if not (path / "items.jsonl").is_file():
+            _say(f"scenes: {split} ({sizes[split]})")
+            generate_scenes(path, sizes[split], split, cfg.seed + {"train": 0, "val": 1, "test": 2}[split])
+    return paths
+
+
+def stage2_throughput(dataset, llm_dir: Path, emb_dir: Path, cfg: ReproCfg) -> dict[str, float]:
+    """Samples/s of a stage-2 step with precomputed embeddings vs with the frozen LLM run in the step."""
+    from llm2clip.text import LLMEncoder, Tokenizer
+    from training.clip import clip_loss, default_model_cfg, load_images, normalize
+    from training.embed import CaptionEmbeddings
+
+    caps = CaptionEmbeddings(emb_dir)
+    model_cfg = default_model_cfg(cfg.embed_dim, caps.dim, cfg.image_size, "llm", 512)
+    from llm2clip.model import LLM2CLIP
+
+    torch.manual_seed(cfg.seed)
+    model = LLM2CLIP(model_cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    n = min(cfg.batch_size, len(dataset))
+    items = dataset.items[:n]
+    images = torch.from_numpy(load_images(dataset, cfg.image_size, progress=False)[:n])
+    llm = LLMEncoder.from_pretrained(llm_dir)
+    tok = Tokenizer(llm_dir, 512)
+    rates = {}
+    for mode in ("precomputed", "online"):
+        times = []
+        for _ in range(cfg.throughput_steps + 1):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                if mode == "precomputed":
+                    text = torch.stack([caps.get(it.id, "long") for it in items]).float()
+                else:
+                    ids, mask, _ = tok([it.long for it in items])
+                    with torch.no_grad():
+                        text = llm(torch.from_numpy(ids), torch.from_numpy(mask))
+                img = model.encode_image(normalize(images, model_cfg.preprocess))
+                txt = model.encode_text_embedding(text.float())
+            loss = clip_loss(img.float(), txt.float(), model.logit_scale)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        rates[mode] = n / float(np.median(times[1:]))  # the first step warms up
+    rates["speedup"] = rates["precomputed"] / rates["online"]
+    return {k: round(v, 2) for k, v in rates.items()}
+
+
+def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS) -> dict[str, Any]:
+    from llm2clip.config import ClipTextCfg
+    from llm2clip.data import read_dataset
+    from llm2clip.defaults import minilm_dir, smollm2_dir
+    from training.caption_retrieval import caption_retrieval
+    from training.clip import TrainCfg, default_model_cfg, train_clip
+    from training.embed import CaptionEmbeddings, embed_captions
+    from training.eval import evaluate
+    from training.export import export_checkpoint
+    from training.stage1 import Stage1Cfg, train_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        from llm2clip.errors import LLM2CLIPError
+
+        raise LLM2CLIPError(f"unknown rows {sorted(unknown)}: choose among {', '.join(ROWS)}")
+    t_start = time.perf_counter()
+    paths = _data(out, cfg)
+    train, val, test = (read_dataset(paths[s]) for s in ("train", "val", "test"))
+
+    encoders: dict[str, Path] = {"llm_nocc": smollm2_dir()}
+    if "minilm" in rows:
+        encoders["minilm"] = minilm_dir()
+    if "llm_cc" in rows:
+        s1 = Stage1Cfg(steps=cfg.stage1_steps, mntp_steps=cfg.stage1_mntp_steps, batch_size=cfg.stage1_batch,
+                       paraphrases=cfg.stage1_paraphrases, seed=cfg.seed,
+                       warmup_steps=max(1, cfg.stage1_steps // 10))
+        if not (out / "stage1" / "stage1.json").is_file():
+            _say(f"stage 1: caption-contrastive fine-tuning, {cfg.stage1_steps} steps")
+        train_text(train, out / "stage1", smollm2_dir(), s1, val=val)
+        encoders["llm_cc"] = out / "stage1"
+
+    _say("caption retrieval accuracy of the text encoders (test split)")
+    caption_acc = {name: _cached_json(out / "caption_retrieval" / f"{name}.json",
+                                      lambda d=d: caption_retrieval(d, test))
+                   for name, d in encoders.items()}
+
+    total_steps = max(1, len(train) // cfg.batch_size) * cfg.epochs
+    tcfg = TrainCfg(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                    warmup_steps=max(1, total_steps // 20), log_every=max(1, total_steps // 100))
+    results: dict[str, Any] = {}
+    for row in rows:
+        rdir = out / row
+        t0 = time.perf_counter()
+        if row == "clip77":
+            mcfg = default_model_cfg(cfg.embed_dim, 576, cfg.image_size, "clip77", 77)
+            mcfg.text_tower = ClipTextCfg(context=77, width=cfg.clip77_width, layers=cfg.clip77_layers,
+                                          heads=max(1, cfg.clip77_width // 64))
+            _say(f"{row}: stage 2 (text tower trained jointly)")
+            summary = train_clip(train, None, rdir / "ckpt", tcfg, model_cfg=mcfg, tokenizer_dir=smollm2_dir())
+        else:
+            emb = out / "embeddings" / row
+            _say(f"{row}: caption embeddings")
+            embed_captions(train, encoders[row], emb)
+            mcfg = default_model_cfg(cfg.embed_dim, CaptionEmbeddings(emb).dim, cfg.image_size, row, 512)
+            _say(f"{row}: stage 2")
+            summary = train_clip(train, emb, rdir / "ckpt", tcfg, model_cfg=mcfg)
+        if not (rdir / "bundle" / "manifest.json").is_file():
+            export_checkpoint(rdir / "ckpt", rdir / "bundle")
+        metrics = _cached_json(rdir / "eval.json", lambda b=rdir / "bundle": evaluate(b, paths["test"]))
+        results[row] = {"eval": metrics, "train_seconds": round(time.perf_counter() - t0, 1),
+                        "final_loss": (summary["history"] or [{}])[-1].get("loss")}
+        _say(f"{row}: t2i R@1 {metrics['t2i_r1']:.3f}, near-twin t2i {(metrics.get('near_twin') or {}).get('long', {}).get('t2i')}")
+
+    throughput = None
+    if "llm_nocc" in rows:
+        throughput = _cached_json(out / "throughput.json", lambda: stage2_throughput(
+            train, smollm2_dir(), out / "embeddings" / "llm_nocc", cfg))
+    report = {"config": asdict(cfg), "rows": results, "caption_retrieval": caption_acc,
+              "stage2_throughput": throughput, "seconds": round(time.perf_counter() - t_start, 1)}
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    write_markdown(report, out)
+    return report
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def write_markdown(report: dict[str, Any], out: Path) -> None:
+    rows = report["rows"]
+    lines = ["# LLM2CLIP reproduction on the scene corpus", "",
+             f"Config: `{json.dumps(report['config'], sort_keys=True)}`", "",
+             "## Retrieval on the test split", "",
+             "| row | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | short t2i R@1 | short i2t R@1 "
+             "| twin t2i (long) | twin i2t (long) | twin t2i (short) |",
+             "|---|" + "---|" * 11]
+    for name, r in rows.items():
+        e = r["eval"]
+        tw = e.get("near_twin") or {}
+        lines.append("| " + " | ".join([name, *(_fmt(e[k]) for k in REPORT_KEYS), _fmt(e["short"]["t2i_r1"]),
+                                         _fmt(e["short"]["i2t_r1"]), _fmt(tw.get("long", {}).get("t2i")),
+                                         _fmt(tw.get("long", {}).get("i2t")), _fmt(tw.get("short", {}).get("t2i"))])
+                     + " |")
+    lines += ["", "## Caption retrieval accuracy (text encoder alone, test split)", "",
+              "| text encoder | long->short | short->long | mean |", "|---|---|---|---|"]
+    for name, c in report["caption_retrieval"].items():
+        lines.append(f"| {name} | {_fmt(c.get('long_to_short'))} | {_fmt(c.get('short_to_long'))} | "
+                     f"{_fmt(c.get('caption_retrieval'))} |")
+    t = report.get("stage2_throughput")
+    if t:
+        lines += ["", "## Stage-2 throughput", "",
+                  f"Precomputed caption embeddings: {t['precomputed']} samples/s; LLM run online: {t['online']} "
+                  f"samples/s ({t['speedup']}x)."]
+    lines += ["", f"Total time: {report['seconds']} s.", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    try:
+        _plot(report, out / "report.png")
+    except ImportError:
+        log.warning("matplotlib missing: no report.png")
+
+
+def _plot(report: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["rows"])
+    metrics = [("t2i_r1", "t2i R@1 (long)"), ("i2t_r1", "i2t R@1 (long)")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, title) in zip(axes[:2], metrics, strict=True):
+        ax.bar(names, [report["rows"][n]["eval"][key] for n in names], color="#2458d6")
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+    twins = [((report["rows"][n]["eval"].get("near_twin") or {}).get("long") or {}).get("t2i", 0) for n in names]
+    axes[2].bar(names, twins, color="#d68a24")
+    axes[2].axhline(0.5, color="grey", lw=1, ls="--")
+    axes[2].set_title("near-twin t2i accuracy (long)")
+    axes[2].set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def preset(quick: bool, **overrides: Any) -> ReproCfg:
+    base = QUICK if quick else ReproCfg()
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
