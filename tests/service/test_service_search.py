@@ -127,8 +127,8 @@ def test_an_indexed_image_finds_itself_first(client, corpus, encoders):
     vectors = encoders[0].encode([Image.open(corpus / it["image"]) for it in items])
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, -1)
-    if sims.max() > 0.9999:
-        pytest.skip("the fixture's vision tower maps every image to one vector")
+    # the fixture's pretrained backbone tells the images apart; were they one vector, "itself first" is moot
+    assert sims.max() < 0.9999
     for item in items[::4]:
         data = (corpus / item["image"]).read_bytes()
         r = client.post("/search", files={"image": ("q.png", data, "image/png")},
