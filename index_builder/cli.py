@@ -6,17 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from llm2clip.cliargs import positive_int
+
 MODALITIES = ("image", "text", "both")
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
 
 
 def _captions(value: str) -> tuple[str, ...]:
@@ -47,10 +39,10 @@ def add_parser(subparsers) -> None:
     b.add_argument("--captions", type=_captions, default=("long",), metavar="long|short|all",
                    help="captions of the text index: long, short, all (each caption its own row), or "
                         "comma-separated caption names (default long)")
-    b.add_argument("--batch-size", type=_positive, default=32, help="items per encoder call (default 32)")
-    b.add_argument("--workers", type=_positive, default=2,
+    b.add_argument("--batch-size", type=positive_int, default=32, help="items per encoder call (default 32)")
+    b.add_argument("--workers", type=positive_int, default=2,
                    help="image decode threads, running ahead of the encoder (default 2)")
-    b.add_argument("--threads", type=_positive, default=None,
+    b.add_argument("--threads", type=positive_int, default=None,
                    help="ONNX Runtime intra-op threads (default: every core)")
     b.add_argument("--factory", default=None,
                    help="FAISS index factory string (default: Flat up to 200k rows, HNSW32,Flat beyond)")

@@ -8,15 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
+from llm2clip.cliargs import positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -31,12 +23,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", type=Path, default=None, help="model bundle folder (`llm2clip export`)")
     p.add_argument("--text-encoder", type=Path, default=None,
                    help="Hugging Face text encoder folder (e.g. `llm2clip train text` output): caption retrieval")
-    p.add_argument("--max-tokens", type=_positive, default=512,
+    p.add_argument("--max-tokens", type=positive_int, default=512,
                    help="--text-encoder reads this many tokens of a caption (default 512)")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
-    p.add_argument("--batch-size", type=_positive, default=32, help="items per encoder call (default 32)")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=32, help="items per encoder call (default 32)")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="ONNX Runtime intra-op threads (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
