@@ -39,9 +39,10 @@ class ReproCfg:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 5e-4
-    stage1_steps: int = 400
+    # ~7 s per step of 8 scenes x 2 views on 2 cores: stage 1 takes ~20 min, inside the 45-min llm_cc row
+    stage1_steps: int = 160
     stage1_mntp_steps: int = 0
-    stage1_batch: int = 16
+    stage1_batch: int = 8
     stage1_paraphrases: int = 2
     clip77_width: int = 256
     clip77_layers: int = 4
@@ -123,7 +124,8 @@ def stage2_throughput(dataset, llm_dir: Path, emb_dir: Path, cfg: ReproCfg) -> d
     return {k: round(v, 2) for k, v in rates.items()}
 
 
-def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS) -> dict[str, Any]:
+def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
+              command: str | None = None) -> dict[str, Any]:
     from llm2clip.config import ClipTextCfg
     from llm2clip.data import read_dataset
     from llm2clip.defaults import minilm_dir, smollm2_dir
@@ -185,7 +187,9 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS) -> d
         if not (rdir / "bundle" / "manifest.json").is_file():
             export_checkpoint(rdir / "ckpt", rdir / "bundle")
         metrics = _cached_json(rdir / "eval.json", lambda b=rdir / "bundle": evaluate(b, paths["test"]))
-        results[row] = {"eval": metrics, "train_seconds": round(time.perf_counter() - t0, 1),
+        # the first, uninterrupted pass's time is kept: a resumed run re-times only what it redid
+        seconds = _cached_json(rdir / "seconds.json", lambda t0=t0: round(time.perf_counter() - t0, 1))
+        results[row] = {"eval": metrics, "seconds": seconds,
                         "final_loss": (summary["history"] or [{}])[-1].get("loss")}
         _say(f"{row}: t2i R@1 {metrics['t2i_r1']:.3f}, near-twin t2i {(metrics.get('near_twin') or {}).get('long', {}).get('t2i')}")
 
@@ -193,7 +197,11 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS) -> d
     if "llm_nocc" in rows:
         throughput = _cached_json(out / "throughput.json", lambda: stage2_throughput(
             train, smollm2_dir(), out / "embeddings" / "llm_nocc", cfg))
-    report = {"config": asdict(cfg), "rows": results, "caption_retrieval": caption_acc,
+    stage1 = None
+    if (out / "stage1" / "stage1.json").is_file():
+        s1_summary = json.loads((out / "stage1" / "stage1.json").read_text())
+        stage1 = {k: s1_summary.get(k) for k in ("seconds", "contrastive", "mntp", "val")}
+    report = {"command": command, "config": asdict(cfg), "rows": results, "caption_retrieval": caption_acc, "stage1": stage1,
               "stage2_throughput": throughput, "seconds": round(time.perf_counter() - t_start, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     write_markdown(report, out)
@@ -204,14 +212,63 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _direction(rows: dict[str, Any]) -> list[str]:
+    """llm_cc minus each other row on the metrics the paper's claims are about."""
+    if "llm_cc" not in rows:
+        return []
+    def pick(e: dict[str, Any]) -> dict[str, float | None]:
+        tw = (e.get("near_twin") or {}).get("long") or {}
+        return {"long t2i R@1": e["t2i_r1"], "long i2t R@1": e["i2t_r1"], "long t2i R@5": e["t2i_r5"],
+                "twin t2i (long)": tw.get("t2i"), "twin i2t (long)": tw.get("i2t"),
+                "short t2i R@1": e["short"]["t2i_r1"], "short i2t R@1": e["short"]["i2t_r1"]}
+    cc = pick(rows["llm_cc"]["eval"])
+    others = [r for r in rows if r != "llm_cc"]
+    if not others:
+        return []
+    lines = ["", "## llm_cc minus each row (positive: LLM2CLIP ahead)", "",
+             "| metric | " + " | ".join(f"vs {r}" for r in others) + " |", "|---|" + "---|" * len(others)]
+    for metric, v in cc.items():
+        cells = []
+        for r in others:
+            o = pick(rows[r]["eval"])[metric]
+            cells.append("n/a" if v is None or o is None else f"{v - o:+.3f}")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _twin_breakdown(rows: dict[str, Any]) -> list[str]:
+    """Near-twin accuracy (long captions) by where the differing object is first named and by attribute."""
+    by = {name: ((r["eval"].get("near_twin") or {}).get("long_by") or {}) for name, r in rows.items()}
+    lines: list[str] = []
+    for kind, title in (("mention", "where the caption first names the differing object (77-token cut)"),
+                        ("attribute", "the attribute that differs")):
+        keys = sorted({k for b in by.values() for k in b.get(kind, {})})
+        if not keys:
+            continue
+        lines += ["", f"## Near twins by {title}", "",
+                  "t2i / i2t accuracy on long captions (pairs in brackets).", "",
+                  "| row | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, b in by.items():
+            cells = []
+            for k in keys:
+                g = b.get(kind, {}).get(k)
+                cells.append("n/a" if g is None else f"{_fmt(g['t2i'])} / {_fmt(g['i2t'])} ({g['n_pairs']})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_markdown(report: dict[str, Any], out: Path) -> None:
     rows = report["rows"]
-    lines = ["# LLM2CLIP reproduction on the scene corpus", "",
-             f"Config: `{json.dumps(report['config'], sort_keys=True)}`", "",
-             "## Retrieval on the test split", "",
-             "| row | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | short t2i R@1 | short i2t R@1 "
-             "| twin t2i (long) | twin i2t (long) | twin t2i (short) |",
-             "|---|" + "---|" * 11]
+    lines = ["# LLM2CLIP reproduction on the scene corpus", ""]
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
+    lines += [f"Config: `{json.dumps(report['config'], sort_keys=True)}`", "",
+              "## Retrieval on the test split", "",
+              "Long captions are the main numbers; chance R@1 is 1/test scenes, near-twin chance 0.5 (ties count "
+              "as misses).", "",
+              "| row | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | short t2i R@1 | short i2t R@1 "
+              "| twin t2i (long) | twin i2t (long) | twin t2i (short) |",
+              "|---|" + "---|" * 11]
     for name, r in rows.items():
         e = r["eval"]
         tw = e.get("near_twin") or {}
@@ -219,17 +276,34 @@ def write_markdown(report: dict[str, Any], out: Path) -> None:
                                          _fmt(e["short"]["i2t_r1"]), _fmt(tw.get("long", {}).get("t2i")),
                                          _fmt(tw.get("long", {}).get("i2t")), _fmt(tw.get("short", {}).get("t2i"))])
                      + " |")
+    lines += _direction(rows)
+    lines += _twin_breakdown(rows)
     lines += ["", "## Caption retrieval accuracy (text encoder alone, test split)", "",
               "| text encoder | long->short | short->long | mean |", "|---|---|---|---|"]
     for name, c in report["caption_retrieval"].items():
         lines.append(f"| {name} | {_fmt(c.get('long_to_short'))} | {_fmt(c.get('short_to_long'))} | "
                      f"{_fmt(c.get('caption_retrieval'))} |")
+    s1 = report.get("stage1")
+    if s1:
+        val = s1.get("val") or {}
+        before = (val.get("before") or {}).get("caption_retrieval")
+        after = (val.get("after") or {}).get("caption_retrieval")
+        cc = s1.get("contrastive") or {}
+        lines += ["", "## Stage 1", "",
+                  f"Caption retrieval on the val split: {_fmt(before)} before, {_fmt(after)} after. "
+                  f"Contrastive loss {cc.get('first_loss')} -> {cc.get('last_loss')} over {cc.get('steps')} steps, "
+                  f"{cc.get('samples_s')} captions/s; {s1.get('seconds')} s."]
     t = report.get("stage2_throughput")
     if t:
         lines += ["", "## Stage-2 throughput", "",
                   f"Precomputed caption embeddings: {t['precomputed']} samples/s; LLM run online: {t['online']} "
                   f"samples/s ({t['speedup']}x)."]
-    lines += ["", f"Total time: {report['seconds']} s.", ""]
+    lines += ["", "## Time", "", "| part | seconds |", "|---|---|"]
+    if s1:
+        lines.append(f"| stage 1 | {s1.get('seconds')} |")
+    for name, r in rows.items():
+        lines.append(f"| {name} (embeddings, stage 2, export, eval) | {r.get('seconds')} |")
+    lines += [f"| whole run (this invocation) | {report['seconds']} |", ""]
     (out / "report.md").write_text("\n".join(lines))
     try:
         _plot(report, out / "report.png")

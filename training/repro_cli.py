@@ -33,7 +33,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset(args.quick, train_scenes=args.train_scenes, epochs=args.epochs, stage1_steps=args.stage1_steps,
                  seed=args.seed)
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    report = run_repro(args.out, cfg, rows)
+    flags = [("--quick", args.quick), (f"--rows {args.rows}", args.rows != ",".join(ROWS)),
+             (f"--train-scenes {args.train_scenes}", args.train_scenes is not None),
+             (f"--epochs {args.epochs}", args.epochs is not None),
+             (f"--stage1-steps {args.stage1_steps}", args.stage1_steps is not None),
+             (f"--seed {args.seed}", args.seed is not None)]
+    command = " ".join(["llm2clip repro --out DIR", *(f for f, on in flags if on)])
+    report = run_repro(args.out, cfg, rows, command=command)
     summary = {row: {k: r["eval"][k] for k in ("t2i_r1", "i2t_r1")} for row, r in report["rows"].items()}
     print(json.dumps({"report": str(args.out / "report.md"), "rows": summary}))
     return 0

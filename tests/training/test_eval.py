@@ -20,6 +20,11 @@ HIGH, OWN = 0.9, 0.5
 DISTRACTORS = {4: [0], 5: [0, 1], 6: [0, 1, 2, 3, 4], 7: [0, 1, 2, 3, 4, 5, 6, 8, 9, 10]}
 # meta["twin_of"]: "nope" is not in the dataset and a self reference is no twin; both are ignored
 TWINS = {0: ["s04"], 4: ["s00"], 7: ["s08", "nope"], 8: ["s09", "s08"]}
+# where the differing object is first named, and what differs (scene 8 has no twin_diff)
+TWIN_META = {0: {"twin_late": True, "twin_diff": {"object": 0, "attribute": "colour"}},
+             4: {"twin_late": False, "twin_diff": {"object": 0, "attribute": "colour"}},
+             7: {"twin_late": True, "twin_diff": {"object": 1, "attribute": "cell"}},
+             8: {"twin_late": False}}
 
 
 def sim_matrix() -> np.ndarray:
@@ -52,7 +57,7 @@ def make_eval_set(root):
         rel = f"img/{k}.png"
         (root / "img").mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (16, 16), (20 * k + 5, 100, 100)).save(root / rel)
-        meta = {"twin_of": TWINS[k]} if k in TWINS else {}
+        meta = {"twin_of": TWINS[k], **TWIN_META.get(k, {})} if k in TWINS else {}
         items.append(Item(id=f"s{k:02d}", image=rel, captions={"long": f"long {k}", "short": f"short {k}"},
                           meta=meta))
     write_items(root, items)
@@ -97,6 +102,12 @@ def test_near_twin_accuracy_matches_hand_computed_values(fakes):
     assert twin["n_pairs"] == 4
     assert twin["long"] == {"t2i": pytest.approx(0.5), "i2t": pytest.approx(0.75)}
     assert twin["short"] == {"t2i": 0.0, "i2t": 0.0}
+    # late: (0,4) (7,8) -> t2i T F, i2t F T; early: (4,0) (8,9) -> t2i F T, i2t T T
+    assert twin["long_by"]["mention"] == {"late": {"t2i": 0.5, "i2t": 0.5, "n_pairs": 2},
+                                          "early": {"t2i": 0.5, "i2t": 1.0, "n_pairs": 2}}
+    # colour: (0,4) (4,0) -> t2i T F, i2t F T; cell: (7,8) -> t2i F, i2t T; (8,9) has no twin_diff
+    assert twin["long_by"]["attribute"] == {"colour": {"t2i": 0.5, "i2t": 0.5, "n_pairs": 2},
+                                            "cell": {"t2i": 0.0, "i2t": 1.0, "n_pairs": 1}}
 
 
 def test_no_twins_no_near_twin_block(tmp_path):

@@ -28,8 +28,15 @@ def test_report_has_every_row_and_metric(repro):
         assert ev["near_twin"]["n_pairs"] > 0 and ev["short"]["t2i_r1"] >= 0
     assert set(report["caption_retrieval"]) == {"llm_nocc", "llm_cc", "minilm"}
     assert report["stage2_throughput"]["precomputed"] > 0 and report["stage2_throughput"]["online"] > 0
+    assert report["command"] == "llm2clip repro --out DIR --quick"
+    assert report["stage1"]["val"]["after"]["caption_retrieval"] is not None
+    assert all(report["rows"][row]["seconds"] > 0 for row in ROWS)
     md = (repro / "report.md").read_text()
     assert all(f"| {row} |" in md for row in ROWS)
+    assert "Command: `llm2clip repro --out DIR --quick`" in md
+    assert "| twin t2i (long) | " in md and "vs clip77 | vs minilm | vs llm_nocc |" in md
+    assert "## Near twins by where the caption first names" in md
+    assert "| stage 1 |" in md and "Caption retrieval on the val split" in md
     assert (repro / "report.png").stat().st_size > 0
     # the 77-token row's bundle cuts captions at 77 tokens; the LLM rows read 512
     manifests = {row: json.loads((repro / row / "bundle" / "manifest.json").read_text()) for row in ROWS}
