@@ -107,3 +107,40 @@ def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Pat
         "max_tokens": max_tokens,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def paraphrase_twin_texts(dataset: Dataset) -> tuple[list[tuple[int, int]], list[str]]:
+    """Near-twin pairs of a test split and, per scene, a generator paraphrase of its long caption."""
+    from llm2clip.data.scenes import paraphrase_long
+    from training.eval import twin_pairs
+
+    pairs = twin_pairs(dataset)
+    paraphrases = [paraphrase_long(it.meta, seed=i, avoid=(it.long,)) if isinstance(it.meta, dict)
+                   and "objects" in it.meta else "" for i, it in enumerate(dataset.items)]
+    return pairs, paraphrases
+
+
+def paraphrase_twin_accuracy(embed, dataset: Dataset | str | Path) -> dict[str, Any] | None:
+    """The text side of the near-twin test, no image involved: for each twin pair (a, b), a fresh paraphrase of
+    a's long caption must be strictly closer to a's long caption than to b's. An encoder that keeps the one
+    differing attribute above the noise of rephrasing and reordering scores 1; one that cannot see it, 0.5
+    or less. ``embed(texts) -> unit-norm (N, dim)`` is any text encoder (an LLM folder, a bundle's ONNX model).
+    Also split by where a's own caption first names the differing object (inside or after 77 tokens).
+    None when the dataset has no near twins (only the ``test`` split has them)."""
+    ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
+    pairs, paraphrases = paraphrase_twin_texts(ds)
+    if not pairs:
+        return None
+    used = sorted({i for p in pairs for i in p})
+    texts = [ds.items[i].long for i in used] + [paraphrases[i] for i in used]
+    emb = np.asarray(embed(texts), np.float32)
+    row = {i: k for k, i in enumerate(used)}
+    long_emb, para_emb = emb[: len(used)], emb[len(used):]
+    hit = np.array([float(para_emb[row[a]] @ long_emb[row[a]]) > float(para_emb[row[a]] @ long_emb[row[b]])
+                    for a, b in pairs])
+    late = np.array([bool((ds.items[a].meta or {}).get("twin_late")) for a, _ in pairs])
+    out: dict[str, Any] = {"accuracy": float(hit.mean()), "n_pairs": len(pairs)}
+    for name, sel in (("early", ~late), ("late", late)):
+        if sel.any():
+            out[name] = {"accuracy": float(hit[sel].mean()), "n_pairs": int(sel.sum())}
+    return out

@@ -124,12 +124,22 @@ def stage2_throughput(dataset, llm_dir: Path, emb_dir: Path, cfg: ReproCfg) -> d
     return {k: round(v, 2) for k, v in rates.items()}
 
 
+def bundle_text_twins(bundle: Path, test) -> dict[str, Any] | None:
+    """The paraphrase near-twin probe through a row's exported text encoder (LLM or text tower + adapter)."""
+    from llm2clip.bundle import load_bundle
+    from llm2clip.encoders.onnx import load_onnx_encoders
+    from training.caption_retrieval import paraphrase_twin_accuracy
+
+    _, txt = load_onnx_encoders(load_bundle(bundle))
+    return paraphrase_twin_accuracy(lambda t: txt.encode(t, batch_size=32), test)
+
+
 def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
               command: str | None = None) -> dict[str, Any]:
     from llm2clip.config import ClipTextCfg
     from llm2clip.data import read_dataset
     from llm2clip.defaults import minilm_dir, smollm2_dir
-    from training.caption_retrieval import caption_retrieval
+    from training.caption_retrieval import caption_retrieval, embed_texts, paraphrase_twin_accuracy
     from training.clip import TrainCfg, default_model_cfg, train_clip
     from training.embed import CaptionEmbeddings, embed_captions
     from training.eval import evaluate
@@ -147,7 +157,9 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
     paths = _data(out, cfg)
     train, val, test = (read_dataset(paths[s]) for s in ("train", "val", "test"))
 
-    encoders: dict[str, Path] = {"llm_nocc": smollm2_dir()}
+    # the text encoders of the rows asked for (a subset run measures only those; stage 1's own before/after
+    # on the val split is in the report whenever llm_cc runs)
+    encoders: dict[str, Path] = {"llm_nocc": smollm2_dir()} if "llm_nocc" in rows else {}
     if "minilm" in rows:
         encoders["minilm"] = minilm_dir()
     if "llm_cc" in rows:
@@ -163,6 +175,12 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
     caption_acc = {name: _cached_json(out / "caption_retrieval" / f"{name}.json",
                                       lambda d=d: caption_retrieval(d, test))
                    for name, d in encoders.items()}
+
+    _say("near twins, text side only: paraphrase of a closer to a than to its twin (raw text encoders)")
+    text_twins = {name: _cached_json(out / "caption_retrieval" / f"{name}_twins.json",
+                                     lambda d=d: paraphrase_twin_accuracy(
+                                         lambda t, d=d: embed_texts(d, t, progress=False), test))
+                  for name, d in encoders.items()}
 
     total_steps = max(1, len(train) // cfg.batch_size) * cfg.epochs
     tcfg = TrainCfg(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
@@ -187,9 +205,10 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
         if not (rdir / "bundle" / "manifest.json").is_file():
             export_checkpoint(rdir / "ckpt", rdir / "bundle")
         metrics = _cached_json(rdir / "eval.json", lambda b=rdir / "bundle": evaluate(b, paths["test"]))
+        twins = _cached_json(rdir / "text_twins.json", lambda b=rdir / "bundle": bundle_text_twins(b, test))
         # the first, uninterrupted pass's time is kept: a resumed run re-times only what it redid
         seconds = _cached_json(rdir / "seconds.json", lambda t0=t0: round(time.perf_counter() - t0, 1))
-        results[row] = {"eval": metrics, "seconds": seconds,
+        results[row] = {"eval": metrics, "seconds": seconds, "text_twins": twins,
                         "final_loss": (summary["history"] or [{}])[-1].get("loss")}
         _say(f"{row}: t2i R@1 {metrics['t2i_r1']:.3f}, near-twin t2i {(metrics.get('near_twin') or {}).get('long', {}).get('t2i')}")
 
@@ -201,8 +220,10 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
     if (out / "stage1" / "stage1.json").is_file():
         s1_summary = json.loads((out / "stage1" / "stage1.json").read_text())
         stage1 = {k: s1_summary.get(k) for k in ("seconds", "contrastive", "mntp", "val")}
-    report = {"command": command, "config": asdict(cfg), "rows": results, "caption_retrieval": caption_acc, "stage1": stage1,
+    report = {"command": command, "config": asdict(cfg), "rows": results, "caption_retrieval": caption_acc,
+              "text_twins": text_twins, "stage1": stage1,
               "stage2_throughput": throughput, "seconds": round(time.perf_counter() - t_start, 1)}
+    report = _portable(report, out)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     write_markdown(report, out)
     return report
@@ -236,6 +257,22 @@ def _direction(rows: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _portable(obj: Any, out: Path) -> Any:
+    """The report without this machine's paths: under DIR they become ``DIR/...``, elsewhere (the model
+    cache) only the folder's name is kept, so the report can be committed and compared across machines."""
+    if isinstance(obj, dict):
+        return {k: _portable(v, out) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_portable(v, out) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/"):
+        path = Path(obj)
+        try:
+            return str(Path("DIR") / path.resolve().relative_to(out.resolve()))
+        except ValueError:
+            return path.name
+    return obj
+
+
 def _twin_breakdown(rows: dict[str, Any]) -> list[str]:
     """Near-twin accuracy (long captions) by where the differing object is first named and by attribute."""
     by = {name: ((r["eval"].get("near_twin") or {}).get("long_by") or {}) for name, r in rows.items()}
@@ -254,6 +291,27 @@ def _twin_breakdown(rows: dict[str, Any]) -> list[str]:
                 g = b.get(kind, {}).get(k)
                 cells.append("n/a" if g is None else f"{_fmt(g['t2i'])} / {_fmt(g['i2t'])} ({g['n_pairs']})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _text_twins(report: dict[str, Any]) -> list[str]:
+    """The text side of the near-twin test alone: can the encoder tell a's caption from its twin's?"""
+    def cell(t: dict[str, Any] | None, key: str | None = None) -> str:
+        if not t:
+            return "n/a"
+        g = t if key is None else t.get(key)
+        return "n/a" if not g else _fmt(g["accuracy"])
+    lines = ["", "## Near twins, text side only", "",
+             "A fresh paraphrase of scene a's long caption must be closer to a's caption than to its twin's "
+             "(chance 0.5; no image involved). Raw text encoders, then each row's exported text side "
+             "(encoder + adapter, or the 77-token tower).", "",
+             "| text side | all | named early (< 77 tokens) | named late |", "|---|---|---|---|"]
+    entries = [(f"{n} (raw)", t) for n, t in (report.get("text_twins") or {}).items()]
+    entries += [(f"{n} (row's bundle)", r.get("text_twins")) for n, r in report["rows"].items()]
+    if not any(t for _, t in entries):
+        return []
+    for name, t in entries:
+        lines.append(f"| {name} | {cell(t)} | {cell(t, 'early')} | {cell(t, 'late')} |")
     return lines
 
 
@@ -278,6 +336,7 @@ def write_markdown(report: dict[str, Any], out: Path) -> None:
                      + " |")
     lines += _direction(rows)
     lines += _twin_breakdown(rows)
+    lines += _text_twins(report)
     lines += ["", "## Caption retrieval accuracy (text encoder alone, test split)", "",
               "| text encoder | long->short | short->long | mean |", "|---|---|---|---|"]
     for name, c in report["caption_retrieval"].items():

@@ -123,3 +123,26 @@ def test_cli_reports_both(fake, tmp_path, capsys, monkeypatch):
     assert result["t2i_r1"] == 0.5 and result["caption_retrieval"] == pytest.approx(0.9)
     assert result["long_to_short_strict"] == pytest.approx(0.4) and result["n"] == 5
     assert result["text_encoder"]["path"] == str(enc.resolve()) and "caption_retrieval_s" in result["timing"]
+
+
+def test_paraphrase_twin_probe_scores_an_oracle_one_and_a_blind_encoder_zero(tmp_path):
+    from llm2clip.data import read_dataset
+    from llm2clip.data.scenes import generate_scenes
+
+    generate_scenes(tmp_path / "t", 6, "test", 3)
+    ds = read_dataset(tmp_path / "t")
+    pairs, paraphrases = cr.paraphrase_twin_texts(ds)
+    assert pairs and all(p and p != it.long for p, it in zip(paraphrases, ds.items, strict=True))
+    # an oracle: a scene's caption and its paraphrase share one vector, other scenes are orthogonal
+    n = len(ds)
+    table = {it.long: np.eye(n)[i] for i, it in enumerate(ds.items)}
+    table.update({p: np.eye(n)[i] for i, p in enumerate(paraphrases)})
+    oracle = cr.paraphrase_twin_accuracy(lambda texts: np.stack([table[t] for t in texts]), ds)
+    assert oracle["accuracy"] == 1.0 and oracle["n_pairs"] == len(pairs)
+    assert sum(oracle[k]["n_pairs"] for k in ("early", "late") if k in oracle) == len(pairs)
+    # blind to the difference: every text the same vector, a tie each time, and a tie is a miss
+    blind = cr.paraphrase_twin_accuracy(lambda texts: np.ones((len(texts), 4)) / 2, ds)
+    assert blind["accuracy"] == 0.0
+    # no twins (a train split): nothing to report
+    generate_scenes(tmp_path / "tr", 3, "train", 3)
+    assert cr.paraphrase_twin_accuracy(lambda texts: np.ones((len(texts), 4)), tmp_path / "tr") is None

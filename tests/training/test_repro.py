@@ -29,6 +29,8 @@ def test_report_has_every_row_and_metric(repro):
     assert set(report["caption_retrieval"]) == {"llm_nocc", "llm_cc", "minilm"}
     assert report["stage2_throughput"]["precomputed"] > 0 and report["stage2_throughput"]["online"] > 0
     assert report["command"] == "llm2clip repro --out DIR --quick"
+    assert str(repro) not in (repro / "report.json").read_text()  # no machine paths: it gets committed
+    assert report["rows"]["llm_cc"]["eval"]["dataset"] == "DIR/data/test"
     assert report["stage1"]["val"]["after"]["caption_retrieval"] is not None
     assert all(report["rows"][row]["seconds"] > 0 for row in ROWS)
     md = (repro / "report.md").read_text()
@@ -36,6 +38,9 @@ def test_report_has_every_row_and_metric(repro):
     assert "Command: `llm2clip repro --out DIR --quick`" in md
     assert "| twin t2i (long) | " in md and "vs clip77 | vs minilm | vs llm_nocc |" in md
     assert "## Near twins by where the caption first names" in md
+    assert "## Near twins, text side only" in md and "| llm_cc (row's bundle) |" in md
+    assert 0 <= report["text_twins"]["llm_cc"]["accuracy"] <= 1
+    assert 0 <= report["rows"]["clip77"]["text_twins"]["accuracy"] <= 1
     assert "| stage 1 |" in md and "Caption retrieval on the val split" in md
     assert (repro / "report.png").stat().st_size > 0
     # the 77-token row's bundle cuts captions at 77 tokens; the LLM rows read 512
