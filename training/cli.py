@@ -45,6 +45,12 @@ def add_parser(subparsers) -> None:
     t.add_argument("--max-tokens", type=int, default=512, help="captions are cut here (default 512)")
     t.add_argument("--paraphrases", type=int, default=2,
                    help="generator paraphrases of each scene's long caption, made once up front (default 2)")
+    t.add_argument("--positives", choices=["all", "long"], default="all",
+                   help="which of a scene's own captions are views: all (long with short, the paper's pairs; "
+                        "default) or long (the long caption and its paraphrases only)")
+    t.add_argument("--hard-negatives", action="store_true",
+                   help="half of each micro-batch are generator near twins of the other half (one attribute of one "
+                        "object changed), as negatives that differ in a single fact (scene corpora only)")
     t.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-bf16", action="store_true", help="train in fp32 (slower on CPUs with AMX)")
@@ -120,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
                         grad_accum=args.grad_accum, lr=args.lr, mntp_lr=args.mntp_lr, warmup_steps=args.warmup_steps,
                         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                         temperature=args.temperature, max_tokens=args.max_tokens, paraphrases=args.paraphrases,
-                        seed=args.seed, bf16=not args.no_bf16, grad_checkpointing=args.grad_checkpointing,
-                        save_every=args.save_every)
+                        positives=args.positives, hard_negatives=args.hard_negatives, seed=args.seed,
+                        bf16=not args.no_bf16, grad_checkpointing=args.grad_checkpointing, save_every=args.save_every)
         summary = train_text(args.data, args.out, args.base, cfg, val=args.val)
         cc = summary.get("contrastive") or {}
         print(f"text encoder {args.out}: {cc.get('steps', 0)} contrastive steps, loss {cc.get('first_loss')} -> "

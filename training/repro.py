@@ -44,6 +44,8 @@ class ReproCfg:
     stage1_mntp_steps: int = 0
     stage1_batch: int = 8
     stage1_paraphrases: int = 2
+    stage1_positives: str = "all"  # "long": no long/short positive pairs (see FINDINGS.md)
+    stage1_hard_negatives: bool = False  # half of each stage-1 micro-batch: near twins of the other half
     clip77_width: int = 256
     clip77_layers: int = 4
     throughput_steps: int = 5
@@ -164,7 +166,8 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
         encoders["minilm"] = minilm_dir()
     if "llm_cc" in rows:
         s1 = Stage1Cfg(steps=cfg.stage1_steps, mntp_steps=cfg.stage1_mntp_steps, batch_size=cfg.stage1_batch,
-                       paraphrases=cfg.stage1_paraphrases, seed=cfg.seed,
+                       paraphrases=cfg.stage1_paraphrases, positives=cfg.stage1_positives,
+                       hard_negatives=cfg.stage1_hard_negatives, seed=cfg.seed,
                        warmup_steps=max(1, cfg.stage1_steps // 10))
         if not (out / "stage1" / "stage1.json").is_file():
             _say(f"stage 1: caption-contrastive fine-tuning, {cfg.stage1_steps} steps")

@@ -9,7 +9,13 @@ Choices where the paper and LLM2Vec leave room:
 - Views. Each scene offers its captions (long, short, any other) plus K paraphrases of its long caption,
   re-phrased once up front by the scene generator from ``item.meta`` (``paraphrase_long``); a micro-batch
   draws 2 distinct views per scene. Items without a scene graph use their own captions only; an item with
-  fewer than 2 distinct texts has no positive pair and is left out.
+  fewer than 2 distinct texts has no positive pair and is left out. ``positives="long"`` keeps the short
+  caption out of the views: with long/short pairs the loss asks the long caption's embedding to match a
+  caption that names only the count and the classes, which rewards dropping every other fact (see
+  docs/results/repro/FINDINGS.md).
+- Hard negatives (``hard_negatives``): half of a micro-batch are generator near twins of the other half's
+  scenes, one attribute of one object changed (``near_twin_graph``), two paraphrases each. Random scenes
+  differ in many facts at once; a twin differs in one, so only an embedding that keeps it separates them.
 - Gradient accumulation: each micro-batch is its own contrastive problem (its in-batch negatives only),
   the losses are averaged over the ``grad_accum`` micro-batches of an optimizer step. Gathering the
   negatives of all micro-batches would need GradCache-style caching of embeddings; on a CPU the simple
@@ -87,6 +93,13 @@ class Stage1Cfg:
     temperature: float = 0.05  # LLM2Vec's scale 20
     max_tokens: int = 512
     paraphrases: int = 2  # generator paraphrases of each long caption
+    # which of an item's own captions are views: "all" (long with short, the paper's CC pairs) or "long"
+    # (the long caption and its paraphrases only: no positive pair asks the long embedding to match a
+    # caption that names fewer facts)
+    positives: str = "all"
+    # half of each micro-batch is a generator near twin of the other half (one attribute of one object
+    # changed): its captions are negatives that differ from the scene's in a single fact
+    hard_negatives: bool = False
     mntp_probability: float = 0.2
     seed: int = 0
     bf16: bool = True  # autocast on CPU (AMX) and GPU
@@ -173,14 +186,22 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 # ---------------------------------------------------------------- data
 
 
-def caption_pools(dataset: Dataset, paraphrases: int, seed: int, progress: bool = True) -> list[list[str]]:
-    """Distinct caption texts of every item: its own captions, then ``paraphrases`` re-phrasings of the long one."""
+POSITIVES = ("all", "long")
+
+
+def caption_pools(dataset: Dataset, paraphrases: int, seed: int, progress: bool = True,
+                  positives: str = "all") -> list[list[str]]:
+    """Distinct caption texts of every item: its own captions (all, or only the long one), then
+    ``paraphrases`` re-phrasings of the long one."""
     from llm2clip.data.scenes import paraphrase_long
 
+    if positives not in POSITIVES:
+        raise DatasetError(f"unknown --positives {positives!r}: choose among {', '.join(POSITIVES)}")
     pools = []
     for i, item in enumerate(tqdm(dataset.items, desc="paraphrase captions", unit="item",
                                   disable=not progress or paraphrases == 0)):
-        texts = list(dict.fromkeys(t for t in item.captions.values() if t.strip()))
+        own = item.captions.values() if positives == "all" else [item.captions.get("long", "")]
+        texts = list(dict.fromkeys(t for t in own if t.strip()))
         if paraphrases and "objects" in item.meta and "background" in item.meta:
             for k in range(paraphrases):
                 para_seed = int(np.random.SeedSequence([seed, i, k]).generate_state(1)[0])
@@ -191,27 +212,56 @@ def caption_pools(dataset: Dataset, paraphrases: int, seed: int, progress: bool 
     return pools
 
 
-class ViewSampler:
-    """Micro-batch m: which scenes (an epoch-wise permutation) and which 2 views of each; a function of m."""
+def twin_pools(dataset: Dataset, seed: int, progress: bool = True) -> list[list[str]]:
+    """Two generator captions of a near twin of every item (one attribute of one object changed); [] for an
+    item without a scene graph."""
+    from llm2clip.data.scenes import near_twin_graph, paraphrase_long
 
-    def __init__(self, pools: list[list[str]], batch_size: int, seed: int, stream: int) -> None:
-        self.pools = [p for p in pools if len(p) >= 2]
-        if len(self.pools) < max(2, batch_size):
+    pools = []
+    for i, item in enumerate(tqdm(dataset.items, desc="near-twin captions", unit="item", disable=not progress)):
+        if "objects" not in item.meta or "background" not in item.meta:
+            pools.append([])
+            continue
+        state = np.random.SeedSequence([seed, i, 2**20]).generate_state(3)
+        twin = near_twin_graph(item.meta, int(state[0]))
+        first = paraphrase_long(twin, int(state[1]))
+        pools.append([first, paraphrase_long(twin, int(state[2]), avoid=[first])])
+    return pools
+
+
+class ViewSampler:
+    """Micro-batch m: which scenes (an epoch-wise permutation) and which 2 views of each; a function of m.
+
+    With ``twins`` (one pool per item, aligned with ``pools``), a micro-batch holds batch_size // 2 scenes
+    and, as further labels, their near twins: 2 views of each twin, negatives to everything else.
+    """
+
+    def __init__(self, pools: list[list[str]], batch_size: int, seed: int, stream: int,
+                 twins: list[list[str]] | None = None) -> None:
+        keep = [i for i, p in enumerate(pools) if len(p) >= 2 and (twins is None or len(twins[i]) >= 2)]
+        self.pools = [pools[i] for i in keep]
+        self.twins = None if twins is None else [twins[i] for i in keep]
+        self.scenes = batch_size if twins is None else batch_size // 2
+        if twins is not None and (batch_size < 2 or batch_size % 2):
+            raise DatasetError(f"--hard-negatives needs an even --batch-size (got {batch_size}): half of it "
+                               "are the twins of the other half")
+        if len(self.pools) < max(2, self.scenes):
             raise DatasetError(f"{len(self.pools)} items have two distinct captions, fewer than --batch-size "
                                f"{batch_size}: use a larger dataset or a smaller batch")
-        self.batch_size, self.seed, self.stream = batch_size, seed, stream
-        self.per_epoch = len(self.pools) // batch_size
+        self.seed, self.stream = seed, stream
+        self.per_epoch = len(self.pools) // self.scenes
 
     def __call__(self, m: int) -> tuple[list[str], torch.Tensor]:
         epoch, k = divmod(m, self.per_epoch)
         perm = np.random.default_rng([self.seed, self.stream, epoch]).permutation(len(self.pools))
         rng = np.random.default_rng([self.seed, self.stream, epoch, k, 1])
         texts, labels = [], []
-        for j, p in enumerate(perm[k * self.batch_size : (k + 1) * self.batch_size]):
-            pool = self.pools[int(p)]
-            for v in rng.choice(len(pool), size=2, replace=False):
-                texts.append(pool[int(v)])
-                labels.append(j)
+        for j, p in enumerate(perm[k * self.scenes : (k + 1) * self.scenes]):
+            groups = [self.pools[int(p)]] if self.twins is None else [self.pools[int(p)], self.twins[int(p)]]
+            for g, pool in enumerate(groups):
+                for v in rng.choice(len(pool), size=2, replace=False):
+                    texts.append(pool[int(v)])
+                    labels.append(len(groups) * j + g)
         return texts, torch.tensor(labels)
 
 
@@ -337,6 +387,9 @@ def _reached(state: dict[str, Any] | None, steps: int) -> bool:
 
 
 def _check_recipe(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
+    # a setting added after the run was made counts as its default there
+    defaults = asdict(Stage1Cfg())
+    old = {**{k: v for k, v in defaults.items() if k not in old and k != "lora_targets"}, **old}
     diff = sorted(k for k in set(old) | set(new) if k not in _FREE and old.get(k) != new.get(k))
     if diff:
         raise BundleError(f"{out} holds a stage-1 run with another recipe ({', '.join(diff)} differ): rerun with "
@@ -492,8 +545,16 @@ def train_text(
     if captions_file.is_file():
         pools = json.loads(captions_file.read_text())
     else:
-        pools = caption_pools(ds, cfg.paraphrases, cfg.seed, progress)
+        pools = caption_pools(ds, cfg.paraphrases, cfg.seed, progress, cfg.positives)
         captions_file.write_text(json.dumps(pools))
+    twins = None
+    if cfg.hard_negatives:
+        twins_file = ckpt / "twins.json"
+        if twins_file.is_file():
+            twins = json.loads(twins_file.read_text())
+        else:
+            twins = twin_pools(ds, cfg.seed, progress)
+            twins_file.write_text(json.dumps(twins))
     if val_ds is not None and "val_before" not in run:
         run["val_before"] = caption_retrieval(base, val_ds, max_tokens=cfg.max_tokens, progress=progress)
     run_file.write_text(json.dumps(run, indent=2))
@@ -514,7 +575,7 @@ def train_text(
         LLMEncoder(_base_of(causal))  # bidirectional attention for MNTP as well
         peft_model = _add_lora(causal, cfg)
         _prepare(causal, cfg)
-        sampler = ViewSampler(pools, cfg.batch_size, cfg.seed, stream=1)
+        sampler = ViewSampler(pools, cfg.batch_size, cfg.seed, stream=1, twins=twins)
         mask_id = mask_token_id(base, tok)
         vocab = int(causal.config.vocab_size)
         gen = torch.Generator()
@@ -540,7 +601,7 @@ def train_text(
     enc = LLMEncoder(model)
     peft_model = _add_lora(model, cfg)
     _prepare(model, cfg)
-    sampler = ViewSampler(pools, cfg.batch_size, cfg.seed, stream=0)
+    sampler = ViewSampler(pools, cfg.batch_size, cfg.seed, stream=0, twins=twins)
 
     def contrastive_step(m: int) -> torch.Tensor:
         texts, labels = sampler(m)

@@ -279,7 +279,7 @@ def _mutate(
     graph: dict[str, Any],
     k: int,
     attribute: str,
-    pools: list[np.ndarray],
+    pools: list[np.ndarray] | None,
     taken: Sequence[Any],
 ) -> dict[str, Any]:
     """A copy of ``graph`` whose object ``k`` has a new ``attribute`` value, none of ``taken``."""
@@ -302,8 +302,9 @@ def _mutate(
         obj["row"], obj["col"] = ROWS[value // 3], COLS[value % 3]
     elif attribute == "class":
         obj["class"] = value
-        pool = pools[CLASSES.index(value)]
-        obj["fmnist_index"] = int(pool[int(rng.integers(len(pool)))])
+        if pools is not None:  # None: text only, no picture is drawn from the graph
+            pool = pools[CLASSES.index(value)]
+            obj["fmnist_index"] = int(pool[int(rng.integers(len(pool)))])
     else:
         obj[attribute] = value
     return {"background": dict(graph["background"]), "objects": objects}
@@ -671,6 +672,7 @@ def short_caption(graph: dict[str, Any]) -> str:
     return f"{head} {_join(bare)}"
 
 
+_TWIN_STREAM = 4  # spawn key of stage 1's hard-negative twins
 _PARAPHRASE_STREAM = 3  # spawn key of paraphrase draws: apart from the scene (0) and caption (1) streams
 
 
@@ -703,6 +705,20 @@ def paraphrase_long(
             break
         text = long_caption(graph, rng, count).text
     return text
+
+
+def near_twin_graph(meta: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The scene graph in ``meta`` with one attribute of one object changed: a near twin's facts, no image.
+
+    The object and the attribute (colour, class, size, orientation or cell) are drawn from ``seed``, the new
+    value as the test split's twins draw theirs. Stage 1 uses its captions (``paraphrase_long``) as hard
+    negatives: texts that differ from the scene's own in a single fact.
+    """
+    graph = {"background": meta["background"], "objects": meta["objects"]}
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_TWIN_STREAM,)))
+    k = int(rng.integers(len(graph["objects"])))
+    attribute = TWIN_ATTRIBUTES[int(rng.integers(len(TWIN_ATTRIBUTES)))]
+    return _mutate(rng, graph, k, attribute, None, [_attribute(graph["objects"][k], attribute)])
 
 
 # ---------------------------------------------------------------- the generator

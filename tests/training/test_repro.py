@@ -74,3 +74,25 @@ def test_every_row_bundle_indexes_and_serves(repro, row, tmp_path):
         png = next((data / "images").iterdir()).read_bytes()
         r = client.post("/search", files={"image": ("x.png", png, "image/png")}, data={"k": "2"})
         assert r.status_code == 200 and r.json()["results"][0]["caption"]
+
+
+def test_cli_passes_the_stage1_variant_and_records_it(monkeypatch, tmp_path, capsys):
+    import training.repro as repro
+    from llm2clip_cli.main import main
+
+    seen = {}
+
+    def fake_run(out, cfg, rows, command=None):  # the CLI's part only: flags -> preset and command line
+        seen.update(cfg=cfg, rows=rows, command=command)
+        return {"rows": {}}
+
+    monkeypatch.setattr(repro, "run_repro", fake_run)
+    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc", "--stage1-positives", "long",
+                 "--stage1-hard-negatives"]) == 0
+    assert seen["cfg"].stage1_positives == "long" and seen["cfg"].stage1_hard_negatives is True
+    assert seen["cfg"].stage1_steps == repro.ReproCfg().stage1_steps and seen["rows"] == ("llm_cc",)
+    assert seen["command"] == ("llm2clip repro --out DIR --rows llm_cc --stage1-positives long "
+                               "--stage1-hard-negatives")
+    main(["repro", "--out", str(tmp_path)])
+    assert seen["cfg"].stage1_positives == "all" and seen["cfg"].stage1_hard_negatives is False
+    assert seen["command"] == "llm2clip repro --out DIR"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -20,11 +21,14 @@ from training.stage1 import (
     LORA_TARGETS,
     Stage1Cfg,
     ViewSampler,
+    _check_recipe,
+    caption_pools,
     lora_target_names,
     mntp_mask,
     mntp_targets,
     supcon_loss,
     train_text,
+    twin_pools,
 )
 
 # ---------------------------------------------------------------- MNTP
@@ -116,6 +120,32 @@ def test_view_sampler_is_a_function_of_the_step():
         ViewSampler(pools, batch_size=11, seed=0, stream=0)
 
 
+def test_view_sampler_with_twins_pairs_each_scene_with_its_twin():
+    pools = [[f"a{i}", f"b{i}", f"c{i}"] for i in range(10)]
+    twins = [[f"x{i}", f"y{i}"] for i in range(9)] + [[]]  # the last item has no twin: left out
+    s = ViewSampler(pools, batch_size=4, seed=3, stream=0, twins=twins)
+    assert s.per_epoch == 4  # 9 usable scenes, 2 per micro-batch
+    texts, labels = s(1)
+    assert len(texts) == 8 and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    for j in range(2):
+        scene, twin = texts[4 * j : 4 * j + 2], texts[4 * j + 2 : 4 * j + 4]
+        i = scene[0][1:]
+        assert all(t[0] in "abc" and t[1:] == i for t in scene) and scene[0] != scene[1]
+        assert sorted(twin) == [f"x{i}", f"y{i}"]
+    with pytest.raises(DatasetError, match="even"):
+        ViewSampler(pools, batch_size=5, seed=0, stream=0, twins=twins)
+
+
+def test_recipe_check_reads_settings_added_later_as_their_defaults(tmp_path):
+    new = {**asdict(Stage1Cfg()), "lora_targets": list(LORA_TARGETS)}
+    old = {k: v for k, v in new.items() if k not in ("positives", "hard_negatives")}
+    _check_recipe(old, new, tmp_path)  # a run made before the settings existed resumes
+    with pytest.raises(BundleError, match="positives"):
+        _check_recipe(old, {**new, "positives": "long"}, tmp_path)
+    with pytest.raises(BundleError, match="hard_negatives"):
+        _check_recipe(old, {**new, "hard_negatives": True}, tmp_path)
+
+
 # ---------------------------------------------------------------- paraphrases
 
 
@@ -153,6 +183,41 @@ def test_paraphrase_restates_every_object(scenes):
             assert any(describes(s, obj) for s in parts), (obj, text)
         bg = item.meta["background"]
         assert bg["colour"] in text and bg["texture"] in text
+
+
+def test_long_positives_leave_the_short_caption_out(scenes):
+    every = caption_pools(scenes, 2, 0, progress=False)
+    long_only = caption_pools(scenes, 2, 0, progress=False, positives="long")
+    for item, a, b in zip(scenes.items, every, long_only, strict=True):
+        assert item.short in a and item.short not in b
+        assert b[0] == item.long and len(b) == 3 and b[1:] == a[-2:]  # the same paraphrases
+    with pytest.raises(DatasetError, match="positives"):
+        caption_pools(scenes, 2, 0, progress=False, positives="short")
+
+
+def _objects(text: str, item_meta: dict) -> list[bool]:
+    parts = re.split(r"(?<=[.!?])\s+", text)
+    return [any(describes(s, o) for s in parts) for o in item_meta["objects"]]
+
+
+def test_twin_captions_change_one_fact_of_one_object(scenes):
+    from llm2clip.data.scenes import near_twin_graph
+
+    pools = twin_pools(scenes, 0, progress=False)
+    assert pools == twin_pools(scenes, 0, progress=False)
+    for i, (item, pool) in enumerate(zip(scenes.items, pools, strict=True)):
+        assert len(pool) == 2 and pool[0] != pool[1] and item.long not in pool
+        state = np.random.SeedSequence([0, i, 2**20]).generate_state(3)
+        twin = near_twin_graph(item.meta, int(state[0]))
+        assert twin["background"] == item.meta["background"]
+        changed = [k for k, (a, b) in enumerate(zip(item.meta["objects"], twin["objects"], strict=True)) if a != b]
+        assert len(changed) == 1
+        a, b = item.meta["objects"][changed[0]], twin["objects"][changed[0]]
+        diff = {k for k in a if a[k] != b[k]}
+        assert diff in ({"colour"}, {"class"}, {"size"}, {"orientation"}, {"row"}, {"col"}, {"row", "col"})
+        for text in pool:  # every caption of the twin restates the twin, not the scene
+            assert all(_objects(text, twin))
+            assert not all(_objects(text, item.meta))
 
 
 # ---------------------------------------------------------------- a tiny stage-1 run
@@ -235,6 +300,18 @@ def test_output_feeds_stage_2(run, scenes, tmp_path):
     assert torch.isfinite(CaptionEmbeddings(tmp_path / "emb").embeddings.float()).all()
 
 
+def test_long_positives_with_hard_negatives_train(scenes, tiny_llm_dir, tmp_path):
+    cfg = Stage1Cfg(steps=2, **{**CFG, "mntp_steps": 0}, positives="long", hard_negatives=True)
+    summary = train_text(scenes, tmp_path / "text", tiny_llm_dir, cfg, progress=False)
+    assert summary["recipe"]["positives"] == "long" and summary["recipe"]["hard_negatives"] is True
+    assert summary["train"]["views_per_item"] == pytest.approx(2.0)  # long and one paraphrase, no short
+    pools = json.loads((tmp_path / "text" / "checkpoint" / "captions.json").read_text())
+    assert not any(item.short in p for item, p in zip(scenes.items, pools, strict=True))
+    twins = json.loads((tmp_path / "text" / "checkpoint" / "twins.json").read_text())
+    assert twins == twin_pools(scenes, 0, progress=False)
+    assert summary["contrastive"]["steps"] == 2 and np.isfinite(summary["contrastive"]["last_loss"])
+
+
 def test_lora_targets_are_the_projections(tiny_llm_dir):
     from transformers import AutoModelForCausalLM
 
@@ -251,5 +328,6 @@ def test_cli_help(capsys):
         main(["train", "text", "--help"])
     assert exc.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--mntp-steps", "--grad-accum", "--lora-r", "--paraphrases", "--no-grad-checkpointing", "--val"):
+    for flag in ("--mntp-steps", "--grad-accum", "--lora-r", "--paraphrases", "--no-grad-checkpointing", "--val",
+                 "--positives", "--hard-negatives"):
         assert flag in help_text
