@@ -42,6 +42,12 @@ def test_report_has_every_row_and_metric(repro):
     assert 0 <= report["text_twins"]["llm_cc"]["accuracy"] <= 1
     assert 0 <= report["rows"]["clip77"]["text_twins"]["accuracy"] <= 1
     assert "| stage 1 |" in md and "Caption retrieval on the val split" in md
+    # the frozen text embeddings' fact probe: every row but clip77 (trained jointly, nothing frozen)
+    assert report["rows"]["clip77"]["fact_probe"] is None
+    for row in ("minilm", "llm_nocc", "llm_cc"):
+        probe = report["rows"][row]["fact_probe"]
+        assert probe["train_scenes"] + probe["test_scenes"] == 24 and probe["facts"] > 0
+    assert "## Scene facts kept by the frozen text embedding" in md and "| llm_cc | " in md
     assert (repro / "report.png").stat().st_size > 0
     # the 77-token row's bundle cuts captions at 77 tokens; the LLM rows read 512
     manifests = {row: json.loads((repro / row / "bundle" / "manifest.json").read_text()) for row in ROWS}

@@ -1,0 +1,122 @@
+"""Which scene facts a frozen text embedding keeps: linear probes on held-out scenes.
+
+Stage 2 can only align an image with what its caption's embedding still says. For scene-corpus items
+(``item.meta`` holds the scene graph) every long caption states the background and each object's class,
+colour, size, orientation and cell; the short caption names the count, the classes and the background.
+A fact here is a yes/no property of a scene ("some object is red", "the top-left cell is occupied",
+"the background is dotted"). For each fact a ridge classifier is fitted on the long-caption embeddings of
+part of the scenes and scored on the others: ROC AUC among test scenes with the same number of objects
+(0.5 = not kept, 1 = perfectly kept; the count is factored out because it makes many facts likelier). Facts are
+grouped: those the short caption also names (``class``, ``background``, ``texture``) and those only the
+long caption states (``colour``, ``cell``, ``size``, ``orientation``).
+
+Linear, because the stage-2 adapter is a small MLP over the embedding: a fact that a linear read-out
+cannot find is one the adapter has to dig out with its little capacity, from a few thousand captions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SHORT_GROUPS = ("class", "background", "texture")
+LONG_GROUPS = ("colour", "cell", "size", "orientation")
+
+
+def scene_facts(meta: dict[str, Any]) -> dict[str, bool]:
+    """The yes/no facts of one scene graph, keyed ``group:value``."""
+    from llm2clip.data.scenes import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES, TEXTURES
+
+    objs, bg = meta["objects"], meta["background"]
+    facts = {f"class:{c}": any(o["class"] == c for o in objs) for c in CLASSES}
+    facts |= {f"background:{c}": bg["colour"] == c for c in COLOURS}
+    facts |= {f"texture:{t}": bg["texture"] == t for t in TEXTURES}
+    facts |= {f"colour:{c}": any(o["colour"] == c for o in objs) for c in COLOURS}
+    facts |= {f"cell:{r}-{c}": any(o["row"] == r and o["col"] == c for o in objs) for r in ROWS for c in COLS}
+    facts |= {f"size:{s}": any(o["size"] == s for o in objs) for s in SIZES}
+    facts |= {f"orientation:{s}": any(o["orientation"] == s for o in objs) for s in ORIENTATIONS}
+    return facts
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    ranks[order] = np.arange(1, len(score) + 1)
+    # average ranks of ties
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    pos = int(positive.sum())
+    neg = len(positive) - pos
+    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def stratified_auc(score: np.ndarray, positive: np.ndarray, strata: np.ndarray) -> float | None:
+    """ROC AUC over the (positive, negative) pairs within each stratum; None when no stratum has both."""
+    total = weight = 0.0
+    for s in np.unique(strata):
+        m = strata == s
+        pos = int(positive[m].sum())
+        pairs = pos * (int(m.sum()) - pos)
+        if pairs:
+            total += roc_auc(score[m], positive[m]) * pairs
+            weight += pairs
+    return total / weight if weight else None
+
+
+def fact_probe(embeddings: np.ndarray, metas: list[dict[str, Any]], test_fraction: float = 0.25,
+               ridge: float = 10.0, seed: int = 0) -> dict[str, Any]:
+    """Mean held-out ROC AUC of linear probes for every scene fact, overall and by group.
+
+    ``embeddings[i]`` is the text embedding of scene ``metas[i]``'s long caption. Features are
+    standardised on the probe's training scenes; a fact that does not vary among test scenes of the same
+    object count is skipped.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(metas):
+        raise ValueError(f"{len(x)} embeddings for {len(metas)} scenes")
+    facts = [scene_facts(m) for m in metas]
+    keys = list(facts[0])
+    y = np.array([[f[k] for k in keys] for f in facts], dtype=bool)
+    perm = np.random.default_rng(seed).permutation(len(x))
+    n_test = max(1, int(round(len(x) * test_fraction)))
+    test, train = perm[:n_test], perm[n_test:]
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+    xs = np.c_[(x - mean) / std, np.ones(len(x))]
+    gram = xs[train].T @ xs[train] + ridge * np.eye(xs.shape[1])
+    w = np.linalg.solve(gram, xs[train].T @ (2.0 * y[train] - 1.0))
+    scores = xs[test] @ w
+    # AUC within scenes of the same object count: "some object is red" or "the top-left cell is taken" is
+    # likelier in a scene of six objects, and the count is named in the short caption too
+    count = np.array([len(m["objects"]) for m in metas])[test]
+    by_group: dict[str, list[float]] = {}
+    for j, key in enumerate(keys):
+        pos = y[test, j]
+        auc = stratified_auc(scores[:, j], pos, count)
+        if auc is not None:
+            by_group.setdefault(key.split(":")[0], []).append(auc)
+
+    def mean_of(groups: tuple[str, ...]) -> float | None:
+        vals = [a for g in groups for a in by_group.get(g, [])]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    return {"named_in_short": mean_of(SHORT_GROUPS), "long_only": mean_of(LONG_GROUPS),
+            "by_group": {g: round(float(np.mean(v)), 4) for g, v in by_group.items()},
+            "facts": sum(len(v) for v in by_group.values()), "train_scenes": len(train), "test_scenes": len(test)}
+
+
+def probe_caption_embeddings(emb_dir, dataset, **kw: Any) -> dict[str, Any] | None:
+    """``fact_probe`` of the long-caption embeddings in ``emb_dir`` (``llm2clip train embed``) over the
+    scene-graph items of ``dataset``; None when it has no scene graphs."""
+    from training.embed import CaptionEmbeddings
+
+    caps = CaptionEmbeddings(emb_dir)
+    items = [it for it in dataset.items if "objects" in it.meta and "background" in it.meta
+             and "long" in caps.keys_for(it.id)]
+    if len(items) < 8:
+        return None
+    x = np.stack([caps.get(it.id, "long").float().numpy() for it in items])
+    return {**fact_probe(x, [it.meta for it in items], **kw), "text_encoder": caps.manifest.get("text_encoder",
+                                                                                                  {}).get("name")}
