@@ -125,7 +125,8 @@ def paraphrase_twin_accuracy(embed, dataset: Dataset | str | Path) -> dict[str, 
     a's long caption must be strictly closer to a's long caption than to b's. An encoder that keeps the one
     differing attribute above the noise of rephrasing and reordering scores 1; one that cannot see it, 0.5
     or less. ``embed(texts) -> unit-norm (N, dim)`` is any text encoder (an LLM folder, a bundle's ONNX model).
-    Also split by where a's own caption first names the differing object (inside or after 77 tokens).
+    Also split by where a's own caption first names the differing object (inside or after 77 tokens), and
+    by the attribute that differs (``by_attribute``).
     None when the dataset has no near twins (only the ``test`` split has them)."""
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
     pairs, paraphrases = paraphrase_twin_texts(ds)
@@ -143,4 +144,7 @@ def paraphrase_twin_accuracy(embed, dataset: Dataset | str | Path) -> dict[str, 
     for name, sel in (("early", ~late), ("late", late)):
         if sel.any():
             out[name] = {"accuracy": float(hit[sel].mean()), "n_pairs": int(sel.sum())}
+    attribute = np.array([((ds.items[a].meta or {}).get("twin_diff") or {}).get("attribute") or "" for a, _ in pairs])
+    out["by_attribute"] = {str(k): {"accuracy": float(hit[attribute == k].mean()), "n_pairs": int((attribute == k).sum())}
+                           for k in sorted(set(attribute) - {""})}
     return out

@@ -311,13 +311,18 @@ def _text_twins(report: dict[str, Any]) -> list[str]:
              "A fresh paraphrase of scene a's long caption must be closer to a's caption than to its twin's "
              "(chance 0.5; no image involved). Raw text encoders, then each row's exported text side "
              "(encoder + adapter, or the 77-token tower).", "",
-             "| text side | all | named early (< 77 tokens) | named late |", "|---|---|---|---|"]
+             ]
     entries = [(f"{n} (raw)", t) for n, t in (report.get("text_twins") or {}).items()]
     entries += [(f"{n} (row's bundle)", r.get("text_twins")) for n, r in report["rows"].items()]
     if not any(t for _, t in entries):
         return []
+    attrs = sorted({a for _, t in entries for a in ((t or {}).get("by_attribute") or {})})
+    lines += ["| " + " | ".join(["text side", "all", "named early (< 77 tokens)", "named late", *attrs]) + " |",
+              "|---|---|---|---|" + "---|" * len(attrs)]
     for name, t in entries:
-        lines.append(f"| {name} | {cell(t)} | {cell(t, 'early')} | {cell(t, 'late')} |")
+        by = (t or {}).get("by_attribute") or {}
+        cells = [name, cell(t), cell(t, "early"), cell(t, "late"), *(cell(by, a) for a in attrs)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -140,6 +140,9 @@ def test_paraphrase_twin_probe_scores_an_oracle_one_and_a_blind_encoder_zero(tmp
     oracle = cr.paraphrase_twin_accuracy(lambda texts: np.stack([table[t] for t in texts]), ds)
     assert oracle["accuracy"] == 1.0 and oracle["n_pairs"] == len(pairs)
     assert sum(oracle[k]["n_pairs"] for k in ("early", "late") if k in oracle) == len(pairs)
+    by = oracle["by_attribute"]
+    assert sum(g["n_pairs"] for g in by.values()) == len(pairs) and all(g["accuracy"] == 1.0 for g in by.values())
+    assert set(by) == {ds.items[a].meta["twin_diff"]["attribute"] for a, _ in pairs}
     # blind to the difference: every text the same vector, a tie each time, and a tie is a miss
     blind = cr.paraphrase_twin_accuracy(lambda texts: np.ones((len(texts), 4)) / 2, ds)
     assert blind["accuracy"] == 0.0
