@@ -107,12 +107,9 @@ def fact_probe(embeddings: np.ndarray, metas: list[dict[str, Any]], test_fractio
             "facts": sum(len(v) for v in by_group.values()), "train_scenes": len(train), "test_scenes": len(test)}
 
 
-def probe_caption_embeddings(emb_dir, dataset, **kw: Any) -> dict[str, Any] | None:
-    """``fact_probe`` of the long-caption embeddings in ``emb_dir`` (``llm2clip train embed``) over the
-    scene-graph items of ``dataset``; None when it has no scene graphs."""
-    from training.embed import CaptionEmbeddings
-
-    caps = CaptionEmbeddings(emb_dir)
+def probe_caption_embeddings(caps, dataset, **kw: Any) -> dict[str, Any] | None:
+    """``fact_probe`` of the long-caption embeddings in ``caps`` (a ``CaptionEmbeddings``, written by
+    ``llm2clip train embed``) over the scene-graph items of ``dataset``; None when it has no scene graphs."""
     items = [it for it in dataset.items if "objects" in it.meta and "background" in it.meta
              and "long" in caps.keys_for(it.id)]
     if len(items) < 8:

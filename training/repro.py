@@ -204,8 +204,9 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
             emb = out / "embeddings" / row
             _say(f"{row}: caption embeddings")
             embed_captions(train, encoders[row], emb)
-            facts = _cached_json(rdir / "fact_probe.json", lambda emb=emb: probe_caption_embeddings(emb, train))
-            mcfg = default_model_cfg(cfg.embed_dim, CaptionEmbeddings(emb).dim, cfg.image_size, row, 512)
+            caps = CaptionEmbeddings(emb)  # read once: the probe and the model's text width
+            facts = _cached_json(rdir / "fact_probe.json", lambda caps=caps: probe_caption_embeddings(caps, train))
+            mcfg = default_model_cfg(cfg.embed_dim, caps.dim, cfg.image_size, row, 512)
             _say(f"{row}: stage 2")
             summary = train_clip(train, emb, rdir / "ckpt", tcfg, model_cfg=mcfg)
         if not (rdir / "bundle" / "manifest.json").is_file():
