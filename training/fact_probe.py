@@ -10,6 +10,12 @@ part of the scenes and scored on the others: ROC AUC among test scenes with the 
 grouped: those the short caption also names (``class``, ``background``, ``texture``) and those only the
 long caption states (``colour``, ``cell``, ``size``, ``orientation``).
 
+Bound facts (``bound``) ask which object carries a value: "the bag is large", "the dress is in the
+top-left cell". Each is scored only among scenes that hold both the class and the value (on some object),
+and within scenes with the same number of objects, of objects of that class and of objects with that value,
+so no count of words helps: a bag of words scores 0.5. The
+near twins of the test split differ in exactly such a binding for cell, size and orientation.
+
 Linear, because the stage-2 adapter is a small MLP over the embedding: a fact that a linear read-out
 cannot find is one the adapter has to dig out with its little capacity, from a few thousand captions.
 """
@@ -22,6 +28,7 @@ import numpy as np
 
 SHORT_GROUPS = ("class", "background", "texture")
 LONG_GROUPS = ("colour", "cell", "size", "orientation")
+BOUND_GROUPS = LONG_GROUPS  # attributes bound to an object's class
 
 
 def scene_facts(meta: dict[str, Any]) -> dict[str, bool]:
@@ -37,6 +44,29 @@ def scene_facts(meta: dict[str, Any]) -> dict[str, bool]:
     facts |= {f"size:{s}": any(o["size"] == s for o in objs) for s in SIZES}
     facts |= {f"orientation:{s}": any(o["orientation"] == s for o in objs) for s in ORIENTATIONS}
     return facts
+
+
+def _value(obj: dict[str, Any], group: str) -> str:
+    return f"{obj['row']}-{obj['col']}" if group == "cell" else str(obj[group])
+
+
+def bound_facts(meta: dict[str, Any]) -> dict[str, tuple[bool, int, int]]:
+    """``class:c|group:v`` -> (some c object has v, number of c objects, number of v objects), for every
+    class and every value of the ``BOUND_GROUPS``."""
+    from llm2clip.data.scenes import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES
+
+    values = {"colour": COLOURS, "cell": [f"{r}-{c}" for r in ROWS for c in COLS], "size": SIZES,
+              "orientation": ORIENTATIONS}
+    objs = meta["objects"]
+    out = {}
+    for group in BOUND_GROUPS:
+        vals = [_value(o, group) for o in objs]
+        classes = [o["class"] for o in objs]
+        bound = set(zip(classes, vals, strict=True))
+        for c in CLASSES:
+            for v in values[group]:
+                out[f"class:{c}|{group}:{v}"] = ((c, v) in bound, classes.count(c), vals.count(v))
+    return out
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -68,9 +98,10 @@ def stratified_auc(score: np.ndarray, positive: np.ndarray, strata: np.ndarray) 
 
 def fact_probe(embeddings: np.ndarray, metas: list[dict[str, Any]], test_fraction: float = 0.25,
                ridge: float = 10.0, seed: int = 0) -> dict[str, Any]:
-    """Mean held-out ROC AUC of linear probes for every scene fact, overall and by group.
+    """Mean held-out ROC AUC of linear probes for every scene fact, overall and by group, and for every
+    bound fact (``bound``, ``bound_by_group``; scored among the test scenes that hold its class and value).
 
-    ``embeddings[i]`` is the text embedding of scene ``metas[i]``'s long caption. Features are
+    ``embeddings[i]`` is an embedding of scene ``metas[i]`` (its long caption's, or its image's). Features are
     standardised on the probe's training scenes; a fact that does not vary among test scenes of the same
     object count is skipped.
     """
@@ -80,14 +111,21 @@ def fact_probe(embeddings: np.ndarray, metas: list[dict[str, Any]], test_fractio
     facts = [scene_facts(m) for m in metas]
     keys = list(facts[0])
     y = np.array([[f[k] for k in keys] for f in facts], dtype=bool)
+    bound = [bound_facts(m) for m in metas]
+    bkeys = list(bound[0])
+    by = np.array([[b[k][0] for k in bkeys] for b in bound], dtype=bool)
+    n_class = np.array([[b[k][1] for k in bkeys] for b in bound])
+    n_value = np.array([[b[k][2] for k in bkeys] for b in bound])
     perm = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, int(round(len(x) * test_fraction)))
     test, train = perm[:n_test], perm[n_test:]
     mean, std = x[train].mean(0), x[train].std(0) + 1e-6
     xs = np.c_[(x - mean) / std, np.ones(len(x))]
     gram = xs[train].T @ xs[train] + ridge * np.eye(xs.shape[1])
-    w = np.linalg.solve(gram, xs[train].T @ (2.0 * y[train] - 1.0))
+    targets = np.c_[y, by]
+    w = np.linalg.solve(gram, xs[train].T @ (2.0 * targets[train] - 1.0))
     scores = xs[test] @ w
+    bscores = scores[:, len(keys):]
     # AUC within scenes of the same object count: "some object is red" or "the top-left cell is taken" is
     # likelier in a scene of six objects, and the count is named in the short caption too
     count = np.array([len(m["objects"]) for m in metas])[test]
@@ -98,13 +136,27 @@ def fact_probe(embeddings: np.ndarray, metas: list[dict[str, Any]], test_fractio
         if auc is not None:
             by_group.setdefault(key.split(":")[0], []).append(auc)
 
+    by_bound: dict[str, list[float]] = {}
+    for j, key in enumerate(bkeys):
+        # the class and the value are both in the scene, as often as in the other scenes of the stratum:
+        # only which object carries the value varies
+        nc, nv = n_class[test, j], n_value[test, j]
+        sel = (nc > 0) & (nv > 0)
+        strata = (count * 16 + nc) * 16 + nv
+        auc = stratified_auc(bscores[sel, j], by[test, j][sel], strata[sel]) if sel.any() else None
+        if auc is not None:
+            by_bound.setdefault(key.split("|")[1].split(":")[0], []).append(auc)
+
     def mean_of(groups: tuple[str, ...]) -> float | None:
         vals = [a for g in groups for a in by_group.get(g, [])]
         return round(float(np.mean(vals)), 4) if vals else None
 
     return {"named_in_short": mean_of(SHORT_GROUPS), "long_only": mean_of(LONG_GROUPS),
             "by_group": {g: round(float(np.mean(v)), 4) for g, v in by_group.items()},
-            "facts": sum(len(v) for v in by_group.values()), "train_scenes": len(train), "test_scenes": len(test)}
+            "bound": round(float(np.mean([a for v in by_bound.values() for a in v])), 4) if by_bound else None,
+            "bound_by_group": {g: round(float(np.mean(v)), 4) for g, v in by_bound.items()},
+            "facts": sum(len(v) for v in by_group.values()), "bound_facts": sum(len(v) for v in by_bound.values()),
+            "train_scenes": len(train), "test_scenes": len(test)}
 
 
 def probe_caption_embeddings(caps, dataset, **kw: Any) -> dict[str, Any] | None:

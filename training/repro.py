@@ -332,7 +332,7 @@ def _fact_probe(rows: dict[str, Any]) -> list[str]:
     probes = {n: r.get("fact_probe") for n, r in rows.items() if r.get("fact_probe")}
     if not probes:
         return []
-    from training.fact_probe import LONG_GROUPS, SHORT_GROUPS
+    from training.fact_probe import BOUND_GROUPS, LONG_GROUPS, SHORT_GROUPS
 
     groups = SHORT_GROUPS + LONG_GROUPS
     lines = ["", "## Scene facts kept by the frozen text embedding", "",
@@ -344,6 +344,16 @@ def _fact_probe(rows: dict[str, Any]) -> list[str]:
     for name, p in probes.items():
         lines.append(f"| {name} | {_fmt(p.get('named_in_short'))} | {_fmt(p.get('long_only'))} | "
                      + " | ".join(_fmt(p["by_group"].get(g)) for g in groups) + " |")
+    bound = {n: p for n, p in probes.items() if p.get("bound") is not None}
+    if bound:
+        lines += ["", "Bound facts: which object carries the value (\"the bag is large\"), scored among scenes that "
+                  "hold the class and the value equally often, so that only the binding varies: a bag of words "
+                  "scores 0.5. The near twins that differ in cell, size or orientation need these.", "",
+                  "| text side | bound | " + " | ".join(f"class + {g}" for g in BOUND_GROUPS) + " |",
+                  "|---|---|" + "---|" * len(BOUND_GROUPS)]
+        for name, p in bound.items():
+            lines.append(f"| {name} | {_fmt(p['bound'])} | "
+                         + " | ".join(_fmt(p["bound_by_group"].get(g)) for g in BOUND_GROUPS) + " |")
     return lines
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llm2clip.data.scenes import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES, TEXTURES
-from training.fact_probe import fact_probe, roc_auc, scene_facts
+from training.fact_probe import bound_facts, fact_probe, roc_auc, scene_facts
 
 
 def random_meta(rng: np.random.Generator) -> dict:
@@ -70,3 +70,49 @@ def test_probe_finds_what_the_embedding_keeps(metas):
 def test_probe_rejects_mismatched_inputs(metas):
     with pytest.raises(ValueError, match="embeddings"):
         fact_probe(np.zeros((3, 4)), metas[:4])
+
+
+def test_bound_facts_by_hand():
+    meta = {"background": {"colour": "blue", "texture": "dotted"},
+            "objects": [{"class": "bag", "colour": "red", "size": "small", "orientation": "mirrored",
+                         "row": "top", "col": "left"},
+                        {"class": "dress", "colour": "green", "size": "large", "orientation": "upright",
+                         "row": "top", "col": "right"}]}
+    b = bound_facts(meta)
+    assert b["class:bag|size:small"] == (True, 1, 1)
+    assert b["class:bag|size:large"] == (False, 1, 1)  # both present, not bound: the binding test's negative
+    assert b["class:dress|cell:top-right"] == (True, 1, 1)
+    assert b["class:dress|cell:top-left"] == (False, 1, 1)
+    assert b["class:bag|colour:blue"] == (False, 1, 0)  # the background's colour is no object's
+
+
+def counts_embedding(metas, bound, rng):
+    """Bag of attribute words: a direction per class and per value, or per (class, value) binding."""
+    keys, rows = {}, []
+    for m in metas:
+        row = {}
+        for o in m["objects"]:
+            for g in ("colour", "cell", "size", "orientation"):
+                v = f"{o['row']}-{o['col']}" if g == "cell" else o[g]
+                for k in ([(o["class"], g, v)] if bound else [("class", o["class"]), (g, v)]):
+                    row[k] = row.get(k, 0) + 1
+        rows.append(row)
+        for k in row:
+            keys.setdefault(k, len(keys))
+    x = np.zeros((len(metas), len(keys)))
+    for i, row in enumerate(rows):
+        for k, n in row.items():
+            x[i, keys[k]] = n
+    return x + 0.05 * rng.normal(size=x.shape)
+
+
+def test_bound_probe_needs_the_binding():
+    rng = np.random.default_rng(2)
+    metas = [random_meta(rng) for _ in range(3000)]
+    unbound = fact_probe(counts_embedding(metas, False, rng), metas)
+    assert unbound["long_only"] > 0.95  # every value is there, counted
+    assert abs(unbound["bound"] - 0.5) < 0.04, unbound["bound_by_group"]
+    for g in ("colour", "cell", "size", "orientation"):
+        assert abs(unbound["bound_by_group"][g] - 0.5) < 0.08, g
+    bound = fact_probe(counts_embedding(metas, True, rng), metas)
+    assert bound["bound"] > 0.9 and min(bound["bound_by_group"].values()) > 0.85, bound["bound_by_group"]

@@ -1,0 +1,52 @@
+"""The oracle text side of scripts/oracle_text_side.py: every binding explicit, readable as caption embeddings."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm2clip.data.scenes import generate_scenes, near_twin_graph
+from training.embed import CaptionEmbeddings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    spec = importlib.util.spec_from_file_location("oracle_text_side", ROOT / "scripts" / "oracle_text_side.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return generate_scenes(tmp_path_factory.mktemp("scenes") / "train", 12, "train", 0, progress=False)
+
+
+def test_a_twin_differs_in_the_long_vector_only_by_its_binding(oracle, scenes):
+    seen = set()
+    for i, item in enumerate(scenes.items):
+        twin = near_twin_graph(item.meta, seed=i)
+        changed = {k for o, p in zip(item.meta["objects"], twin["objects"], strict=True) for k in o if o[k] != p[k]}
+        seen |= changed
+        a_long, b_long = oracle.oracle_vector(item.meta, True), oracle.oracle_vector(twin, True)
+        assert np.isclose(np.linalg.norm(a_long), 1) and a_long.shape == (oracle.DIM,)
+        assert not np.allclose(a_long, b_long), changed  # one attribute of one object: the long vector sees it
+        a_short, b_short = oracle.oracle_vector(item.meta, False), oracle.oracle_vector(twin, False)
+        assert np.count_nonzero(a_short[len(oracle.SHORT):]) == 0  # nothing past what a short caption names
+        # the short caption names count, classes and background: only a class twin changes it
+        assert np.allclose(a_short, b_short) == ("class" not in changed)
+    assert len(seen) >= 3  # the twins cover several attributes
+
+
+def test_embeddings_folder_reads_as_caption_embeddings(oracle, scenes, tmp_path):
+    folder = oracle.write_embeddings(scenes, tmp_path / "emb")
+    caps = CaptionEmbeddings(folder)
+    assert caps.dim == oracle.DIM and len(caps.embeddings) == 2 * len(scenes)
+    item = scenes.items[3]
+    assert np.allclose(caps.get(item.id, "long").numpy(), oracle.oracle_vector(item.meta, True))
+    assert sorted(caps.keys_for(item.id)) == ["long", "short"]
