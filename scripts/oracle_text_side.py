@@ -5,9 +5,10 @@ Usage: python scripts/oracle_text_side.py --repro DIR --out OUT [--epochs N]
 The repro's near twins that differ in an object's cell, size or orientation stay at chance in every row,
 and so does every text side on its own (see docs/results/repro/FINDINGS.md). That leaves open whether the
 vision tower could see them at all. This run replaces the text encoder by an oracle: each caption's
-"embedding" is built from its scene graph, with every binding explicit (counts of (class, colour),
-(class, cell), (class, size), (class, orientation), plus the background and the object count; a short
-caption's holds only what the short caption names: count, classes, background). Stage 2 is the repro's own:
+"embedding" is built from its scene graph: the object count, the background, counts of each class, of
+each colour, cell, size and orientation, and every binding explicit (counts of (class, colour),
+(class, cell), (class, size), (class, orientation)); a short caption's holds only what the short caption
+names: count, classes, background. ``--bound-only`` leaves out the unbound counts. Stage 2 is the repro's own:
 same scenes, vision tower, recipe, steps and seed (``training.repro.ReproCfg``), trained with
 ``train_clip`` on these vectors. The test split's near twins are then scored with the trained vision
 tower against the oracle's caption vectors through the trained adapter.
@@ -16,8 +17,9 @@ An oracle row well above chance on cell, size and orientation means the vision s
 bindings at this scale and only the text side is missing them; an oracle row at chance means the vision
 side cannot either.
 
-Writes OUT/embeddings/{train,val,test}/ (caption-embedding folders, as `llm2clip train embed` would),
-OUT/ckpt/ (the stage-2 checkpoint) and OUT/oracle.json. Reruns resume.
+Writes OUT/embeddings/train/ (a caption-embedding folder, as `llm2clip train embed` would), OUT/ckpt/
+(the stage-2 checkpoint) and OUT/oracle.json. Reruns resume. Takes about as long as one repro row's
+stage 2 (15 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _layout(long: bool) -> dict[str, int]:
     names += [f"background:{c}" for c in COLOURS] + [f"texture:{t}" for t in TEXTURES]
     names += [f"class:{c}" for c in CLASSES]
     if long:
+        names += [f"{g}:{v}" for g, values in BOUND.items() for v in values]
         names += [f"{c}|{g}:{v}" for g, values in BOUND.items() for c in CLASSES for v in values]
     return {n: i for i, n in enumerate(names)}
 
@@ -55,8 +58,10 @@ LONG, SHORT = _layout(True), _layout(False)
 DIM = len(LONG)  # short vectors are zero past the short layout: one adapter input width
 
 
-def oracle_vector(meta: dict[str, Any], long: bool) -> np.ndarray:
-    """The scene graph as a unit vector: what a text side that keeps every fact (and binding) would give."""
+def oracle_vector(meta: dict[str, Any], long: bool, presence: bool = True) -> np.ndarray:
+    """The scene graph as a unit vector: what a text side that keeps every fact and every binding would
+    give. ``presence`` False leaves out the unbound counts of each colour, cell, size and orientation (a
+    long vector then holds them only inside their (class, value) bindings)."""
     layout = LONG if long else SHORT
     v = np.zeros(DIM, np.float32)
     objs = meta["objects"]
@@ -68,11 +73,13 @@ def oracle_vector(meta: dict[str, Any], long: bool) -> np.ndarray:
         if long:
             for g in BOUND:
                 value = f"{o['row']}-{o['col']}" if g == "cell" else o[g]
+                if presence:
+                    v[layout[f"{g}:{value}"]] += 1
                 v[layout[f"{o['class']}|{g}:{value}"]] += 1
     return v / np.linalg.norm(v)
 
 
-def write_embeddings(ds: Dataset, out: Path) -> Path:
+def write_embeddings(ds: Dataset, out: Path, presence: bool = True) -> Path:
     """A caption-embedding folder in `llm2clip train embed`'s format: each item's long and short vectors."""
     if (out / MANIFEST).is_file():
         return out
@@ -83,10 +90,10 @@ def write_embeddings(ds: Dataset, out: Path) -> Path:
             raise SystemExit(f"item {item.id!r} has no scene graph: the oracle needs a scene corpus")
         for key in ("long", "short"):
             keys.append([item.id, key])
-            rows.append(oracle_vector(item.meta, key == "long"))
+            rows.append(oracle_vector(item.meta, key == "long", presence))
     save_file({"embeddings": torch.from_numpy(np.stack(rows))}, str(out / "shard-00000.safetensors"))
     (out / "shard-00000.json").write_text(json.dumps(keys))
-    spec = hashlib.sha256(json.dumps(list(LONG)).encode()).hexdigest()
+    spec = hashlib.sha256(json.dumps([list(LONG), presence]).encode()).hexdigest()
     manifest = {"format": FORMAT, "text_encoder": {"name": "oracle-scene-graph", "path": "", "fingerprint": spec},
                 "max_tokens": 0, "add_special_tokens": False, "dtype": "fp32", "dataset": ds.root.name,
                 "count": len(keys), "shard_size": len(keys), "dim": DIM, "shards": ["shard-00000"],
@@ -95,7 +102,7 @@ def write_embeddings(ds: Dataset, out: Path) -> Path:
     return out
 
 
-def evaluate_oracle(ckpt: Path, test: Dataset) -> dict[str, Any]:
+def evaluate_oracle(ckpt: Path, test: Dataset, presence: bool = True) -> dict[str, Any]:
     from training.checkpoint import load_checkpoint
     from training.clip import load_images, normalize
     from training.eval import retrieval_metrics, twin_accuracy, twin_breakdown, twin_pairs
@@ -108,7 +115,7 @@ def evaluate_oracle(ckpt: Path, test: Dataset) -> dict[str, Any]:
                       for b in range(0, len(images), 64)]
         img = torch.cat(img_chunks).float().numpy()
         for key in ("long", "short"):
-            vec = torch.from_numpy(np.stack([oracle_vector(it.meta, key == "long") for it in test.items]))
+            vec = torch.from_numpy(np.stack([oracle_vector(it.meta, key == "long", presence) for it in test.items]))
             txt[key] = model.encode_text_embedding(vec).float().numpy()
     pairs = twin_pairs(test)
     return {"long": retrieval_metrics(txt["long"], img), "short": retrieval_metrics(txt["short"], img),
@@ -122,6 +129,9 @@ def main() -> None:
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder (its data/)")
     ap.add_argument("--out", required=True, type=Path, help="work folder for this run (resumed)")
     ap.add_argument("--epochs", type=int, help="override the repro preset's stage-2 epochs")
+    ap.add_argument("--bound-only", action="store_true",
+                    help="long vectors without the unbound counts of each colour, cell, size and orientation: "
+                         "the vision side must learn every (class, value) conjunction")
     args = ap.parse_args()
 
     from training.clip import TrainCfg, default_model_cfg, train_clip
@@ -131,17 +141,18 @@ def main() -> None:
     epochs = args.epochs or cfg.epochs
     data = {s: read_dataset(args.repro / "data" / s) for s in ("train", "test")}
     train, test = data["train"], data["test"]
-    emb = write_embeddings(train, args.out / "embeddings" / "train")
+    presence = not args.bound_only
+    emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
     total_steps = max(1, len(train) // cfg.batch_size) * epochs  # the repro's schedule, as training.repro sets it
     tcfg = TrainCfg(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                     warmup_steps=max(1, total_steps // 20), log_every=max(1, total_steps // 100))
     mcfg = default_model_cfg(cfg.embed_dim, DIM, cfg.image_size, "oracle-scene-graph", 512)
     summary = train_clip(train, emb, args.out / "ckpt", tcfg, model_cfg=mcfg)
     result = {"command": "python scripts/oracle_text_side.py --repro DIR --out OUT"
-              + (f" --epochs {args.epochs}" if args.epochs else ""),
-              "epochs": epochs, "train_scenes": len(train), "test_scenes": len(test), "dim": DIM,
+              + (f" --epochs {args.epochs}" if args.epochs else "") + (" --bound-only" if args.bound_only else ""),
+              "epochs": epochs, "presence": presence, "train_scenes": len(train), "test_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},
-              **evaluate_oracle(args.out / "ckpt", test)}
+              **evaluate_oracle(args.out / "ckpt", test, presence)}
     (args.out / "oracle.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     nt = result["near_twin"]
     sys.stdout.write(f"long t2i R@1 {result['long']['t2i_r1']:.3f} i2t R@1 {result['long']['i2t_r1']:.3f}; "

@@ -39,13 +39,18 @@ class ReproCfg:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 5e-4
-    # ~7 s per step of 8 scenes x 2 views on 2 cores: stage 1 takes ~20 min, inside the 45-min llm_cc row
-    stage1_steps: int = 160
+    # ~6 s per step of 8 scenes (+ their twins) x 2 views on 2 cores: stage 1 takes ~46 min, once
+    stage1_steps: int = 400
     stage1_mntp_steps: int = 0
     stage1_batch: int = 8
     stage1_paraphrases: int = 2
-    stage1_positives: str = "all"  # "long": no long/short positive pairs (see FINDINGS.md)
-    stage1_hard_negatives: bool = False  # half of each stage-1 micro-batch: near twins of the other half
+    # the corpus's short captions name only count, classes and background: as positives of the long caption
+    # ("all", the paper's pairs) they pull its embedding toward those facts and llm_cc loses to llm_nocc;
+    # "long" pairs a long caption with its paraphrases only (docs/results/repro/FINDINGS.md)
+    stage1_positives: str = "long"
+    # half of each stage-1 micro-batch: near twins of the other half; what teaches the text side which
+    # object carries a size or an orientation (FINDINGS.md)
+    stage1_hard_negatives: bool = True
     clip77_width: int = 256
     clip77_layers: int = 4
     throughput_steps: int = 5
@@ -169,7 +174,10 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
         s1 = Stage1Cfg(steps=cfg.stage1_steps, mntp_steps=cfg.stage1_mntp_steps, batch_size=cfg.stage1_batch,
                        paraphrases=cfg.stage1_paraphrases, positives=cfg.stage1_positives,
                        hard_negatives=cfg.stage1_hard_negatives, seed=cfg.seed,
-                       warmup_steps=max(1, cfg.stage1_steps // 10))
+                       warmup_steps=max(1, cfg.stage1_steps // 10),
+                       # SmolLM2 at 8 scenes (+ twins) holds its activations in ~6 GB: recomputing them
+                       # would cost ~30% more time for memory this machine has
+                       grad_checkpointing=False)
         if not (out / "stage1" / "stage1.json").is_file():
             _say(f"stage 1: caption-contrastive fine-tuning, {cfg.stage1_steps} steps")
         train_text(train, out / "stage1", smollm2_dir(), s1, val=val)

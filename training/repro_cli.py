@@ -23,10 +23,11 @@ def add_parser(subparsers) -> None:
     r.add_argument("--epochs", type=int, help="override the preset's stage-2 epochs")
     r.add_argument("--stage1-steps", type=int, help="override the preset's stage-1 steps")
     r.add_argument("--stage1-positives", choices=["all", "long"],
-                   help="stage-1 positive views: all (long with short, the paper's pairs; the preset) or long "
-                        "(the long caption and its paraphrases only)")
-    r.add_argument("--stage1-hard-negatives", action="store_true",
-                   help="stage 1 with generator near twins as hard negatives (half of each micro-batch)")
+                   help="stage-1 positive views: long (the long caption and its paraphrases only; the preset) "
+                        "or all (long with short, the paper's pairs)")
+    r.add_argument("--stage1-hard-negatives", action=argparse.BooleanOptionalAction, default=None,
+                   help="stage 1 with generator near twins as hard negatives, half of each micro-batch (the "
+                        "preset; --no-stage1-hard-negatives turns them off)")
     r.add_argument("--seed", type=int)
 
 
@@ -37,14 +38,15 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = preset(args.quick, train_scenes=args.train_scenes, epochs=args.epochs, stage1_steps=args.stage1_steps,
                  stage1_positives=args.stage1_positives,
-                 stage1_hard_negatives=args.stage1_hard_negatives or None, seed=args.seed)
+                 stage1_hard_negatives=args.stage1_hard_negatives, seed=args.seed)
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
     flags = [("--quick", args.quick), (f"--rows {args.rows}", args.rows != ",".join(ROWS)),
              (f"--train-scenes {args.train_scenes}", args.train_scenes is not None),
              (f"--epochs {args.epochs}", args.epochs is not None),
              (f"--stage1-steps {args.stage1_steps}", args.stage1_steps is not None),
              (f"--stage1-positives {args.stage1_positives}", args.stage1_positives is not None),
-             ("--stage1-hard-negatives", args.stage1_hard_negatives),
+             ("--stage1-hard-negatives" if args.stage1_hard_negatives else "--no-stage1-hard-negatives",
+              args.stage1_hard_negatives is not None),
              (f"--seed {args.seed}", args.seed is not None)]
     command = " ".join(["llm2clip repro --out DIR", *(f for f, on in flags if on)])
     report = run_repro(args.out, cfg, rows, command=command)

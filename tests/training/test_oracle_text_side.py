@@ -43,6 +43,15 @@ def test_a_twin_differs_in_the_long_vector_only_by_its_binding(oracle, scenes):
     assert len(seen) >= 3  # the twins cover several attributes
 
 
+def test_bound_only_keeps_values_inside_their_bindings(oracle, scenes):
+    meta = scenes.items[0].meta
+    full, bound = oracle.oracle_vector(meta, True), oracle.oracle_vector(meta, True, presence=False)
+    unbound = [i for name, i in oracle.LONG.items() if "|" not in name and name.split(":")[0] in oracle.BOUND]
+    assert np.count_nonzero(full[unbound]) > 0 and np.count_nonzero(bound[unbound]) == 0
+    binding = [i for name, i in oracle.LONG.items() if "|" in name]
+    assert np.array_equal(full[binding] > 0, bound[binding] > 0)
+
+
 def test_embeddings_folder_reads_as_caption_embeddings(oracle, scenes, tmp_path):
     folder = oracle.write_embeddings(scenes, tmp_path / "emb")
     caps = CaptionEmbeddings(folder)

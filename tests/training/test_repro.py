@@ -94,12 +94,16 @@ def test_cli_passes_the_stage1_variant_and_records_it(monkeypatch, tmp_path, cap
         return {"rows": {}}
 
     monkeypatch.setattr(repro, "run_repro", fake_run)
-    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc", "--stage1-positives", "long",
-                 "--stage1-hard-negatives"]) == 0
-    assert seen["cfg"].stage1_positives == "long" and seen["cfg"].stage1_hard_negatives is True
-    assert seen["cfg"].stage1_steps == repro.ReproCfg().stage1_steps and seen["rows"] == ("llm_cc",)
-    assert seen["command"] == ("llm2clip repro --out DIR --rows llm_cc --stage1-positives long "
-                               "--stage1-hard-negatives")
-    main(["repro", "--out", str(tmp_path)])
+    # the paper's pairs without hard negatives: both away from the preset, both recorded
+    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc", "--stage1-positives", "all",
+                 "--no-stage1-hard-negatives", "--stage1-steps", "160"]) == 0
     assert seen["cfg"].stage1_positives == "all" and seen["cfg"].stage1_hard_negatives is False
-    assert seen["command"] == "llm2clip repro --out DIR"
+    assert seen["cfg"].stage1_steps == 160 and seen["rows"] == ("llm_cc",)
+    assert seen["command"] == ("llm2clip repro --out DIR --rows llm_cc --stage1-steps 160 --stage1-positives all "
+                               "--no-stage1-hard-negatives")
+    # the preset: long positives, hard negatives
+    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc"]) == 0
+    assert seen["cfg"].stage1_positives == "long" and seen["cfg"].stage1_hard_negatives is True
+    assert seen["cfg"] == repro.ReproCfg() and seen["command"] == "llm2clip repro --out DIR --rows llm_cc"
+    main(["repro", "--out", str(tmp_path)])
+    assert seen["cfg"] == repro.ReproCfg() and seen["command"] == "llm2clip repro --out DIR"
