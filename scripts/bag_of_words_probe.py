@@ -55,6 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder (its data/)")
     ap.add_argument("--ngrams", default="1,2", help="comma-separated n: n-grams up to n (default 1,2)")
+    ap.add_argument("--out", type=Path, help="write the full results here as JSON")
     args = ap.parse_args()
     train = read_dataset(args.repro / "data" / "train")
     test = read_dataset(args.repro / "data" / "test")
@@ -71,7 +72,8 @@ def main() -> None:
         if twins:
             sys.stdout.write(f"  text twins {twins['accuracy']:.3f} "
                              + json.dumps({k: v["accuracy"] for k, v in twins["by_attribute"].items()}) + "\n")
-    sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
