@@ -28,21 +28,20 @@ WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
 MAX_FEATURES = 3000
 
 
-def ngram_counts(texts: list[str], n: int, vocab: dict | None = None) -> tuple[np.ndarray, dict]:
-    """(len(texts), features) counts of word n-grams up to n; the vocabulary is the most frequent ones."""
+def ngram_counts(texts: list[str], n: int) -> np.ndarray:
+    """(len(texts), features) counts of word n-grams up to n; the features are the most frequent n-grams."""
     grams = []
     for t in texts:
         words = WORD.findall(t.lower())
         grams.append(Counter(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1)))
-    if vocab is None:
-        df = Counter(g for c in grams for g in c)
-        vocab = {g: j for j, (g, _) in enumerate(df.most_common(MAX_FEATURES))}
+    df = Counter(g for c in grams for g in c)
+    vocab = {g: j for j, (g, _) in enumerate(df.most_common(MAX_FEATURES))}
     x = np.zeros((len(texts), len(vocab)), np.float32)
     for r, c in enumerate(grams):
         for g, v in c.items():
             if g in vocab:
                 x[r, vocab[g]] = v
-    return x, vocab
+    return x
 
 
 def tfidf(x: np.ndarray) -> np.ndarray:
@@ -62,9 +61,9 @@ def main() -> None:
     items = [it for it in train.items if isinstance(it.meta, dict) and "objects" in it.meta]
     out = {}
     for n in (int(v) for v in args.ngrams.split(",")):
-        x, _ = ngram_counts([it.long for it in items], n)
+        x = ngram_counts([it.long for it in items], n)
         facts = fact_probe(tfidf(x), [it.meta for it in items])
-        twins = paraphrase_twin_accuracy(lambda texts, n=n: tfidf(ngram_counts(texts, n)[0]), test)
+        twins = paraphrase_twin_accuracy(lambda texts, n=n: tfidf(ngram_counts(texts, n)), test)
         out[f"ngrams<={n}"] = {"fact_probe": facts, "text_twins": twins}
         sys.stdout.write(f"n-grams up to {n}: named in short {facts['named_in_short']:.3f}, long only "
                          f"{facts['long_only']:.3f}, bound {facts['bound']:.3f} "

@@ -36,12 +36,12 @@ import torch
 from safetensors.torch import save_file
 
 from llm2clip.data import Dataset, read_dataset
-from llm2clip.data.scenes import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES, TEXTURES
+from llm2clip.data.scenes import CLASSES, COLOURS, TEXTURES
 from training.embed import FORMAT, MANIFEST
+from training.fact_probe import attribute_value, bound_values
 
 MAX_OBJECTS = 9
-CELLS = tuple(f"{r}-{c}" for r in ROWS for c in COLS)
-BOUND = {"colour": COLOURS, "cell": CELLS, "size": SIZES, "orientation": ORIENTATIONS}
+BOUND = bound_values()
 
 
 def _layout(long: bool) -> dict[str, int]:
@@ -72,7 +72,7 @@ def oracle_vector(meta: dict[str, Any], long: bool, presence: bool = True) -> np
         v[layout[f"class:{o['class']}"]] += 1
         if long:
             for g in BOUND:
-                value = f"{o['row']}-{o['col']}" if g == "cell" else o[g]
+                value = attribute_value(o, g)
                 if presence:
                     v[layout[f"{g}:{value}"]] += 1
                 v[layout[f"{o['class']}|{g}:{value}"]] += 1
@@ -134,8 +134,8 @@ def main() -> None:
                          "the vision side must learn every (class, value) conjunction")
     args = ap.parse_args()
 
-    from training.clip import TrainCfg, default_model_cfg, train_clip
-    from training.repro import ReproCfg
+    from training.clip import default_model_cfg, train_clip
+    from training.repro import ReproCfg, stage2_cfg
 
     cfg = ReproCfg()
     epochs = args.epochs or cfg.epochs
@@ -143,9 +143,7 @@ def main() -> None:
     train, test = data["train"], data["test"]
     presence = not args.bound_only
     emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
-    total_steps = max(1, len(train) // cfg.batch_size) * epochs  # the repro's schedule, as training.repro sets it
-    tcfg = TrainCfg(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                    warmup_steps=max(1, total_steps // 20), log_every=max(1, total_steps // 100))
+    tcfg = stage2_cfg(cfg, len(train), epochs)
     mcfg = default_model_cfg(cfg.embed_dim, DIM, cfg.image_size, "oracle-scene-graph", 512)
     summary = train_clip(train, emb, args.out / "ckpt", tcfg, model_cfg=mcfg)
     result = {"command": "python scripts/oracle_text_side.py --repro DIR --out OUT"

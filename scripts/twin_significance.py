@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from llm2clip.data import read_dataset
-from training.eval import _embed_images, _embed_texts, twin_pairs
+from training.eval import _embed_images, _embed_texts, twin_hits, twin_pairs
 
 
 def pair_hits(bundle: Path, dataset, pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
@@ -32,11 +32,7 @@ def pair_hits(bundle: Path, dataset, pairs: list[tuple[int, int]]) -> dict[str, 
     img_enc, txt_enc = load_onnx_encoders(load_bundle(bundle))
     image = _embed_images(img_enc, dataset, 32, True)
     text = _embed_texts(txt_enc, [it.long for it in dataset.items], 32, True, "long captions")
-    a = np.array([p[0] for p in pairs])
-    b = np.array([p[1] for p in pairs])
-    own = np.einsum("nd,nd->n", text[a], image[a])
-    return {"t2i": own > np.einsum("nd,nd->n", text[a], image[b]),
-            "i2t": own > np.einsum("nd,nd->n", image[a], text[b])}
+    return twin_hits(text, image, pairs)
 
 
 def mcnemar_p(only_first: int, only_second: int) -> float:

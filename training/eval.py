@@ -68,16 +68,21 @@ def twin_pairs(dataset: Dataset) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
-def twin_accuracy(text_emb: np.ndarray, image_emb: np.ndarray,
-                  pairs: Sequence[tuple[int, int]]) -> dict[str, float]:
-    """t2i: scene a's caption scores image a above its twin b's image; i2t: image a scores caption a above
-    caption b. Strictly above: a tie is a failure to tell the twins apart."""
+def twin_hits(text_emb: np.ndarray, image_emb: np.ndarray,
+              pairs: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Per pair (a, b), t2i: scene a's caption scores image a above its twin b's image; i2t: image a scores
+    caption a above caption b. Strictly above: a tie is a failure to tell the twins apart."""
     a = np.array([p[0] for p in pairs])
     b = np.array([p[1] for p in pairs])
     own = np.einsum("nd,nd->n", text_emb[a], image_emb[a])
-    t2i = own > np.einsum("nd,nd->n", text_emb[a], image_emb[b])
-    i2t = own > np.einsum("nd,nd->n", image_emb[a], text_emb[b])
-    return {"t2i": float(t2i.mean()), "i2t": float(i2t.mean())}
+    return {"t2i": own > np.einsum("nd,nd->n", text_emb[a], image_emb[b]),
+            "i2t": own > np.einsum("nd,nd->n", image_emb[a], text_emb[b])}
+
+
+def twin_accuracy(text_emb: np.ndarray, image_emb: np.ndarray,
+                  pairs: Sequence[tuple[int, int]]) -> dict[str, float]:
+    """Share of pairs ``twin_hits`` gets right, each way."""
+    return {k: float(v.mean()) for k, v in twin_hits(text_emb, image_emb, pairs).items()}
 
 
 def twin_breakdown(text_emb: np.ndarray, image_emb: np.ndarray, dataset: Dataset,

@@ -22,6 +22,7 @@ cannot find is one the adapter has to dig out with its little capacity, from a f
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -46,25 +47,33 @@ def scene_facts(meta: dict[str, Any]) -> dict[str, bool]:
     return facts
 
 
-def _value(obj: dict[str, Any], group: str) -> str:
+def attribute_value(obj: dict[str, Any], group: str) -> str:
+    """An object's value in one of the ``BOUND_GROUPS``; a cell is ``row-col`` ("top-left")."""
     return f"{obj['row']}-{obj['col']}" if group == "cell" else str(obj[group])
+
+
+@functools.cache
+def bound_values() -> dict[str, tuple[str, ...]]:
+    """Every value each of the ``BOUND_GROUPS`` can take, as ``attribute_value`` writes it."""
+    from llm2clip.data.scenes import COLOURS, COLS, ORIENTATIONS, ROWS, SIZES
+
+    return {"colour": tuple(COLOURS), "cell": tuple(f"{r}-{c}" for r in ROWS for c in COLS),
+            "size": tuple(SIZES), "orientation": tuple(ORIENTATIONS)}
 
 
 def bound_facts(meta: dict[str, Any]) -> dict[str, tuple[bool, int, int]]:
     """``class:c|group:v`` -> (some c object has v, number of c objects, number of v objects), for every
     class and every value of the ``BOUND_GROUPS``."""
-    from llm2clip.data.scenes import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES
+    from llm2clip.data.scenes import CLASSES
 
-    values = {"colour": COLOURS, "cell": [f"{r}-{c}" for r in ROWS for c in COLS], "size": SIZES,
-              "orientation": ORIENTATIONS}
     objs = meta["objects"]
+    classes = [o["class"] for o in objs]
     out = {}
-    for group in BOUND_GROUPS:
-        vals = [_value(o, group) for o in objs]
-        classes = [o["class"] for o in objs]
+    for group, values in bound_values().items():
+        vals = [attribute_value(o, group) for o in objs]
         bound = set(zip(classes, vals, strict=True))
         for c in CLASSES:
-            for v in values[group]:
+            for v in values:
                 out[f"class:{c}|{group}:{v}"] = ((c, v) in bound, classes.count(c), vals.count(v))
     return out
 

@@ -141,13 +141,23 @@ def bundle_text_twins(bundle: Path, test) -> dict[str, Any] | None:
     return paraphrase_twin_accuracy(lambda t: txt.encode(t, batch_size=32), test)
 
 
+def stage2_cfg(cfg: ReproCfg, train_items: int, epochs: int | None = None):
+    """The stage-2 ``TrainCfg`` every row trains with: warmup over 1/20 of the steps, 100 history points."""
+    from training.clip import TrainCfg
+
+    epochs = epochs or cfg.epochs
+    total_steps = max(1, train_items // cfg.batch_size) * epochs
+    return TrainCfg(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                    warmup_steps=max(1, total_steps // 20), log_every=max(1, total_steps // 100))
+
+
 def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
               command: str | None = None) -> dict[str, Any]:
     from llm2clip.config import ClipTextCfg
     from llm2clip.data import read_dataset
     from llm2clip.defaults import minilm_dir, smollm2_dir
     from training.caption_retrieval import caption_retrieval, embed_texts, paraphrase_twin_accuracy
-    from training.clip import TrainCfg, default_model_cfg, train_clip
+    from training.clip import default_model_cfg, train_clip
     from training.embed import CaptionEmbeddings, embed_captions
     from training.eval import evaluate
     from training.export import export_checkpoint
@@ -194,9 +204,7 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
                                          lambda t, d=d: embed_texts(d, t, progress=False), test))
                   for name, d in encoders.items()}
 
-    total_steps = max(1, len(train) // cfg.batch_size) * cfg.epochs
-    tcfg = TrainCfg(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                    warmup_steps=max(1, total_steps // 20), log_every=max(1, total_steps // 100))
+    tcfg = stage2_cfg(cfg, len(train))
     results: dict[str, Any] = {}
     for row in rows:
         rdir = out / row
@@ -319,8 +327,7 @@ def _text_twins(report: dict[str, Any]) -> list[str]:
     lines = ["", "## Near twins, text side only", "",
              "A fresh paraphrase of scene a's long caption must be closer to a's caption than to its twin's "
              "(chance 0.5; no image involved). Raw text encoders, then each row's exported text side "
-             "(encoder + adapter, or the 77-token tower).", "",
-             ]
+             "(encoder + adapter, or the 77-token tower).", ""]
     entries = [(f"{n} (raw)", t) for n, t in (report.get("text_twins") or {}).items()]
     entries += [(f"{n} (row's bundle)", r.get("text_twins")) for n, r in report["rows"].items()]
     if not any(t for _, t in entries):

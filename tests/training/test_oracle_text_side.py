@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from llm2clip.data.scenes import generate_scenes, near_twin_graph
 from training.embed import CaptionEmbeddings
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def oracle():
-    spec = importlib.util.spec_from_file_location("oracle_text_side", ROOT / "scripts" / "oracle_text_side.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def oracle(load_script):
+    return load_script("oracle_text_side")
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def sig():
-    spec = importlib.util.spec_from_file_location("twin_significance", ROOT / "scripts" / "twin_significance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sig(load_script):
+    return load_script("twin_significance")
 
 
 def test_mcnemar_by_hand(sig):
