@@ -108,7 +108,7 @@ def evaluate_oracle(ckpt: Path, test: Dataset, presence: bool = True) -> dict[st
     from training.eval import retrieval_metrics, twin_accuracy, twin_breakdown, twin_pairs
 
     model, _ = load_checkpoint(ckpt)
-    images = torch.from_numpy(load_images(test, model.cfg.preprocess.size))
+    images = torch.from_numpy(load_images(test, model.cfg.preprocess))
     img, txt = {}, {}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         img_chunks = [model.encode_image(normalize(images[b : b + 64], model.cfg.preprocess))

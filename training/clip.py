@@ -42,6 +42,7 @@ from llm2clip.config import AdapterCfg, ModelCfg, PreprocessCfg, TextCfg, Vision
 from llm2clip.data import Dataset
 from llm2clip.errors import BundleError, DatasetError, LLM2CLIPError
 from llm2clip.model import LLM2CLIP
+from llm2clip.preprocess import fit_image
 from llm2clip.tokenizer import Tokenizer
 from training.checkpoint import is_checkpoint, load_checkpoint, load_state, save_checkpoint
 from training.distributed import DistInfo, barrier, gather_with_grad, process_group
@@ -71,16 +72,15 @@ class TrainCfg:
     log_every: int = 10
 
 
-def load_images(dataset: Dataset, size: int, progress: bool = True) -> np.ndarray:
-    """Every training image resized to size x size, uint8 (N, size, size, 3)."""
+def load_images(dataset: Dataset, preprocess: PreprocessCfg, progress: bool = True) -> np.ndarray:
+    """Every training image fitted to the model's input by the bundle's own geometry (``fit_image``: the
+    resize mode the service applies), uint8 (N, size, size, 3); ``normalize`` finishes the preprocessing."""
+    size = preprocess.size
     out = np.zeros((len(dataset), size, size, 3), np.uint8)
     for i, item in enumerate(tqdm(dataset.items, desc="load images", unit="img", disable=not progress)):
         try:
             with Image.open(dataset.image_path(item)) as im:
-                im = im.convert("RGB")
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BICUBIC)
-                out[i] = np.asarray(im)
+                out[i] = np.asarray(fit_image(im, preprocess))
         except (OSError, ValueError) as exc:
             raise DatasetError(f"cannot read the image of item {item.id!r} ({exc.__class__.__name__}): fix or "
                                "remove it from items.jsonl") from None
@@ -88,6 +88,7 @@ def load_images(dataset: Dataset, size: int, progress: bool = True) -> np.ndarra
 
 
 def normalize(batch_uint8: torch.Tensor, cfg: PreprocessCfg) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW (channels_last): ``llm2clip.preprocess.normalize_pixels`` in torch."""
     x = batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std).view(1, 3, 1, 1)
@@ -217,7 +218,7 @@ def evaluate_retrieval(model: LLM2CLIP, images: torch.Tensor, text: torch.Tensor
 
 
 def _val_set(val: Dataset, val_embeddings: str | Path, caps: CaptionEmbeddings,
-             size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+             preprocess: PreprocessCfg, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     vcaps = CaptionEmbeddings(val_embeddings)
     if vcaps.manifest["text_encoder"].get("fingerprint") != caps.manifest["text_encoder"].get("fingerprint"):
         raise DatasetError(f"the validation embeddings in {val_embeddings} come from another text encoder than "
@@ -227,7 +228,7 @@ def _val_set(val: Dataset, val_embeddings: str | Path, caps: CaptionEmbeddings,
         raise DatasetError(f"{len(missing)} validation items have no long-caption embedding (e.g. "
                            f"{missing[0]!r}): run `llm2clip train embed` on the validation set")
     text = torch.stack([vcaps.get(item.id, "long") for item in val])
-    return torch.from_numpy(load_images(val, size, progress)), text
+    return torch.from_numpy(load_images(val, preprocess, progress)), text
 
 
 def train_clip(
@@ -327,8 +328,8 @@ def _train(dataset, embeddings_dir, out: Path, cfg: TrainCfg, model_cfg, embed_d
     set_drop_path(model, cfg.drop_path)
     model.to(info.device, memory_format=torch.channels_last)
     set_train_mode(model, cfg.freeze_bn)
-    images = torch.from_numpy(load_images(dataset, model.cfg.preprocess.size, progress))
-    val_set = _val_set(val, val_embeddings, caps, model.cfg.preprocess.size, progress) if val is not None and main \
+    images = torch.from_numpy(load_images(dataset, model.cfg.preprocess, progress))
+    val_set = _val_set(val, val_embeddings, caps, model.cfg.preprocess, progress) if val is not None and main \
         else None
 
     step_fn: nn.Module = _Step(model)

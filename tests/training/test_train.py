@@ -27,7 +27,7 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shards(scenes, tiny_llm_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("emb")
-    embed_captions(scenes, tiny_llm_dir, out, batch_size=8, shard_size=20, progress=False)
+    embed_captions(scenes, tiny_llm_dir, out, shard_size=20, progress=False, max_batch_tokens=256)
     return out
 
 
@@ -46,7 +46,7 @@ def test_embed_writes_resumable_shards(scenes, shards, tiny_llm_dir):
     (shards / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="incomplete"):
         CaptionEmbeddings(shards)
-    embed_captions(scenes, tiny_llm_dir, shards, batch_size=8, shard_size=20, progress=False)
+    embed_captions(scenes, tiny_llm_dir, shards, shard_size=20, progress=False, max_batch_tokens=256)
     assert (shards / "shard-00001.safetensors").stat().st_mtime_ns == before
     again = CaptionEmbeddings(shards)
     assert torch.equal(again.embeddings[:40], caps.embeddings[:40])
@@ -166,3 +166,31 @@ def test_save_curves_writes_a_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "curves.png.tmp").exists()
     save_curves(history[:3], out)  # no validation entries yet: three panels
     assert out.stat().st_size > 1000
+
+
+def test_training_sees_a_non_square_image_as_the_service_does(tmp_path):
+    """Training's image cache and the bundle's preprocessing give the same pixels for any image shape."""
+    from PIL import Image
+
+    from llm2clip.config import PreprocessCfg
+    from llm2clip.data import Dataset
+    from llm2clip.data.dataset import Item
+    from llm2clip.preprocess import preprocess_image
+    from training.clip import load_images, normalize
+
+    rng = np.random.default_rng(0)
+    shapes = [(300, 200), (120, 400), (64, 64)]
+    items = []
+    for n, (w, h) in enumerate(shapes):
+        # a left-to-right gradient with a marker near one edge: squashing keeps the marker, cropping does not
+        arr = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+        arr[:, : w // 10] = (255, 0, 0)
+        Image.fromarray(arr).save(tmp_path / f"{n}.png")
+        items.append(Item(id=str(n), image=f"{n}.png", captions={"long": "x"}))
+    ds = Dataset(root=tmp_path, items=items)
+    cfg = PreprocessCfg(size=96)
+    trained = normalize(torch.from_numpy(load_images(ds, cfg, progress=False)), cfg).numpy()
+    for n in range(len(shapes)):
+        with Image.open(tmp_path / f"{n}.png") as im:
+            served = preprocess_image(im, cfg)
+        np.testing.assert_allclose(trained[n], served, atol=1e-5)
