@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from llm2clip.cliargs import positive_int
+from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 
 MODALITIES = ("image", "text", "both")
 
@@ -39,7 +40,13 @@ def add_parser(subparsers) -> None:
     b.add_argument("--captions", type=_captions, default=("long",), metavar="long|short|all",
                    help="captions of the text index: long, short, all (each caption its own row), or "
                         "comma-separated caption names (default long)")
-    b.add_argument("--batch-size", type=positive_int, default=32, help="items per encoder call (default 32)")
+    b.add_argument("--batch-size", type=positive_int, default=32, help="images per encoder call (default 32)")
+    b.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
+                   help="token budget of one text encoder call: captions are grouped by length so that rows x "
+                        f"the longest row stays under it (default {DEFAULT_MAX_BATCH_TOKENS})")
+    b.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8", "fp16"],
+                   help="the bundle's text encoder variant (default auto: the one the service would choose on "
+                        "this machine, among those that passed their check at export)")
     b.add_argument("--workers", type=positive_int, default=2,
                    help="image decode threads, running ahead of the encoder (default 2)")
     b.add_argument("--threads", type=positive_int, default=None,
@@ -92,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 manifest = build_index(dataset, bundle, target, modality, batch_size=args.batch_size,
                                        captions=args.captions, workers=args.workers, threads=args.threads,
-                                       progress=not args.no_progress, factory=args.factory)
+                                       progress=not args.no_progress, factory=args.factory,
+                                       precision=args.precision, max_batch_tokens=args.max_batch_tokens)
             except RuntimeError as exc:
                 if not args.factory:
                     raise

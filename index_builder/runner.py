@@ -24,10 +24,14 @@ from index_builder.writer import BundleWriter
 from llm2clip import __version__
 from llm2clip.bundle import ModelBundle, load_bundle
 from llm2clip.data.dataset import Dataset, read_dataset
+from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 
 log = logging.getLogger(__name__)
 
-SKIP_EXAMPLES = 10  # item ids kept in the manifest: enough to find the bad files, bounded for huge corpora
+SKIP_EXAMPLES = 10
+# captions handed to the text encoder at a time: it sorts them by length into token-budget batches, so a
+# larger chunk wastes less padding; the progress bar moves a chunk at a time
+TEXT_CHUNK = 512  # item ids kept in the manifest: enough to find the bad files, bounded for huge corpora
 
 
 class Reader(Protocol):
@@ -148,12 +152,17 @@ def build_index(
     prefetch: int = 2,
     providers: Sequence[str] | None = None,
     mapper: Callable[[Any], np.ndarray] | None = None,
+    precision: str = "auto",
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    text_chunk: int = TEXT_CHUNK,
 ) -> dict[str, Any]:
     """Embed a dataset's images (``modality="image"``) or captions (``"text"``) into the index bundle
     ``out``; returns its manifest. Unusable images are skipped and counted in ``build.skipped``.
 
     ``mapper`` replaces the bundle's ONNX encoder (another runtime, or a test); it must embed into the
-    bundle's space, since the manifest names the bundle's fingerprint."""
+    bundle's space, since the manifest names the bundle's fingerprint. ``precision`` picks the text encoder
+    variant as the service does (``auto``: the best this machine runs); captions go to the encoder
+    ``text_chunk`` at a time, which it sorts into token-budget batches of ``max_batch_tokens``."""
     if modality not in ("image", "text"):
         raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
     if isinstance(captions, str):
@@ -165,9 +174,11 @@ def build_index(
         reader = ImageReader(ds, mb.preprocess, batch_size=batch_size, workers=workers, prefetch=prefetch,
                              max_pixels=max_pixels)
     else:
-        reader = CaptionReader(ds, captions=captions, batch_size=batch_size)
+        reader = CaptionReader(ds, captions=captions, batch_size=text_chunk)
     if mapper is None:
-        mapper = make_mapper(mb, modality, batch_size=batch_size, threads=threads, providers=providers)
+        mapper = make_mapper(mb, modality, threads=threads, providers=providers, precision=precision,
+                             max_batch_tokens=max_batch_tokens)
+    encoder = getattr(mapper, "encoder", None)
     writer = BundleWriter(out, modality, mb.embed_dim, mb.fingerprint, factory=factory)
     stats = run_pipeline(reader, mapper, writer, progress=progress)
     build = {
@@ -178,7 +189,8 @@ def build_index(
         "rows": stats.rows,
         # an image row stores the item's long caption; a text row stores the caption it embeds
         "captions": list(captions) if modality == "text" else ["long"],
-        "batch_size": batch_size,
+        "batch_size": batch_size if modality == "image" else None,
+        "text_encoder": encoder.describe() if modality == "text" and hasattr(encoder, "describe") else None,
         "workers": workers if modality == "image" else None,
         "threads": threads,
         "max_pixels": max_pixels if modality == "image" else None,

@@ -47,8 +47,9 @@ class LLMEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        if torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")
+        device_type = input_ids.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
         mask4d = bidirectional_mask(attention_mask, dtype)
         out = self.model(input_ids=input_ids, attention_mask=mask4d, use_cache=False)
         return mean_pool(out.last_hidden_state.float(), attention_mask)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 
 TOKENIZER_FILE = "tokenizer.json"
+
+
+def normalize_text(text: str) -> str:
+    """NFC, whitespace runs (newlines too) as one space, no leading or trailing space: two texts that differ
+    only there mean the same to a reader, so they get one embedding (and one query cache entry)."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 class Tokenizer:
@@ -27,23 +34,27 @@ class Tokenizer:
         self.add_special_tokens = uses_special_tokens(folder) if add_special_tokens is None else add_special_tokens
         self.pad_id = _pad_id(folder, self._tok)
 
+    def ids(self, texts: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        """-> (int64 token ids per text, unpadded; truncated flags (B,)). An empty text gets one padding
+        token, so mean pooling has something to average."""
+        encs = self._tok.encode_batch([normalize_text(t) for t in texts], add_special_tokens=self.add_special_tokens)
+        rows = [np.asarray(e.ids or [self.pad_id], dtype=np.int64) for e in encs]
+        return rows, np.asarray([bool(e.overflowing) for e in encs], dtype=bool)
+
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """-> (input_ids int64 (B, L), attention_mask int64 (B, L), truncated bool (B,))."""
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=self.add_special_tokens)
-        width = max(1, max((len(e.ids) for e in encs), default=1))
-        ids = np.full((len(encs), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(encs), width), dtype=np.int64)
-        for i, enc in enumerate(encs):
-            row = enc.ids
-            if not row:  # an empty text still gets one token, so mean pooling has something to average
-                row = [self.pad_id]
+        """-> (input_ids int64 (B, L), attention_mask int64 (B, L), truncated bool (B,)), right padded."""
+        rows, truncated = self.ids(texts)
+        width = max(1, max((len(r) for r in rows), default=1))
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
-        return ids, mask, np.asarray([bool(e.overflowing) for e in encs])
+        return ids, mask, truncated
 
     def count(self, text: str) -> int:
         """Tokens of ``text`` without truncation."""
-        enc = self._tok.encode(text, add_special_tokens=self.add_special_tokens)
+        enc = self._tok.encode(normalize_text(text), add_special_tokens=self.add_special_tokens)
         return len(enc.ids) + sum(len(o.ids) for o in enc.overflowing)
 
 

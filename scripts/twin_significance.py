@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from llm2clip.data import read_dataset
-from training.eval import _embed_images, _embed_texts, twin_hits, twin_pairs
+from training.eval import embed_images, embed_texts, twin_hits, twin_pairs
 
 
 def pair_hits(bundle: Path, dataset, pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
@@ -30,8 +30,8 @@ def pair_hits(bundle: Path, dataset, pairs: list[tuple[int, int]]) -> dict[str, 
     from llm2clip.encoders.onnx import load_onnx_encoders
 
     img_enc, txt_enc = load_onnx_encoders(load_bundle(bundle))
-    image = _embed_images(img_enc, dataset, 32, True)
-    text = _embed_texts(txt_enc, [it.long for it in dataset.items], 32, True, "long captions")
+    image = embed_images(img_enc, dataset, 32, True)
+    text = embed_texts(txt_enc, [it.long for it in dataset.items], True, "long captions")
     return twin_hits(text, image, pairs)
 
 

@@ -21,35 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from llm2clip.data import Dataset, read_dataset
+from llm2clip.encoders.base import TextEncoder
 
 METRICS = ("caption_retrieval", "long_to_short", "short_to_long", "caption_retrieval_strict",
            "long_to_short_strict", "short_to_long_strict")
 
 
-def embed_texts(text_encoder_dir: str | Path, texts: list[str], batch_size: int = 32, max_tokens: int = 512,
-                progress: bool = True, bf16: bool = True) -> np.ndarray:
-    """Unit-norm float32 embeddings (N, dim) of ``texts`` by the text encoder in ``text_encoder_dir``."""
-    from llm2clip.text import LLMEncoder, Tokenizer
+def embed_texts(text_encoder_dir: str | Path, texts: list[str], max_tokens: int = 512, progress: bool = True,
+                precision: str = "bf16", encoder: TextEncoder | None = None) -> np.ndarray:
+    """Unit-norm float32 embeddings (N, dim) of ``texts`` by the text encoder in ``text_encoder_dir`` (or by
+    ``encoder``, one already loaded), through the project's text encoder interface."""
+    if encoder is None:
+        from llm2clip.encoders.torch_backend import TorchTextEncoder
 
-    llm = LLMEncoder.from_pretrained(text_encoder_dir)
-    tok = Tokenizer(text_encoder_dir, max_tokens)
-    out = np.zeros((len(texts), llm.dim), np.float32)
-    # longest first: padding stays small and the first batch fails fast when memory is short
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    bar = tqdm(total=len(texts), desc="caption retrieval", unit="cap", disable=not progress)
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        ids, mask, _ = tok([texts[i] for i in idx])
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            vec = llm(torch.from_numpy(ids), torch.from_numpy(mask)).float()
-        out[idx] = torch.nn.functional.normalize(vec, dim=-1).numpy()
-        bar.update(len(idx))
-    bar.close()
-    return out
+        encoder = TorchTextEncoder.from_folder(text_encoder_dir, max_tokens, precision=precision, normalize=True)
+    with tqdm(total=len(texts), desc="caption retrieval", unit="cap", disable=not progress) as bar:
+        return encoder.encode(texts, progress=lambda n, _tokens: bar.update(n))
 
 
 def _hits(sim: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -81,8 +71,8 @@ def retrieval_accuracy(long_emb: np.ndarray, short_emb: np.ndarray, long_texts: 
     }
 
 
-def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Path, batch_size: int = 32,
-                      max_tokens: int = 512, progress: bool = True) -> dict[str, Any]:
+def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Path,
+                      max_tokens: int = 512, progress: bool = True, precision: str = "bf16") -> dict[str, Any]:
     """Caption retrieval accuracy of a text encoder (a Hugging Face folder) on a dataset's long/short captions."""
     from training.embed import text_encoder_info
 
@@ -94,7 +84,7 @@ def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Pat
     # each distinct text once: cheaper, and identical texts get bit-identical vectors whatever their batch
     unique = list(dict.fromkeys(long_texts + short_texts))
     row = {t: i for i, t in enumerate(unique)}
-    emb = embed_texts(text_encoder_dir, unique, batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+    emb = embed_texts(text_encoder_dir, unique, max_tokens=max_tokens, progress=progress, precision=precision)
     long_emb = emb[[row[t] for t in long_texts]]
     short_emb = emb[[row[t] for t in short_texts]]
     return {
@@ -105,6 +95,7 @@ def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Pat
         "text_encoder": info,
         "dataset": str(ds.root),
         "max_tokens": max_tokens,
+        "precision": precision,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 

@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from llm2clip.data import Dataset
+from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 from llm2clip.errors import BundleError
 from llm2clip.hashing import sha256_file
-from llm2clip.text import LLMEncoder, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,21 @@ def embed_captions(
     dataset: Dataset,
     text_encoder: str | Path,
     out: str | Path,
-    batch_size: int = 32,
     max_tokens: int = 512,
     dtype: str = "bf16",
     shard_size: int = 2048,
     captions: tuple[str, ...] | None = None,
     progress: bool = True,
+    *,
+    precision: str = "bf16",
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    device: str | None = None,
 ) -> dict[str, Any]:
+    """Mean-pooled (not normalised) embeddings of every caption by the LLM of ``text_encoder``, computed in
+    ``precision`` (bf16 weights by default: what the CPU's bf16 units and GPUs run fastest) and stored in
+    ``dtype``, through the project's one text encoder interface (token-budget batches)."""
+    from llm2clip.encoders.torch_backend import TorchTextEncoder
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = text_encoder_info(text_encoder)
@@ -76,26 +84,35 @@ def embed_captions(
     from llm2clip.tokenizer import uses_special_tokens
 
     settings = {"text_encoder": info, "max_tokens": max_tokens,
-                "add_special_tokens": uses_special_tokens(text_encoder), "dtype": dtype,
+                "add_special_tokens": uses_special_tokens(text_encoder), "dtype": dtype, "precision": precision,
                 "dataset": str(Path(dataset.root).resolve()),
                 "count": len(rows), "shard_size": shard_size}
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
+        # made before compute precisions were recorded: fp32 weights under bf16 autocast, closest to bf16
+        old.setdefault("precision", "bf16")
         if {k: old.get(k) for k in settings} != settings:
-            raise BundleError(f"{out} holds embeddings made with other settings (text encoder, dataset or "
-                              "dtype): choose another --out or delete it")
+            raise BundleError(f"{out} holds embeddings made with other settings (text encoder, dataset, "
+                              "precision or dtype): choose another --out or delete it")
         if old.get("complete"):
             return old
     manifest_path.write_text(json.dumps({"format": FORMAT, **settings, "complete": False}, indent=2))
 
     torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    llm = LLMEncoder.from_pretrained(text_encoder)
-    tok = Tokenizer(text_encoder, max_tokens)
+    encoder = TorchTextEncoder.from_folder(text_encoder, max_tokens, precision=precision, normalize=False,
+                                           device=device, max_batch_tokens=max_batch_tokens)
     shards = []
     t0 = time.perf_counter()
     tokens_done = 0
     bar = tqdm(total=len(rows), desc="embed captions", unit="cap", disable=not progress)
+
+    def advance(texts: int, tokens: int) -> None:
+        nonlocal tokens_done
+        tokens_done += tokens
+        bar.update(texts)
+        bar.set_postfix(tok_s=f"{tokens_done / (time.perf_counter() - t0):.0f}", refresh=False)
+
     for shard_no, start in enumerate(range(0, len(rows), shard_size)):
         chunk = rows[start : start + shard_size]
         name = f"shard-{shard_no:05d}"
@@ -103,24 +120,15 @@ def embed_captions(
         if (out / f"{name}.safetensors").is_file() and (out / f"{name}.json").is_file():
             bar.update(len(chunk))
             continue
-        # longest first: the first batch fails fast if memory is short, and padding stays small
-        order = sorted(range(len(chunk)), key=lambda i: -len(chunk[i][2]))
-        emb = torch.zeros(len(chunk), llm.dim, dtype=torch.float32)
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            ids, mask, _ = tok([chunk[i][2] for i in idx])
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-                vec = llm(torch.from_numpy(ids), torch.from_numpy(mask))
-            emb[idx] = vec.float()
-            tokens_done += int(mask.sum())
-            bar.update(len(idx))
-            bar.set_postfix(tok_s=f"{tokens_done / (time.perf_counter() - t0):.0f}")
+        emb = torch.from_numpy(encoder.encode([r[2] for r in chunk], progress=advance))
         save_file({"embeddings": emb.to(torch_dtype).contiguous()}, str(out / f"{name}.safetensors.tmp"))
         (out / f"{name}.json").write_text(json.dumps([[r[0], r[1]] for r in chunk]))
         os.replace(out / f"{name}.safetensors.tmp", out / f"{name}.safetensors")
     bar.close()
-    manifest = {"format": FORMAT, **settings, "dim": llm.dim, "shards": shards, "complete": True,
-                "seconds": round(time.perf_counter() - t0, 2)}
+    seconds = time.perf_counter() - t0
+    manifest = {"format": FORMAT, **settings, "dim": encoder.dim, "shards": shards, "complete": True,
+                "seconds": round(seconds, 2), "tokens": tokens_done,
+                "tokens_per_s": round(tokens_done / seconds, 1) if seconds > 0 else None}
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -1,7 +1,8 @@
 """Retrieval evaluation of a model bundle on a dataset: R@1/5/10 both ways, long and short captions,
 near twins.
 
-It embeds with the bundle's ONNX encoders, so it measures exactly what the service serves. The gallery is
+It embeds with the bundle's encoders in the precision the service would serve (or the one asked for), so it
+measures exactly what the service serves. The gallery is
 the dataset itself: query caption i's right image is image i, image i's right caption is caption i.
 """
 
@@ -21,9 +22,6 @@ from llm2clip.data.dataset import Dataset, read_dataset
 from llm2clip.errors import DatasetError
 
 KS = (1, 5, 10)
-# text batches handed to the encoder between progress updates; the encoder sorts each by length, so a
-# larger chunk wastes less padding
-TEXT_CHUNK_BATCHES = 8
 
 
 def ranks(sim: np.ndarray) -> np.ndarray:
@@ -119,7 +117,8 @@ def _open_image(dataset: Dataset, item) -> Image.Image:
                        "so fix the file or remove the item")
 
 
-def _embed_images(encoder, dataset: Dataset, batch_size: int, progress: bool) -> np.ndarray:
+def embed_images(encoder, dataset: Dataset, batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """Unit embeddings of every image of ``dataset``, in order; a missing or broken image is an error."""
     out = []
     items = dataset.items
     bar = tqdm(total=len(items), unit="image", desc="eval images", disable=not progress, file=sys.stderr)
@@ -128,18 +127,13 @@ def _embed_images(encoder, dataset: Dataset, batch_size: int, progress: bool) ->
             chunk = items[start : start + batch_size]
             out.append(np.asarray(encoder.encode([_open_image(dataset, it) for it in chunk]), np.float32))
             bar.update(len(chunk))
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
 
 
-def _embed_texts(encoder, texts: list[str], batch_size: int, progress: bool, desc: str) -> np.ndarray:
-    out = []
-    step = batch_size * TEXT_CHUNK_BATCHES
+def embed_texts(encoder, texts: list[str], progress: bool = True, desc: str = "eval captions") -> np.ndarray:
+    """Unit embeddings of ``texts`` in order, in the encoder's token-budget batches."""
     with tqdm(total=len(texts), unit="caption", desc=desc, disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(texts), step):
-            chunk = texts[start : start + step]
-            out.append(np.asarray(encoder.encode(chunk, batch_size=batch_size), np.float32))
-            bar.update(len(chunk))
-    return np.concatenate(out)
+        return np.asarray(encoder.encode(texts, progress=lambda n, _tokens: bar.update(n)), np.float32)
 
 
 def evaluate(
@@ -150,24 +144,26 @@ def evaluate(
     *,
     encoders: tuple[Any, Any] | None = None,
     threads: int | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Retrieval metrics of a model bundle on a dataset (see the module docstring).
 
-    ``encoders=(image_encoder, text_encoder)`` replaces the bundle's ONNX encoders (tests, other runtimes);
-    ``bundle_path`` then only names the model (it may be None).
+    The text encoder is the bundle's variant in ``precision`` (``auto``: the one the service would choose
+    on this machine). ``encoders=(image_encoder, text_encoder)`` replaces the bundle's encoders (tests, other
+    runtimes); ``bundle_path`` then only names the model (it may be None).
     """
     t0 = time.perf_counter()
     dataset = read_dataset(dataset_path)
     model: str | None = None
     if encoders is None:
         from llm2clip.bundle import load_bundle
-        from llm2clip.encoders.onnx import load_onnx_encoders
+        from llm2clip.encoders import load_encoders
 
         if bundle_path is None:
             raise ValueError("evaluate needs a model bundle path or encoders")
         bundle = load_bundle(bundle_path)
         model = bundle.fingerprint
-        img_enc, txt_enc = load_onnx_encoders(bundle, threads=threads)
+        img_enc, txt_enc = load_encoders(bundle, precision, threads=threads)
     else:
         img_enc, txt_enc = encoders
         if bundle_path is not None:
@@ -175,12 +171,12 @@ def evaluate(
 
             model = load_bundle(bundle_path).fingerprint
     t1 = time.perf_counter()
-    image_emb = _embed_images(img_enc, dataset, batch_size, progress)
+    image_emb = embed_images(img_enc, dataset, batch_size, progress)
     t2 = time.perf_counter()
     long_texts = [it.long for it in dataset.items]
     short_texts = [it.short for it in dataset.items]
-    long_emb = _embed_texts(txt_enc, long_texts, batch_size, progress, "eval long captions")
-    short_emb = _embed_texts(txt_enc, short_texts, batch_size, progress, "eval short captions")
+    long_emb = embed_texts(txt_enc, long_texts, progress, "eval long captions")
+    short_emb = embed_texts(txt_enc, short_texts, progress, "eval short captions")
     t3 = time.perf_counter()
 
     long = retrieval_metrics(long_emb, image_emb)
@@ -203,6 +199,7 @@ def evaluate(
         "short": short,
         "near_twin": near_twin,
         "model": model,
+        "text_encoder": txt_enc.describe() if hasattr(txt_enc, "describe") else None,
         "dataset": str(dataset_path),
         "timing": {
             "load_s": round(t1 - t0, 3),
@@ -214,4 +211,4 @@ def evaluate(
     }
 
 
-__all__ = ["evaluate", "ranks", "recall_at", "retrieval_metrics", "twin_accuracy", "twin_breakdown", "twin_pairs"]
+__all__ = ["embed_images", "embed_texts", "evaluate", "ranks", "recall_at", "retrieval_metrics", "twin_accuracy", "twin_breakdown", "twin_pairs"]

@@ -27,7 +27,10 @@ def add_parser(subparsers) -> None:
                    help="--text-encoder reads this many tokens of a caption (default 512)")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="items per encoder call (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per encoder call (default 32)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8", "fp16"],
+                   help="the bundle's text encoder variant (default auto: what the service would serve here); "
+                        "for --text-encoder: bf16 unless fp32 is named")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="ONNX Runtime intra-op threads (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
@@ -87,12 +90,13 @@ def run(args: argparse.Namespace) -> int:
             from training.eval import evaluate
 
             result = evaluate(model, args.data, batch_size=args.batch_size, progress=not args.no_progress,
-                              threads=args.threads)
+                              threads=args.threads, precision=getattr(args, "precision", "auto"))
         if text_encoder is not None:
             from training.caption_retrieval import METRICS, caption_retrieval
 
-            caption = caption_retrieval(text_encoder, args.data, batch_size=args.batch_size,
-                                        max_tokens=getattr(args, "max_tokens", 512), progress=not args.no_progress)
+            precision = "fp32" if getattr(args, "precision", "auto") == "fp32" else "bf16"
+            caption = caption_retrieval(text_encoder, args.data, max_tokens=getattr(args, "max_tokens", 512),
+                                        progress=not args.no_progress, precision=precision)
     except LLM2CLIPError as exc:
         print(f"llm2clip eval: error: {exc}", file=sys.stderr)
         return 2

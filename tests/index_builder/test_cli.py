@@ -39,14 +39,17 @@ def test_build_both_by_default(tiny_bundle, dataset, tmp_path, capsys):
     out = tmp_path / "indexes"
     args = parse(["index", "build", "--model", str(tiny_bundle), "--data", str(dataset), "--out", str(out),
                   "--captions", "all", "--batch-size", "2", "--workers", "1", "--threads", "1",
-                  "--no-progress"])
+                  "--max-batch-tokens", "300", "--precision", "fp32", "--no-progress"])
     assert cli.run(args) == 0
     image = json.loads((out / "image" / "manifest.json").read_text())
     text = json.loads((out / "text" / "manifest.json").read_text())
     assert (image["modality"], image["count"]) == ("image", 4)
     assert image["build"]["skipped"]["reasons"] == {"decode_error": 1}
     assert (text["modality"], text["count"]) == ("text", 10)
-    assert text["build"]["captions"] == ["all"] and text["build"]["batch_size"] == 2
+    assert image["build"]["batch_size"] == 2
+    assert text["build"]["captions"] == ["all"]
+    assert text["build"]["text_encoder"]["precision"] == "fp32"
+    assert text["build"]["text_encoder"]["max_batch_tokens"] == 300
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("image index: 4 rows") and "decode_error 1" in lines[0]

@@ -188,7 +188,7 @@ def test_build_indexes_writes_both(tiny_bundle, corpus, tmp_path):
 def test_mappers_alone(tiny_bundle, corpus, encoders):
     bundle = load_bundle(tiny_bundle)
     image_mapper = make_mapper(bundle, "image", threads=1)
-    text_mapper = make_mapper(bundle, "text", batch_size=2, threads=1)
+    text_mapper = make_mapper(bundle, "text", threads=1)
     assert isinstance(image_mapper, ImageMapper) and isinstance(text_mapper, TextMapper)
     batch = next(iter(ImageReader(corpus, bundle.preprocess, batch_size=3)))
     emb = image_mapper(batch.data)

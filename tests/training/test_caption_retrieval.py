@@ -43,7 +43,7 @@ def fake(tmp_path, monkeypatch):
     (enc / "config.json").write_text("{}")
     calls = []
 
-    def fake_embed(folder, texts, batch_size=32, max_tokens=512, progress=True, bf16=True):
+    def fake_embed(folder, texts, max_tokens=512, progress=True, precision="bf16", encoder=None):
         calls.append(list(texts))
         return np.stack([TABLE[t] for t in texts])
 
@@ -77,9 +77,9 @@ def test_a_tie_with_another_text_is_a_miss():
 
 def test_tiny_llm_end_to_end(tiny_llm_dir, tmp_path):
     data = make_set(tmp_path / "d")
-    r = cr.caption_retrieval(tiny_llm_dir, data, batch_size=2, progress=False)
+    r = cr.caption_retrieval(tiny_llm_dir, data, progress=False)
     assert all(0.0 <= r[k] <= 1.0 for k in cr.METRICS)
-    emb = cr.embed_texts(tiny_llm_dir, ["short one", "long one", "short one"], batch_size=2, progress=False)
+    emb = cr.embed_texts(tiny_llm_dir, ["short one", "long one", "short one"], progress=False)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert np.allclose(emb[0], emb[2], atol=1e-2)  # same text, other batch
 

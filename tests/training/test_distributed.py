@@ -80,7 +80,7 @@ def scenes16(tmp_path_factory, tiny_llm_dir):
     data = tmp_path_factory.mktemp("ddp_scenes") / "train"
     generate_scenes(data, 16, "train", 5, progress=False)
     emb = tmp_path_factory.mktemp("ddp_emb")
-    embed_captions(read_dataset(data), tiny_llm_dir, emb, batch_size=16, progress=False)
+    embed_captions(read_dataset(data), tiny_llm_dir, emb, progress=False)
     return data, emb
 
 
@@ -93,10 +93,14 @@ def test_two_processes_train_the_same_model_as_one(scenes16, tmp_path):
     run_torchrun(data, emb, tmp_path / "ddp")
     assert load_state(tmp_path / "ddp")["world_size"] == 2
     diffs, worst, mean = compare(tmp_path / "single", tmp_path / "ddp")
-    assert diffs[0] < 1e-4 and max(diffs[1:]) < 1e-3, diffs
-    # Adam turns float noise in near-zero gradients into updates of up to lr, so a few weights differ by
-    # ~1e-4 (measured: worst 2e-4, mean 8e-9); without the gather: worst 1e-2, mean 8e-4
-    assert worst < 1e-3 and mean < 1e-6, (worst, mean)
+    # float noise only: summed in another order, the losses drift apart by ~1e-3 at most by step 3 (measured
+    # 0, 0, 1.3e-3); without the gather they differ by 0.5, 1.5 and 0.4
+    assert diffs[0] < 1e-4 and max(diffs[1:]) < 5e-3, diffs
+    # Adam turns float noise in near-zero gradients into updates of up to lr a step, so a few weights differ
+    # by up to ~lr x steps (measured: worst 2e-4 to 3e-3 depending on the data), while the mean stays tiny
+    # (measured 8e-9 to 2e-6); without the gather: worst 1e-2, mean 8e-4
+    lr = _cfg().lr
+    assert worst < 2 * lr * STEPS and mean < 2e-5, (worst, mean)
     # rank 0 alone wrote, and only what one process writes
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
 

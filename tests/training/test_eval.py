@@ -46,8 +46,10 @@ class FakeTextEncoder:
         self.table = table
         self.calls: list[int] = []
 
-    def encode(self, texts, batch_size=32):
+    def encode(self, texts, progress=None):
         self.calls.append(len(texts))
+        if progress is not None:
+            progress(len(texts), 0)
         return np.stack([self.table[t] for t in texts]).astype(np.float32)
 
 
