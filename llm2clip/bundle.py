@@ -59,6 +59,16 @@ class ModelBundle:
         return self.path / self.manifest["text"]["file"]
 
     @property
+    def text_variants(self) -> dict[str, dict[str, Any]]:
+        """Text encoder variants by precision: ``{"fp32": {"file", "runtime", ...}, "int8": {..., "check"}}``.
+        A bundle of format 1 has its fp32 ONNX file only."""
+        text = self.manifest["text"]
+        variants = text.get("variants")
+        if not variants:
+            return {"fp32": {"file": text["file"], "runtime": "onnxruntime", "precision": "fp32"}}
+        return dict(variants)
+
+    @property
     def tokenizer_dir(self) -> Path:
         return self.path / self.manifest["text"]["tokenizer"]
 

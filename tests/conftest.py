@@ -52,3 +52,27 @@ def tiny_bundle(tmp_path_factory, tiny_model, tiny_llm_dir) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     export_bundle(model, llm, tiny_llm_dir, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def check_scenes(tmp_path_factory) -> Path:
+    """24 held-out scenes: what export checks precision variants on in tests."""
+    from llm2clip.data.scenes import generate_scenes
+
+    out = tmp_path_factory.mktemp("check") / "val"
+    generate_scenes(out, 24, "val", 11, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_variants(tmp_path_factory, tiny_model, tiny_llm_dir, check_scenes) -> Path:
+    """The tiny model with its int8 (ONNX Runtime) and bf16 (torch) text encoders, checked against fp32.
+    R@1 of a random model on 24 scenes moves by 4 points per caption, so only the cosine thresholds bind."""
+    from training.export import export_bundle
+    from training.variants import CheckThresholds
+
+    model, llm = tiny_model
+    out = tmp_path_factory.mktemp("bundles") / "tiny-variants"
+    export_bundle(model, llm, tiny_llm_dir, out, precisions=("fp32", "int8", "bf16"), check_data=check_scenes,
+                  thresholds=CheckThresholds(max_r1_drop=1.0), progress=False)
+    return out

@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from llm2clip.cliargs import positive_int
+from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
+from training.variants import ALL_PRECISIONS, CHECK_SCENES, DEFAULT_PRECISIONS, INT8_METHOD, CheckThresholds
+
 
 def add_parser(subparsers) -> None:
     train = subparsers.add_parser(
@@ -64,9 +68,14 @@ def add_parser(subparsers) -> None:
     e.add_argument("--out", required=True, type=Path, help="output folder for the embedding shards")
     e.add_argument("--text-encoder", type=Path, default=None,
                    help="Hugging Face model folder of the text encoder (default: SmolLM2-135M-Instruct, offline)")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--max-tokens", type=int, default=512, help="captions are cut here (default 512)")
-    e.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="storage and compute dtype")
+    e.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
+                   help="token budget of one encoder call: captions are grouped by length so that rows x the "
+                        f"longest row stays under it (default {DEFAULT_MAX_BATCH_TOKENS})")
+    e.add_argument("--max-tokens", type=positive_int, default=512, help="captions are cut here (default 512)")
+    e.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="compute precision of the LLM's weights (default bf16: the CPU's bf16 units, GPUs)")
+    e.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="storage dtype of the shards")
+    e.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     e.add_argument("--captions", default="all", help="comma-separated caption keys to embed, or 'all'")
 
     c = sub.add_parser("clip", help="train the vision tower + adapter with the CLIP loss (resumable)",
@@ -110,6 +119,30 @@ def add_parser(subparsers) -> None:
     x.add_argument("--text-encoder", type=Path, default=None,
                    help="text encoder folder (default: the one recorded in the checkpoint)")
     x.add_argument("--no-check", action="store_true", help="skip the ONNX-vs-PyTorch agreement check")
+    x.add_argument("--precisions", type=_precisions, default=",".join(DEFAULT_PRECISIONS),
+                   help="text encoder variants to write, comma-separated among fp32 (always), int8 (ONNX "
+                        "Runtime, VNNI/AMX CPUs), bf16 (torch, bf16 CPUs and GPUs) and fp16 (ONNX Runtime CUDA, "
+                        f"checked on a GPU only) (default {','.join(DEFAULT_PRECISIONS)})")
+    x.add_argument("--check-data", type=Path, default=None,
+                   help="held-out dataset each variant is checked on against fp32 (cosine, R@1); default: "
+                        f"{CHECK_SCENES} generated scenes no split uses")
+    x.add_argument("--int8-method", choices=["blockwise", "smoothquant"], default=INT8_METHOD,
+                   help="int8 text encoder: blockwise (MatMulNBits, activations quantised per row and block of 32; "
+                        "default) or smoothquant (SmoothQuant + per-call dynamic quantisation, one text per call: "
+                        "~2x fp32 on VNNI CPUs, but it failed its check on the default model)")
+    x.add_argument("--calibration-data", type=Path, default=None,
+                   help="dataset whose captions calibrate --int8-method smoothquant (default: generated scenes)")
+    x.add_argument("--max-r1-drop", type=float, default=CheckThresholds.max_r1_drop,
+                   help="a variant whose t2i or i2t R@1 is more than this below fp32's fails its check and is "
+                        f"never served (default {CheckThresholds.max_r1_drop})")
+
+
+def _precisions(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(["fp32", *(v.strip() for v in value.split(",") if v.strip())]))
+    unknown = [n for n in names if n not in ALL_PRECISIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown precision {unknown[0]!r}: choose among {', '.join(ALL_PRECISIONS)}")
+    return names
 
 
 def _keys(value: str) -> tuple[str, ...] | None:
@@ -142,9 +175,11 @@ def run(args: argparse.Namespace) -> int:
         from training.embed import embed_captions
 
         manifest = embed_captions(read_dataset(args.data), args.text_encoder or smollm2_dir(), args.out,
-                                  batch_size=args.batch_size, max_tokens=args.max_tokens, dtype=args.dtype,
-                                  captions=_keys(args.captions))
-        print(f"{manifest['count']} caption embeddings ({manifest['dim']}-d, {manifest['dtype']}) in {args.out}")
+                                  max_tokens=args.max_tokens, dtype=args.dtype, captions=_keys(args.captions),
+                                  precision=args.precision, max_batch_tokens=args.max_batch_tokens,
+                                  device=args.device)
+        print(f"{manifest['count']} caption embeddings ({manifest['dim']}-d, {manifest['dtype']}) in {args.out}"
+              + (f", {manifest['tokens_per_s']:.0f} tok/s" if manifest.get("tokens_per_s") else ""))
         return 0
     if args.command == "train" and args.train_cmd == "clip":
         from training.clip import TrainCfg, train_clip
@@ -163,10 +198,19 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "export":
         from training.export import check_export, export_checkpoint
 
-        bundle = export_checkpoint(args.checkpoint, args.out, args.text_encoder)
+        bundle = export_checkpoint(args.checkpoint, args.out, args.text_encoder, precisions=args.precisions,
+                                   check_data=args.check_data, int8_method=args.int8_method,
+                                   calibration_data=args.calibration_data,
+                                   thresholds=CheckThresholds(max_r1_drop=args.max_r1_drop))
         if not args.no_check:
             worst = check_export(args.checkpoint, bundle.path, args.text_encoder)
             print(f"ONNX Runtime vs PyTorch: min cosine {json.dumps(worst)}")
+        for name, variant in bundle.text_variants.items():
+            check = variant.get("check")
+            if check:
+                verdict = "passed" if check.get("passed") else "FAILED"
+                print(f"text {name}: {verdict}: {check.get('reason')} (cosine mean {check.get('cosine_mean')}, "
+                      f"R@1 {check.get('r1')} vs fp32 {check.get('r1_fp32')})")
         print(f"model bundle {bundle.path} (fingerprint {bundle.fingerprint[:12]})")
         return 0
     raise AssertionError(args)

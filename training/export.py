@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,22 @@ from llm2clip.model import LLM2CLIP, ClipTextEncoderModule, ImageEncoderModule, 
 from llm2clip.text import LLMEncoder, Tokenizer
 from llm2clip.tokenizer import uses_special_tokens
 from training.checkpoint import load_checkpoint
+from training.smoothing import ALPHA, calibration_batches, smooth_llm
+from training.variants import (
+    ALL_PRECISIONS,
+    FILES,
+    INT8_METHOD,
+    CheckThresholds,
+    calibration_texts,
+    check_set,
+    check_variants,
+    convert_fp16,
+    quantize_int8,
+    quantize_int8_blockwise,
+    remove,
+    scratch_dir,
+    write_bf16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +67,25 @@ def text_module(model: LLM2CLIP, llm: LLMEncoder | None) -> torch.nn.Module:
 
 
 def export_bundle(model: LLM2CLIP, llm: LLMEncoder | None, tokenizer_dir: str | Path, out: str | Path,
-                  text_info: dict | None = None) -> B.ModelBundle:
+                  text_info: dict | None = None, *, precisions: Sequence[str] = ("fp32",),
+                  check_data: str | Path | None = None, thresholds: CheckThresholds | None = None,
+                  threads: int | None = None, progress: bool = True, check: bool = True,
+                  int8_method: str = INT8_METHOD, calibration_data: str | Path | None = None) -> B.ModelBundle:
     """Write ``out`` (atomically) with both ONNX encoders, the tokenizer and the manifest.
 
-    ``llm`` is the frozen text encoder of an adapter model, None for a model with a CLIP text tower."""
+    ``llm`` is the frozen text encoder of an adapter model, None for a model with a CLIP text tower.
+    ``precisions`` names the text encoder variants to write (``training.variants``); each one other than fp32
+    is checked against fp32 on ``check_data`` (default: a generated held-out scene set) and the result goes
+    in the manifest, where the service reads whether it may serve it. ``check`` False leaves the variants
+    unchecked, so no service will serve them (benchmarks of speed only)."""
+    unknown = set(precisions) - set(ALL_PRECISIONS)
+    if unknown:
+        raise ValueError(f"unknown precisions {sorted(unknown)}: choose among {', '.join(ALL_PRECISIONS)}")
+    if "bf16" in precisions and model.text_tower is not None:
+        log.warning("no bf16 text encoder for a model with a CLIP text tower: the torch variant is for adapter "
+                    "models; writing the others")
+        precisions = [p for p in precisions if p != "bf16"]
+    variants_wanted = [p for p in dict.fromkeys(precisions) if p != "fp32"]
     cfg = model.cfg
     out = Path(out)
     stage = B.staging_dir(out)
@@ -81,9 +114,25 @@ def export_bundle(model: LLM2CLIP, llm: LLMEncoder | None, tokenizer_dir: str | 
                 {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
                  "embedding": {0: "batch"}},
             )
-        B.write_manifest(
-            stage,
-            {
+        variants: dict[str, dict] = {"fp32": {"file": B.TEXT_ONNX, "runtime": "onnxruntime", "precision": "fp32"}}
+        work = scratch_dir()
+        try:
+            for name in variants_wanted:
+                target = stage / FILES[name]
+                if name == "int8":
+                    how = _int8_variant(model, llm, tok, stage / B.TEXT_ONNX, target, int8_method,
+                                        calibration_data, work)
+                elif name == "fp16":
+                    how = convert_fp16(stage / B.TEXT_ONNX, target)
+                else:
+                    how = write_bf16(llm, model.adapter, target)
+                variants[name] = {"file": FILES[name], "runtime": "torch" if name == "bf16" else "onnxruntime",
+                                  "precision": name, "how": how}
+                if how.get("max_batch_size"):
+                    variants[name]["max_batch_size"] = how["max_batch_size"]
+        finally:
+            remove(work)
+        manifest = {
                 "embed_dim": cfg.embed_dim,
                 "normalized": True,
                 "precision": "fp32",
@@ -110,8 +159,25 @@ def export_bundle(model: LLM2CLIP, llm: LLMEncoder | None, tokenizer_dir: str | 
                 "model": cfg.to_dict(),
                 "logit_scale": float(model.logit_scale.detach().exp()),
                 "opset": OPSET,
-            },
-        )
+            }
+        manifest["text"]["variants"] = variants
+        written = B.write_manifest(stage, manifest)
+        checkable = [v for v in variants_wanted if v != "fp16"] if check else []
+        if checkable:
+            work = scratch_dir()
+            try:
+                data = check_set(check_data, work)
+                results = check_variants(B.ModelBundle(stage, written), checkable, data,
+                                         thresholds or CheckThresholds(), threads=threads, progress=progress)
+            finally:
+                remove(work)
+            for name, result in results.items():
+                variants[name]["check"] = result
+        if "fp16" in variants:
+            variants["fp16"]["check"] = {"passed": False, "reason": "fp16 is checked on a GPU only: run "
+                                         "`llm2clip export --check-variants BUNDLE` on a CUDA machine"}
+        B.write_manifest(stage, {k: v for k, v in written.items()
+                                 if k not in ("format", "format_version", "created", "files", "fingerprint")})
         B.publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -119,7 +185,36 @@ def export_bundle(model: LLM2CLIP, llm: LLMEncoder | None, tokenizer_dir: str | 
     return B.load_bundle(out)
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, text_encoder: str | Path | None = None) -> B.ModelBundle:
+def _int8_variant(model: LLM2CLIP, llm: LLMEncoder | None, tok: Tokenizer, fp32: Path, target: Path, method: str,
+                  calibration_data: str | Path | None, work: Path) -> dict:
+    """The int8 text encoder: SmoothQuant + dynamic quantisation (``smoothquant``), or MatMulNBits
+    (``blockwise``)."""
+    if method == "blockwise":
+        return quantize_int8_blockwise(fp32, target)
+    if method != "smoothquant":
+        raise ValueError(f"unknown int8 method {method!r}: smoothquant or blockwise")
+    summary = None
+    source = fp32
+    if llm is not None and model.text_tower is None:
+        smoothed = copy.deepcopy(llm).float().eval()
+        summary = smooth_llm(smoothed, calibration_batches(tok, calibration_texts(calibration_data, work)), ALPHA)
+        if summary is not None:
+            source = work / "smoothed.onnx"
+            ids, mask, _ = tok(["an example caption to trace the text encoder", "a shorter one"])
+            with torch.no_grad():
+                _export_onnx(TextEncoderModule(smoothed, model.adapter).eval(),
+                             (torch.from_numpy(ids), torch.from_numpy(mask)), source, ["input_ids", "attention_mask"],
+                             {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                              "embedding": {0: "batch"}})
+    how = quantize_int8(source, target)
+    how["smoothquant"] = summary
+    return how
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, text_encoder: str | Path | None = None,
+                      **kwargs) -> B.ModelBundle:
+    """A stage-2 checkpoint and its text encoder as a model bundle; ``kwargs`` go to ``export_bundle``
+    (precisions, check_data, thresholds, threads, progress)."""
     model, text_info = load_checkpoint(checkpoint)
     if model.text_tower is not None:
         tok_dir = Path(text_encoder or text_info.get("tokenizer", ""))
@@ -128,7 +223,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, text_encoder: str
 
             raise BundleError(f"the tokenizer of {checkpoint} ({tok_dir}) is missing: pass --text-encoder DIR "
                               "(a folder with tokenizer.json)")
-        return export_bundle(model, None, tok_dir, out, text_info={**text_info, "tokenizer": str(tok_dir)})
+        return export_bundle(model, None, tok_dir, out, text_info={**text_info, "tokenizer": str(tok_dir)},
+                             **kwargs)
     llm_dir = Path(text_encoder or text_info.get("path", ""))
     if not (llm_dir / "config.json").is_file():
         from llm2clip.errors import BundleError
@@ -137,7 +233,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, text_encoder: str
             f"the text encoder of {checkpoint} ({llm_dir}) is not a model folder: pass --text-encoder DIR"
         )
     llm = LLMEncoder.from_pretrained(llm_dir, attn="eager")
-    return export_bundle(model, llm, llm_dir, out, text_info={**text_info, "path": str(llm_dir)})
+    return export_bundle(model, llm, llm_dir, out, text_info={**text_info, "path": str(llm_dir)}, **kwargs)
 
 
 def compare_with_torch(bundle_dir: str | Path, model: LLM2CLIP, llm: LLMEncoder | None, texts: list[str],

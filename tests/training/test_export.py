@@ -29,8 +29,9 @@ def test_padding_does_not_change_a_text_embedding(tiny_bundle):
     from llm2clip.encoders.onnx import load_onnx_encoders
 
     _, txt = load_onnx_encoders(tiny_bundle)
-    alone = txt.encode([TEXTS[1]], batch_size=1)
-    padded = txt.encode([TEXTS[1], TEXTS[3]], batch_size=2)[:1]
+    alone = txt.encode([TEXTS[1]])
+    txt.max_batch_tokens = 10_000  # both in one call: the short one padded to the long one's length
+    padded = txt.encode([TEXTS[1], TEXTS[3]])[:1]
     assert float((alone * padded).sum()) > 0.9999
 
 
@@ -109,3 +110,62 @@ def test_bert_type_text_encoder_exports_with_special_tokens(tmp_path):
     pixels = np.zeros((1, 3, size, size), np.float32)
     _, cos_txt = compare_with_torch(tmp_path / "b", model, llm, TEXTS, pixels)
     assert cos_txt.min() > 0.9999
+
+
+def test_variants_are_written_checked_and_hashed(tiny_bundle_variants, check_scenes):
+    b = load_bundle(tiny_bundle_variants)
+    variants = b.text_variants
+    assert set(variants) == {"fp32", "int8", "bf16"}
+    assert variants["int8"]["runtime"] == "onnxruntime" and variants["bf16"]["runtime"] == "torch"
+    assert "text_encoder.int8.onnx" in b.manifest["files"]
+    assert "text_encoder.bf16/adapter.safetensors" in b.manifest["files"]
+    for name in ("int8", "bf16"):
+        check = variants[name]["check"]
+        assert check["passed"], check
+        assert check["n_texts"] == 48 and check["n_images"] == 24
+        assert 0.99 < check["cosine_mean"] <= 1.0 + 1e-6
+        assert set(check["r1"]) == set(check["r1_fp32"]) == {"t2i", "i2t", "t2i_short"}
+        assert 0.9 <= check["top1_agreement"] <= 1.0
+
+
+def test_every_variant_embeds_like_fp32(tiny_bundle_variants):
+    from llm2clip.encoders import load_text_encoder
+
+    ref = load_text_encoder(tiny_bundle_variants, "fp32", threads=1).encode(TEXTS)
+    for name in ("int8", "bf16"):
+        enc = load_text_encoder(tiny_bundle_variants, name, threads=1)
+        assert enc.precision == name
+        cos = (enc.encode(TEXTS) * ref).sum(1)
+        assert cos.min() > 0.99, (name, cos)
+
+
+def test_torch_and_onnx_runtime_share_tokenisation_pooling_and_adapter(tiny_bundle_variants, tiny_model):
+    """The torch backend in fp32 computes what the fp32 ONNX file computes, truncation included."""
+    from llm2clip.encoders import load_text_encoder
+    from llm2clip.encoders.onnx import bundle_tokenizer
+    from llm2clip.encoders.torch_backend import TorchTextEncoder
+
+    model, llm = tiny_model
+    bundle = load_bundle(tiny_bundle_variants)
+    onnx = load_text_encoder(bundle, "fp32", threads=1)
+    torch_fp32 = TorchTextEncoder(llm, bundle_tokenizer(bundle), adapter=model.adapter, precision="fp32",
+                                  device="cpu")
+    cos = (onnx.encode(TEXTS) * torch_fp32.encode(TEXTS)).sum(1)
+    assert cos.min() > 0.9999, cos
+
+
+def test_a_variant_that_fails_its_check_is_never_served(tiny_model, tiny_llm_dir, check_scenes, tmp_path):
+    from llm2clip.encoders import load_text_encoder
+    from training.export import export_bundle
+    from training.variants import CheckThresholds
+
+    model, llm = tiny_model
+    out = tmp_path / "b"
+    # a threshold no quantised encoder can meet: the check must fail and say why
+    export_bundle(model, llm, tiny_llm_dir, out, precisions=("fp32", "int8"), check_data=check_scenes,
+                  thresholds=CheckThresholds(min_cosine_mean=1.5, max_r1_drop=1.0), progress=False)
+    check = load_bundle(out).text_variants["int8"]["check"]
+    assert not check["passed"] and "mean cosine" in check["reason"]
+    with pytest.raises(BundleError, match="int8 text encoder failed its check"):
+        load_text_encoder(out, "int8", threads=1)
+    assert load_text_encoder(out, "auto", threads=1).precision == "fp32"
