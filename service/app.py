@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm2clip import __version__
-from service.batching import Batcher, image_batch_fn, text_batch_fn
+from service.batching import Batcher, image_batch_fn, text_batch_fn, text_cost, text_plan
+from service.cache import LRUCache
 from service.errors import CatchAllMiddleware, register_error_handlers
 from service.metrics import HttpMetricsMiddleware, Metrics
 from service.routes import api_router
@@ -67,14 +68,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if resources is None:
             resources = await asyncio.to_thread(load_resources, settings)
         await asyncio.to_thread(resources.warmup)
-        text_batcher = _batcher("text", text_batch_fn(resources.text_encoder), settings, metrics)
+        text_batcher = _text_batcher(resources, settings, metrics)
         image_batcher = _batcher("image", image_batch_fn(resources.image_encoder), settings, metrics)
         batchers = [text_batcher, image_batcher]
         for batcher in batchers:
             batcher.start()
         for modality, index in resources.indexes.items():
             metrics.index_items.labels(index=modality).set(index.count)
-        state.runtime = Runtime(settings, metrics, resources, text_batcher, image_batcher)
+        text = resources.text_encoder
+        metrics.model_info.labels(fingerprint=resources.bundle.fingerprint[:12], precision=text.precision,
+                                  backend=text.backend, device=text.device, version=__version__).set(1)
+        state.runtime = Runtime(settings, metrics, resources, text_batcher, image_batcher, _cache(settings, metrics))
         log.info("ready: model %s, indexes %s", resources.bundle.fingerprint[:12],
                  {m: i.count for m, i in resources.indexes.items()})
         yield
@@ -87,17 +91,45 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         Image.MAX_IMAGE_PIXELS = previous_pixels
 
 
-def _batcher(modality: str, fn, settings: Settings, metrics: Metrics) -> Batcher:
+def _batcher(modality: str, fn, settings: Settings, metrics: Metrics, **kwargs) -> Batcher:
     encode_seconds = metrics.encode_seconds.labels(modality=modality)
     batch_size = metrics.encode_batch_size.labels(modality=modality)
     depth = metrics.queue_depth.labels(modality=modality)
+    text = modality == "text"
 
-    def on_batch(size: int, seconds: float) -> None:
+    def on_batch(size: int, seconds: float, cost: int) -> None:
         encode_seconds.observe(seconds)
         batch_size.observe(size)
+        if text:
+            metrics.encode_batch_tokens.observe(cost)
+            metrics.encoded_tokens.inc(cost)
+
+    def on_depth(items: int, cost: int) -> None:
+        depth.set(items)
+        if text:
+            metrics.queue_tokens.set(cost)
 
     return Batcher(modality, fn, batch_size=settings.batch.batch_size, queue_size=settings.batch.queue_size,
-                   wait_s=settings.batch.wait_ms / 1000, on_batch=on_batch, on_depth=depth.set)
+                   wait_s=settings.batch.wait_ms / 1000, on_batch=on_batch, on_depth=on_depth, **kwargs)
+
+
+def _text_batcher(resources: Resources, settings: Settings, metrics: Metrics) -> Batcher:
+    """Texts arrive tokenized; a round gathers up to one token budget of them and is cut into calls by
+    length, so that padding stays small."""
+    b = settings.batch
+    encoder = resources.text_encoder
+    # a variant whose embeddings depend on their batch mates lowers the encoder's own batch size
+    return _batcher("text", text_batch_fn(encoder), settings, metrics, cost=text_cost,
+                    batch_cost=b.max_batch_tokens, queue_cost=b.max_queue_tokens,
+                    plan=text_plan(b.max_batch_tokens, min(b.batch_size, encoder.max_batch_size)))
+
+
+def _cache(settings: Settings, metrics: Metrics) -> LRUCache:
+    hit, miss = metrics.cache_lookups.labels(result="hit"), metrics.cache_lookups.labels(result="miss")
+    cache: LRUCache = LRUCache(settings.query_cache_size,
+                               on_lookup=lambda found: (hit if found else miss).inc())
+    metrics.cache_entries.set_function(lambda: len(cache))
+    return cache
 
 
 class BodyLimitMiddleware:

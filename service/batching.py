@@ -1,10 +1,13 @@
 """Requests become futures on a bounded queue; one worker thread forms batches and runs the encoder.
 
-After infinity's ``BatchHandler``: callers submit a list of items and await its results; the worker
-takes queued requests up to ``batch_size`` items (waiting at most ``wait_s`` for more once one has
-arrived), runs ``fn`` once per batch off the event loop, and hands each request its slice. When the
-number of pending items would pass ``queue_size`` a submit raises ``Overloaded`` (the API answers 429):
-a bounded queue keeps latency bounded instead of letting it grow with the backlog.
+After infinity's ``BatchHandler`` and text-embeddings-inference's token budget: callers submit a list of
+items and await its results. Each item has a cost (1 for an image; its token count for a text). The worker
+takes queued requests in arrival order up to ``batch_cost`` (waiting at most ``wait_s`` for more once one
+has arrived), lets ``plan`` cut them into encoder calls (texts: sorted by length, each call's padded size
+under the token budget), runs ``fn`` once per call off the event loop, and hands each request its slice.
+When the pending items or their cost would pass ``queue_size`` / ``queue_cost`` a submit raises
+``Overloaded`` (the API answers 429): a bounded queue keeps latency bounded instead of letting it grow
+with the backlog.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from llm2clip.encoders import ImageEncoder, TextEncoder
+from llm2clip.encoders.base import pad_batch, plan_batches
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +44,24 @@ class ShuttingDown(Exception):
 @dataclass
 class _Job(Generic[T, R]):
     items: list[T]
+    cost: int
     future: concurrent.futures.Future[list[R]]
+
+
+def _unit_cost(_item: object) -> int:
+    return 1
 
 
 class Batcher(Generic[T, R]):
     """One worker thread in front of a batch function ``fn(items) -> results`` (same length, same order).
 
-    ``on_batch(size, seconds)`` is called after each ``fn`` call and ``on_depth(pending)`` whenever the
-    number of pending items changes; both are for metrics and must not raise.
+    ``cost(item)`` weighs items (default 1 each); ``batch_cost`` is how much the worker gathers for one round
+    (default ``batch_size``) and ``plan(items)`` cuts a round into encoder calls, as lists of indices
+    (default: consecutive chunks of ``batch_size``). ``queue_size`` bounds the pending items and
+    ``queue_cost`` (default: no bound) their cost.
+
+    ``on_batch(items, seconds, cost)`` is called after each ``fn`` call and ``on_depth(items, cost)``
+    whenever the pending items change; both are for metrics and must not raise.
     """
 
     def __init__(
@@ -58,20 +72,31 @@ class Batcher(Generic[T, R]):
         batch_size: int = 32,
         queue_size: int = 256,
         wait_s: float = 0.002,
-        on_batch: Callable[[int, float], None] | None = None,
-        on_depth: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float, int], None] | None = None,
+        on_depth: Callable[[int, int], None] | None = None,
+        cost: Callable[[T], int] | None = None,
+        batch_cost: int | None = None,
+        queue_cost: int | None = None,
+        plan: Callable[[list[T]], list[Sequence[int]]] | None = None,
     ) -> None:
         if batch_size < 1 or queue_size < 1 or wait_s < 0:
             raise ValueError("batch_size and queue_size must be >= 1 and wait_s >= 0")
+        if (batch_cost is not None and batch_cost < 1) or (queue_cost is not None and queue_cost < 1):
+            raise ValueError("batch_cost and queue_cost must be >= 1")
         self.name = name
         self.fn = fn
         self.batch_size = batch_size
         self.queue_size = queue_size
         self.wait_s = wait_s
+        self.cost = cost or _unit_cost
+        self.batch_cost = batch_cost or batch_size
+        self.queue_cost = queue_cost
+        self.plan = plan or self._chunks
         self._on_batch = on_batch
         self._on_depth = on_depth
         self._jobs: deque[_Job[T, R]] = deque()
-        self._pending = 0  # items queued or inside the running batch
+        self._pending = 0  # items queued or inside the running round
+        self._pending_cost = 0
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -103,25 +128,36 @@ class Batcher(Generic[T, R]):
     def pending(self) -> int:
         return self._pending
 
-    def is_overloaded(self, n: int = 1) -> bool:
-        """Would ``n`` more items pass the queue bound? A request alone in the queue is always taken,
-        however large, or a request bigger than the queue could never run."""
-        return self._pending > 0 and self._pending + n > self.queue_size
+    @property
+    def pending_cost(self) -> int:
+        return self._pending_cost
+
+    def is_overloaded(self, n: int = 1, cost: int | None = None) -> bool:
+        """Would ``n`` more items (of total ``cost``) pass a queue bound? A request alone in the queue is
+        always taken, however large, or a request bigger than the queue could never run."""
+        if self._pending == 0:
+            return False
+        if self._pending + n > self.queue_size:
+            return True
+        return self.queue_cost is not None and self._pending_cost + (n if cost is None else cost) > self.queue_cost
 
     # submitting --------------------------------------------------------------------------------------
     def submit_nowait(self, items: Sequence[T]) -> concurrent.futures.Future[list[R]]:
         """Queue ``items``; the future resolves to their results. Raises Overloaded or ShuttingDown."""
-        job: _Job[T, R] = _Job(list(items), concurrent.futures.Future())
+        items = list(items)
+        job: _Job[T, R] = _Job(items, sum(self.cost(x) for x in items), concurrent.futures.Future())
         with self._cond:
             if self._closed:
                 raise ShuttingDown(f"the {self.name} encoder is shutting down")
-            if self.is_overloaded(len(job.items)):
-                raise Overloaded(f"the {self.name} encoder queue is full ({self._pending} items pending)")
+            if self.is_overloaded(len(job.items), job.cost):
+                raise Overloaded(f"the {self.name} encoder queue is full ({self._pending} items, "
+                                 f"{self._pending_cost} cost pending)")
             self._jobs.append(job)
             self._pending += len(job.items)
-            depth = self._pending
+            self._pending_cost += job.cost
+            depth = (self._pending, self._pending_cost)
             self._cond.notify()
-        self._report_depth(depth)
+        self._report_depth(*depth)
         return job.future
 
     async def submit(self, items: Sequence[T]) -> list[R]:
@@ -146,15 +182,15 @@ class Batcher(Generic[T, R]):
     def _gather(self) -> list[_Job[T, R]]:
         """Called with the lock held and at least one job queued."""
         batch = [self._jobs.popleft()]
-        count = len(batch[0].items)
+        cost = batch[0].cost
         deadline = time.monotonic() + self.wait_s
-        while count < self.batch_size and not self._closed:
+        while cost < self.batch_cost and not self._closed:
             if self._jobs:
-                if count + len(self._jobs[0].items) > self.batch_size:
+                if cost + self._jobs[0].cost > self.batch_cost:
                     break
                 job = self._jobs.popleft()
                 batch.append(job)
-                count += len(job.items)
+                cost += job.cost
                 continue
             left = deadline - time.monotonic()
             if left <= 0:
@@ -164,6 +200,7 @@ class Batcher(Generic[T, R]):
 
     def _process(self, batch: list[_Job[T, R]]) -> None:
         done = sum(len(j.items) for j in batch)
+        done_cost = sum(j.cost for j in batch)
         live = [j for j in batch if j.future.set_running_or_notify_cancel()]
         try:
             if not live:
@@ -188,40 +225,54 @@ class Batcher(Generic[T, R]):
         finally:
             with self._cond:
                 self._pending -= done
-                depth = self._pending
-            self._report_depth(depth)
+                self._pending_cost -= done_cost
+                depth = (self._pending, self._pending_cost)
+            self._report_depth(*depth)
+
+    def _chunks(self, items: list[T]) -> list[Sequence[int]]:
+        return [range(s, min(s + self.batch_size, len(items))) for s in range(0, len(items), self.batch_size)]
 
     def _call(self, items: list[T]) -> list[R]:
-        out: list[R] = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
+        out: list[R | None] = [None] * len(items)
+        for idx in self.plan(items):
+            chunk = [items[i] for i in idx]
             t0 = time.perf_counter()
             results = list(self.fn(chunk))
             if len(results) != len(chunk):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(chunk)} items")
             if self._on_batch is not None:
-                self._on_batch(len(chunk), time.perf_counter() - t0)
-            out.extend(results)
-        return out
+                self._on_batch(len(chunk), time.perf_counter() - t0, sum(self.cost(x) for x in chunk))
+            for i, r in zip(idx, results, strict=True):
+                out[i] = r
+        return out  # type: ignore[return-value]  # every index is in exactly one planned call
 
     def _fail_queued(self) -> None:
         with self._cond:
             jobs = list(self._jobs)
             self._jobs.clear()
             self._pending -= sum(len(j.items) for j in jobs)
-            depth = self._pending
+            self._pending_cost -= sum(j.cost for j in jobs)
+            depth = (self._pending, self._pending_cost)
         for job in jobs:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(ShuttingDown(f"the {self.name} encoder is shutting down"))
         if jobs:
-            self._report_depth(depth)
+            self._report_depth(*depth)
 
-    def _report_depth(self, depth: int) -> None:
+    def _report_depth(self, items: int, cost: int) -> None:
         if self._on_depth is not None:
-            self._on_depth(depth)
+            self._on_depth(items, cost)
 
 
 # batch functions for the two encoders ------------------------------------------------------------------
+@dataclass
+class TokenizedText:
+    """A text after the tokenizer, before the encoder: what the text batcher queues."""
+
+    ids: np.ndarray  # int64 token ids, unpadded, already cut at max_tokens
+    truncated: bool  # the text had more than max_tokens tokens
+
+
 @dataclass
 class TextEmbedding:
     vector: np.ndarray  # unit float32 (dim,)
@@ -229,13 +280,26 @@ class TextEmbedding:
     truncated: bool  # the text had more than max_tokens tokens
 
 
-def text_batch_fn(encoder: TextEncoder) -> Callable[[list[str]], list[TextEmbedding]]:
-    def encode(texts: list[str]) -> list[TextEmbedding]:
-        batch = encoder.tokenize(texts)
+def text_cost(item: TokenizedText) -> int:
+    return len(item.ids)
+
+
+def text_plan(max_batch_tokens: int, max_batch_size: int) -> Callable[[list[TokenizedText]], list[Sequence[int]]]:
+    """Encoder calls for a round of texts: by length, each padded call under the token budget."""
+
+    def plan(items: list[TokenizedText]) -> list[Sequence[int]]:
+        return list(plan_batches([len(t.ids) for t in items], max_batch_tokens, max_batch_size))
+
+    return plan
+
+
+def text_batch_fn(encoder: TextEncoder) -> Callable[[list[TokenizedText]], list[TextEmbedding]]:
+    """Items are tokenized already (in the request's thread): the single worker only pads and encodes."""
+
+    def encode(items: list[TokenizedText]) -> list[TextEmbedding]:
+        batch = pad_batch([t.ids for t in items], encoder.pad_id, [t.truncated for t in items])
         vectors = encoder.encode_tokens(batch)
-        tokens = batch.attention_mask.sum(axis=1)
-        return [TextEmbedding(vectors[i], int(tokens[i]), bool(batch.truncated[i]))
-                for i in range(len(texts))]
+        return [TextEmbedding(vectors[i], len(t.ids), t.truncated) for i, t in enumerate(items)]
 
     return encode
 

@@ -33,6 +33,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per encoder (default: every core)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "fp16"],
+                   help="text encoder variant of the bundle (default auto: the fastest this machine runs among "
+                        "those that passed their check at export; LLM2CLIP_PRECISION)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip re-hashing the bundle files at startup (faster start for large bundles)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         "model": args.model, "image_index": args.image_index, "text_index": args.text_index,
         "corpus_root": args.corpus_root, "host": args.host, "port": args.port, "threads": args.threads,
+        "precision": getattr(args, "precision", None),
     }
     if getattr(args, "no_verify", False):
         overrides["verify_bundles"] = False

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -43,12 +44,32 @@ class Metrics:
             "llm2clip_encode_batch_size", "Items per encoder call.", ["modality"], buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.encode_batch_tokens = Histogram(
+            "llm2clip_encode_batch_tokens", "Tokens (not counting padding) per text encoder call.",
+            buckets=TOKEN_BUCKETS, registry=r,
+        )
+        self.encoded_tokens = Counter(
+            "llm2clip_encoded_tokens", "Tokens through the text encoder (not counting padding): rate() is tok/s.",
+            registry=r,
+        )
         self.search_seconds = Histogram(
             "llm2clip_search_seconds", "Time of one FAISS search plus its item lookup.", ["index"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.queue_depth = Gauge(
             "llm2clip_queue_depth", "Items waiting for or in an encoder call.", ["modality"], registry=r,
+        )
+        self.queue_tokens = Gauge(
+            "llm2clip_queue_tokens", "Tokens of the texts waiting for or in a text encoder call.", registry=r,
+        )
+        self.cache_lookups = Counter(
+            "llm2clip_query_cache_lookups", "Text query cache lookups, by result (hit, miss).", ["result"],
+            registry=r,
+        )
+        self.cache_entries = Gauge("llm2clip_query_cache_entries", "Text query embeddings cached.", registry=r)
+        self.model_info = Gauge(
+            "llm2clip_model_info", "The loaded model bundle: always 1, the facts are labels.",
+            ["fingerprint", "precision", "backend", "device", "version"], registry=r,
         )
         self.index_items = Gauge("llm2clip_index_items", "Rows in each loaded index.", ["index"], registry=r)
         self.rejected = Counter(

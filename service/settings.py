@@ -6,21 +6,34 @@ Nested groups use ``__``: ``LLM2CLIP_BATCH__QUEUE_SIZE=512``. CLI flags override
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 
 MiB = 1024 * 1024
 
 
 class BatchSettings(BaseModel):
-    """The request batcher in front of each encoder (one for text, one for images)."""
+    """The request batchers in front of the encoders (one for text, one for images)."""
 
     queue_size: int = Field(
         default=256, ge=1,
         description="Items (texts or images) queued or being encoded per encoder; past it, requests get 429.",
     )
-    batch_size: int = Field(default=32, ge=1, description="Most items one encoder call takes.")
+    batch_size: int = Field(default=32, ge=1, description="Most images, or texts, one encoder call takes.")
+    max_batch_tokens: int = Field(
+        default=DEFAULT_MAX_BATCH_TOKENS, ge=16,
+        description="Token budget of one text encoder call: texts are grouped by length so that rows x the "
+                    "longest row stays under it (text-embeddings-inference's max-batch-tokens).",
+    )
+    max_queue_tokens: int = Field(
+        default=4 * DEFAULT_MAX_BATCH_TOKENS, ge=16,
+        description="Tokens of the texts queued or being encoded; past it, requests get 429. This bounds a "
+                    "text query's wait: about this many tokens over the encoder's tokens/s.",
+    )
     wait_ms: float = Field(
         default=2.0, ge=0, le=1000,
         description="How long the worker waits for more requests to fill a batch once one has arrived.",
@@ -69,6 +82,17 @@ class Settings(BaseSettings):
         default=None,
         description="ONNX Runtime execution providers in preference order (a JSON list in the environment). "
                     "Default: the best available of TensorRT, CUDA, CPU.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
+        default="auto",
+        description="Text encoder variant of the bundle to serve. auto: the best one this machine runs (CUDA: "
+                    "fp16 then bf16; a CPU with VNNI/AMX: int8; with AVX-512 BF16 and torch: bf16; else fp32) "
+                    "among those that passed their check at export. A variant named here that failed its "
+                    "check, or that the bundle lacks, stops the service at startup.",
+    )
+    query_cache_size: int = Field(
+        default=10_000, ge=0,
+        description="Text query embeddings kept (LRU, keyed by normalised text, model and precision); 0: off.",
     )
     batch: BatchSettings = Field(default_factory=lambda: BatchSettings(), description="Batching per encoder.")
 

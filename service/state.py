@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from llm2clip.bundle import ModelBundle, load_bundle
-from llm2clip.encoders import ImageEncoder, TextEncoder, load_onnx_encoders
+from llm2clip.encoders import ImageEncoder, TextEncoder, load_encoders
 from llm2clip.errors import BundleError
 from llm2clip.index import IndexBundle, load_index
-from service.batching import Batcher, TextEmbedding
+from service.batching import Batcher, TextEmbedding, TokenizedText
+from service.cache import LRUCache
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -53,8 +54,9 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     resources: Resources
-    text_batcher: Batcher[str, TextEmbedding]
+    text_batcher: Batcher[TokenizedText, TextEmbedding]
     image_batcher: Batcher[np.ndarray, np.ndarray]
+    text_cache: LRUCache[TextEmbedding]
 
     @property
     def alive(self) -> bool:
@@ -127,12 +129,13 @@ def load_resources(settings: Settings) -> Resources:
     indexes = load_indexes(settings, bundle)
     try:
         corpus_root = find_corpus_root(settings, indexes)
-        image_encoder, text_encoder = load_onnx_encoders(bundle, providers=settings.providers,
-                                                         threads=settings.threads)
+        image_encoder, text_encoder = load_encoders(
+            bundle, settings.precision, providers=settings.providers, threads=settings.threads,
+            max_batch_tokens=settings.batch.max_batch_tokens, max_batch_size=settings.batch.batch_size)
     except BaseException:
         for index in indexes.values():
             index.close()
         raise
-    log.info("model %s (dim %d), indexes %s, corpus root %s", bundle.fingerprint[:12], bundle.embed_dim,
-             {m: i.count for m, i in indexes.items()}, corpus_root)
+    log.info("model %s (dim %d), text encoder %s, indexes %s, corpus root %s", bundle.fingerprint[:12],
+             bundle.embed_dim, text_encoder.describe(), {m: i.count for m, i in indexes.items()}, corpus_root)
     return Resources(bundle, image_encoder, text_encoder, indexes, corpus_root)

@@ -10,9 +10,11 @@ from service.routes.inputs import (
     body_kind,
     check_text,
     decode_base64_image,
+    finish_texts,
     form_fields,
     gather_encoded,
     pixels_of,
+    prepare_texts,
     read_form,
     read_upload,
     submit_pixels,
@@ -55,8 +57,9 @@ async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
     if total > settings.max_batch:
         raise _too_many(total, settings.max_batch)
     texts = [check_text(t, f"texts[{i}]", settings) for i, t in enumerate(texts)]
+    prepared = await prepare_texts(runtime, texts)
     pixels = await pixels_of(images, runtime)
-    text_future = submit_texts(runtime, texts)
+    text_future = submit_texts(runtime, prepared)
     try:
         image_future = submit_pixels(runtime, pixels)
     except BaseException:
@@ -65,6 +68,7 @@ async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
             text_future.cancel()
         raise
     text_out, image_out = await gather_encoded(text_future, image_future)
+    text_out = finish_texts(runtime, prepared, text_out)
     return EmbedResponse(
         text_embeddings=[t.vector.tolist() for t in text_out],
         image_embeddings=[v.tolist() for v in image_out],

@@ -8,6 +8,7 @@ import base64
 import binascii
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -17,7 +18,8 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from service.batching import Overloaded, ShuttingDown, TextEmbedding
+from llm2clip.tokenizer import normalize_text
+from service.batching import Overloaded, ShuttingDown, TextEmbedding, TokenizedText
 from service.errors import ApiError
 from service.settings import Settings
 from service.state import Runtime
@@ -155,10 +157,50 @@ async def pixels_of(images: Sequence[tuple[str, bytes]], runtime: Runtime) -> li
                                        for field, data in images)))
 
 
-def submit_texts(runtime: Runtime, texts: list[str]) -> asyncio.Future[list[TextEmbedding]] | None:
-    if not texts:
+@dataclass
+class PreparedTexts:
+    """Texts on their way to the encoder: cached answers found, the rest tokenized."""
+
+    keys: list[tuple[str, str, str]]  # (normalised text, model fingerprint, precision) per text
+    found: dict[tuple[str, str, str], TextEmbedding]
+    missing: list[tuple[str, str, str]]  # keys to encode, each once
+    tokenized: list[TokenizedText]  # same order as ``missing``
+
+
+async def prepare_texts(runtime: Runtime, texts: list[str]) -> PreparedTexts:
+    """Look each text up in the query cache and tokenize the others in a worker thread: the encoder's
+    single thread never waits on the tokenizer, and a cached query never reaches the queue."""
+    encoder = runtime.resources.text_encoder
+    model = runtime.resources.bundle.fingerprint
+    keys = [(normalize_text(t), model, encoder.precision) for t in texts]
+    found: dict[tuple[str, str, str], TextEmbedding] = {}
+    missing: list[tuple[str, str, str]] = []
+    for key in dict.fromkeys(keys):
+        hit = runtime.text_cache.get(key)
+        if hit is not None:
+            found[key] = hit
+        else:
+            missing.append(key)
+    tokenized: list[TokenizedText] = []
+    if missing:
+        rows, truncated = await asyncio.to_thread(encoder.tokenize_each, [k[0] for k in missing])
+        tokenized = [TokenizedText(r, bool(f)) for r, f in zip(rows, truncated, strict=True)]
+    return PreparedTexts(keys, found, missing, tokenized)
+
+
+def submit_texts(runtime: Runtime, prepared: PreparedTexts) -> asyncio.Future[list[TextEmbedding]] | None:
+    if not prepared.tokenized:
         return None
-    return _submitted(lambda: runtime.text_batcher.submit_nowait(texts))
+    return _submitted(lambda: runtime.text_batcher.submit_nowait(prepared.tokenized))
+
+
+def finish_texts(runtime: Runtime, prepared: PreparedTexts, encoded: list[TextEmbedding]) -> list[TextEmbedding]:
+    """Cache what was encoded and answer every text in its order."""
+    found = dict(prepared.found)
+    for key, emb in zip(prepared.missing, encoded, strict=True):
+        runtime.text_cache.put(key, emb)
+        found[key] = emb
+    return [found[k] for k in prepared.keys]
 
 
 def submit_pixels(runtime: Runtime, pixels: list[np.ndarray]) -> asyncio.Future[list[np.ndarray]] | None:

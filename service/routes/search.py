@@ -17,9 +17,11 @@ from service.routes.inputs import (
     body_kind,
     check_text,
     decode_base64_image,
+    finish_texts,
     form_fields,
     gather_encoded,
     pixels_of,
+    prepare_texts,
     read_form,
     read_upload,
     submit_pixels,
@@ -77,7 +79,9 @@ async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
     truncated = False
     if query.text is not None:
         text = check_text(query.text, "text", settings)
-        [encoded] = await gather_encoded(submit_texts(runtime, [text]))
+        prepared = await prepare_texts(runtime, [text])
+        [encoded] = await gather_encoded(submit_texts(runtime, prepared))
+        encoded = finish_texts(runtime, prepared, encoded)
         vector = encoded[0].vector
         tokens, truncated = encoded[0].tokens, encoded[0].truncated
     else:

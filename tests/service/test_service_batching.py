@@ -150,7 +150,7 @@ def test_stop_fails_what_is_still_queued(make_batcher):
 def test_async_submit_and_metrics_hooks():
     seen, depths = [], []
     b = Batcher("m", lambda items: [x + 1 for x in items], batch_size=4, queue_size=10, wait_s=0,
-                on_batch=lambda n, s: seen.append((n, s)), on_depth=depths.append)
+                on_batch=lambda n, s, cost: seen.append((n, s)), on_depth=lambda n, cost: depths.append(n))
     b.start()
     try:
         async def main():
@@ -175,7 +175,8 @@ def test_concurrent_http_requests_share_encoder_calls(app_client, shared_resourc
         time.sleep(0.3)  # while the first call runs, the other requests queue up
         return original(batch)
 
-    c = app_client(batch={"batch_size": 32, "wait_ms": 0})
+    # no query cache: the check below must encode each text again, alone
+    c = app_client(batch={"batch_size": 32, "wait_ms": 0}, query_cache_size=0)
     monkeypatch.setattr(encoder, "encode_tokens", slow)
     texts = [f"query number {i}" for i in range(12)]
     with ThreadPoolExecutor(12) as pool:
@@ -187,3 +188,114 @@ def test_concurrent_http_requests_share_encoder_calls(app_client, shared_resourc
     for text, r in zip(texts, responses, strict=True):
         alone = c.post("/search", json={"text": text, "k": 1}).json()["results"][0]["score"]
         assert abs(r.json()["results"][0]["score"] - alone) < 1e-4
+
+
+def test_costed_items_are_gathered_to_the_budget_and_planned_into_calls(make_batcher):
+    """Text batching: an item costs its tokens; a round gathers up to batch_cost, ``plan`` cuts it."""
+    gate = Gate()
+    planned = []
+
+    def plan(items):
+        planned.append(list(items))
+        # longest first, two per call
+        order = sorted(range(len(items)), key=lambda i: -items[i])
+        return [order[i : i + 2] for i in range(0, len(order), 2)]
+
+    b = make_batcher(gate, batch_size=8, queue_size=100, wait_s=0, cost=lambda x: x, batch_cost=20, plan=plan)
+    first = b.submit_nowait([1])
+    assert gate.entered.wait(5)
+    jobs = [b.submit_nowait([x]) for x in (3, 9, 5, 4, 30)]
+    gate.open.set()
+    assert [j.result(5) for j in jobs] == [[30], [90], [50], [40], [300]]
+    assert first.result(5) == [10]
+    # 3 + 9 + 5 = 17 fits the budget of 20, + 4 would not; the 30 alone is over it and still runs
+    assert planned[1:] == [[3, 9, 5], [4], [30]]
+    assert gate.batches[1:3] == [[9, 5], [3]]
+    assert b.pending == 0 and b.pending_cost == 0
+
+
+def test_queue_cost_bound_answers_overloaded(make_batcher):
+    gate = Gate()
+    b = make_batcher(gate, batch_size=8, queue_size=100, wait_s=0, cost=lambda x: x, queue_cost=50)
+    running = b.submit_nowait([40])
+    assert gate.entered.wait(5)
+    assert b.is_overloaded(1, 11) and not b.is_overloaded(1, 10)
+    with pytest.raises(Overloaded, match="cost pending"):
+        b.submit_nowait([11])
+    queued = b.submit_nowait([10])
+    gate.open.set()
+    assert running.result(5) == [400] and queued.result(5) == [100]
+    assert b.submit_nowait([500]).result(5) == [5000]  # alone in the queue, however large
+
+
+def test_http_text_calls_respect_the_token_budget(app_client, shared_resources, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoder = shared_resources.text_encoder
+    original = encoder.encode_tokens
+    shapes: list[tuple[int, int]] = []
+
+    def slow(batch):
+        shapes.append(batch.input_ids.shape)
+        time.sleep(0.2)
+        return original(batch)
+
+    c = app_client(batch={"batch_size": 32, "wait_ms": 50, "max_batch_tokens": 64}, query_cache_size=0)
+    monkeypatch.setattr(encoder, "encode_tokens", slow)
+    texts = [("a red circle " * n).strip() + f" {n}" for n in (1, 2, 3, 8, 12, 1, 2, 20)]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        responses = list(pool.map(lambda t: c.post("/search", json={"text": t, "k": 1}), texts))
+    assert all(r.status_code == 200 for r in responses)
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    assert all(rows * length <= 64 or rows == 1 for rows, length in shapes), shapes
+    assert len(shapes) < len(texts)  # short ones shared calls
+
+
+def test_repeated_queries_are_answered_from_the_cache(app_client, shared_resources, monkeypatch):
+    encoder = shared_resources.text_encoder
+    original = encoder.encode_tokens
+    calls = []
+    c = app_client()  # its warm-up encodes once: count after it
+    monkeypatch.setattr(encoder, "encode_tokens", lambda batch: calls.append(1) or original(batch))
+    first = c.post("/search", json={"text": "a  green triangle on white", "k": 3}).json()
+    # the same text up to whitespace: one cache entry
+    second = c.post("/search", json={"text": "a green triangle   on white ", "k": 3}).json()
+    assert len(calls) == 1
+    assert [r["id"] for r in first["results"]] == [r["id"] for r in second["results"]]
+    assert first["results"][0]["score"] == second["results"][0]["score"]
+    embedded = c.post("/embed", json={"texts": ["a green triangle on white", "a blue square"]}).json()
+    assert len(calls) == 2  # only the new text went to the encoder
+    assert len(embedded["text_embeddings"]) == 2
+    metrics = c.get("/metrics").text
+    assert 'llm2clip_query_cache_lookups_total{result="hit"} 2.0' in metrics
+    assert 'llm2clip_query_cache_lookups_total{result="miss"} 2.0' in metrics
+    assert "llm2clip_query_cache_entries 2.0" in metrics
+    assert 'llm2clip_model_info{backend="onnxruntime",device="cpu"' in metrics
+    assert "llm2clip_encoded_tokens_total" in metrics
+
+
+def test_cache_off_sends_every_query_to_the_encoder(app_client, shared_resources, monkeypatch):
+    encoder = shared_resources.text_encoder
+    original = encoder.encode_tokens
+    calls = []
+    c = app_client(query_cache_size=0)
+    monkeypatch.setattr(encoder, "encode_tokens", lambda batch: calls.append(1) or original(batch))
+    for _ in range(2):
+        assert c.post("/search", json={"text": "a green triangle", "k": 1}).status_code == 200
+    assert len(calls) == 2
+
+
+def test_lru_cache_evicts_the_least_recently_used():
+    from service.cache import LRUCache
+
+    looked = []
+    cache = LRUCache(2, on_lookup=looked.append)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)
+    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
+    assert looked == [True, False, True, True] and len(cache) == 2
+    off = LRUCache(0)
+    off.put("a", 1)
+    assert off.get("a") is None and len(off) == 0

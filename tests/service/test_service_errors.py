@@ -137,7 +137,8 @@ def test_internal_error_is_generic_and_logged(client, monkeypatch, caplog):
 
     monkeypatch.setattr(encoder, "encode_tokens", boom)
     with caplog.at_level(logging.ERROR):
-        r = client.post("/search", json={"text": "red circle"})
+        # a text no other test sends: a cached one would never reach the encoder
+        r = client.post("/search", json={"text": "red circle, internal error test"})
     assert r.status_code == 500
     assert r.json() == {"error": {"code": "internal", "message": "internal error"}}
     assert "secret" not in r.text and "internal/path" not in r.text

@@ -44,7 +44,9 @@ def test_readyz_is_503_outside_the_lifespan(make_settings):
 
 def test_metrics_count_requests_stages_and_rejections(client):
     before = samples(client)
-    assert client.post("/search", json={"text": "red circle", "k": 3}).status_code == 200
+    # a text no other test sends, so that it misses the query cache and reaches the encoder
+    r = client.post("/search", json={"text": "red circle, metrics test", "k": 3})
+    assert r.status_code == 200
     query = png_bytes(draw_shape("red", "square"))
     assert client.post("/search", files={"image": ("q.png", query, "image/png")}).status_code == 200
     assert client.post("/search", json={"text": "x", "k": 0}).status_code == 422
@@ -65,6 +67,8 @@ def test_metrics_count_requests_stages_and_rejections(client):
     grew("llm2clip_encode_seconds_count", modality="text")
     grew("llm2clip_encode_seconds_count", modality="image")
     grew("llm2clip_encode_batch_size_count", modality="text")
+    grew("llm2clip_encoded_tokens_total", by=float(r.json()["query"]["tokens"]))
+    grew("llm2clip_query_cache_lookups_total", result="miss")
     grew("llm2clip_search_seconds_count", index="image")
     grew("llm2clip_search_seconds_count", index="text")
     grew("llm2clip_rejected_requests_total", reason="invalid_request")
