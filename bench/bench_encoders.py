@@ -1,111 +1,227 @@
-"""Encoder throughput: PyTorch eager fp32 against the ONNX Runtime model bundle, measured in one run.
+"""Encoder throughput against the machine's own peaks, measured in one run.
 
-    .venv/bin/python bench/bench_encoders.py [--checkpoint CKPT --bundle BUNDLE] [--repeats 5]
+    .venv/bin/python bench/bench_encoders.py [--bundle BUNDLE] [--repeats 3] [--json OUT]
 
-Without a checkpoint it builds an untrained model from the offline defaults (SmolLM2-135M + EfficientNet-
-Lite0, same shapes as the demo) and exports it: speed does not depend on the weights. Prints one table
-and the ORT/PyTorch speed ratio per case; absolute numbers vary on a shared machine, ratios much less.
+1. The machine's matmul peaks: fp32 and bf16 (torch, 2048^3), int8 (the best of torch's ``_int_mm`` and
+   ONNX Runtime's ``MatMulInteger`` at 2048^3, u8s8), in FLOP/s (int8: OP/s).
+2. Every text encoder variant of the bundle (ONNX Runtime fp32 / int8, torch bf16), the old path (torch
+   fp32 eager) for reference, at batch 1, 8 and 32 of 64- and 256-token texts: items/s, tokens/s, achieved
+   FLOP/s (2 x the LLM's per-token matmul parameters x tokens/s: attention scores are not counted) and its
+   share of the matching peak.
+3. The image encoder (ONNX Runtime fp32) at batch 1 and 32.
+
+Without ``--bundle`` it exports an untrained default model (SmolLM2-135M + EfficientNet-Lite0 at 160 px, the
+demo's shapes) with all CPU variants to a temporary folder: speed does not depend on the weights. Absolute
+numbers vary between machines and runs; the shares and ratios in one run are what to compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm2clip.encoders.onnx import load_onnx_encoders  # noqa: E402
-from llm2clip.model import ImageEncoderModule, TextEncoderModule  # noqa: E402
-from llm2clip.text import LLMEncoder  # noqa: E402
+PEAK_N = 2048
 
 
-def best_of(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls allocate and pick kernels
-    times = []
-    for _ in range(repeats):
+def best_time(fn, repeats: int, min_seconds: float = 0.0) -> float:
+    """Best wall time of ``fn`` over ``repeats`` runs after one warm-up (first calls pick kernels)."""
+    fn()
+    best = float("inf")
+    t_end = time.perf_counter() + min_seconds
+    n = 0
+    while n < repeats or time.perf_counter() < t_end:
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times)
+        best = min(best, time.perf_counter() - t0)
+        n += 1
+    return best
+
+
+def matmul_peaks(threads: int, repeats: int) -> dict[str, float]:
+    """GFLOP/s (int8: GOP/s) of a large square matmul in each precision."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n = PEAK_N
+    flops = 2 * n**3
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        peaks[name] = flops / best_time(lambda a=a, b=b: a @ b, repeats) / 1e9
+    int8 = []
+    a8 = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    b8 = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    try:
+        int8.append(flops / best_time(lambda: torch._int_mm(a8, b8), repeats) / 1e9)
+    except (RuntimeError, AttributeError):
+        pass
+    int8.append(flops / best_time(_ort_int8_matmul(n, threads), repeats) / 1e9)
+    peaks["int8"] = max(int8)
+    return peaks
+
+
+def _ort_int8_matmul(n: int, threads: int):
+    """ONNX Runtime MatMulInteger (u8 x s8 -> i32), the kernel family of the int8 text encoder."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("B", TensorProto.INT8, (n, n), rng.integers(-128, 127, (n, n), dtype=np.int8).tobytes(),
+                           raw=True)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "mmi",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, (n, n))],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, (n, n))], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString(),
+                                opts, providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 255, (n, n), dtype=np.uint8)
+    return lambda: sess.run(None, {"A": a})
+
+
+def per_token_params(bundle) -> int:
+    """Matmul parameters applied to every token: the LLM's linear weights (ONNX MatMul initializers), less
+    the adapter's, which run once per text."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(bundle.path / bundle.text_variants["fp32"]["file"]))
+    inits = {i.name: i for i in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
+            total += int(np.prod(numpy_helper.to_array(inits[node.input[1]]).shape))
+    a = bundle.manifest["model"].get("adapter") or {}
+    if a and bundle.manifest["model"].get("text_tower") is None:
+        d, e = a["in_dim"], a["expansion"]
+        total -= a["blocks"] * 2 * d * d * e + d * bundle.embed_dim
+    return total
+
+
+def default_bundle(folder: Path, image_size: int):
+    import torch
+
+    from llm2clip.defaults import smollm2_dir
+    from llm2clip.model import LLM2CLIP
+    from llm2clip.text import LLMEncoder
+    from training.clip import default_model_cfg
+    from training.export import export_bundle
+
+    llm = LLMEncoder.from_pretrained(smollm2_dir(), attn="eager")
+    torch.manual_seed(0)
+    model = LLM2CLIP(default_model_cfg(256, llm.dim, image_size, "smollm2-135m-instruct", 512)).eval()
+    print("exporting an untrained default model (fp32, int8, bf16) to a temporary bundle ...", file=sys.stderr)
+    return export_bundle(model, llm, smollm2_dir(), folder / "bundle", precisions=("fp32", "int8", "bf16"),
+                         check=False, progress=False)
+
+
+def text_encoders(bundle, threads: int, include_torch_fp32: bool):
+    """(label, precision for the peak, encoder) of every variant, plus the old torch fp32 path."""
+    from llm2clip.encoders.onnx import OnnxTextEncoder
+    from llm2clip.encoders.torch_backend import TorchTextEncoder
+
+    out = []
+    for name, variant in bundle.text_variants.items():
+        if variant.get("runtime") == "torch":
+            enc = TorchTextEncoder.from_bundle(bundle, name, device="cpu", threads=threads)
+            out.append((f"torch {name}", name, enc))
+        elif name != "fp16":
+            out.append((f"onnxruntime {name}", name, OnnxTextEncoder(bundle, threads=threads, precision=name)))
+    if include_torch_fp32 and "bf16" in bundle.text_variants:
+        fp32 = TorchTextEncoder.from_bundle(bundle, "bf16", device="cpu", threads=threads)
+        fp32.llm.float()
+        fp32.precision = "fp32"
+        out.append(("torch fp32 (eager, the old training path)", "fp32", fp32))
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, help="stage-2 checkpoint (default: untrained defaults)")
-    ap.add_argument("--bundle", type=Path, help="its exported model bundle (with --checkpoint)")
-    ap.add_argument("--image-size", type=int, default=160)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: all cores)")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--bundle", type=Path, help="model bundle (default: an untrained default model, exported)")
+    ap.add_argument("--image-size", type=int, default=160, help="image side of the default model (default 160)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per case, best counted (default 3)")
+    ap.add_argument("--threads", type=int, default=None, help="threads of every runtime (default: all cores)")
+    ap.add_argument("--batches", default="1,8,32", help="text batch sizes (default 1,8,32)")
+    ap.add_argument("--lengths", default="64,256", help="text lengths in tokens (default 64,256)")
+    ap.add_argument("--no-torch-fp32", action="store_true", help="skip the old torch fp32 path")
+    ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = ap.parse_args()
 
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
+    import os
+
+    from llm2clip.bundle import load_bundle
+    from llm2clip.encoders.base import TextBatch
+    from llm2clip.encoders.capability import probe
+    from llm2clip.encoders.onnx import OnnxImageEncoder
+
+    threads = args.threads or os.cpu_count() or 1
+    caps = probe()
+    print(f"machine: {caps.summary()}, {threads} threads")
+    peaks = matmul_peaks(threads, args.repeats)
+    print("matmul peaks ({0}^3): fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s, int8 {int8:.0f} GOP/s".format(
+        PEAK_N, **peaks))
+
     tmp = None
-    if args.checkpoint:
-        from training.checkpoint import load_checkpoint
-
-        model, text_info = load_checkpoint(args.checkpoint)
-        llm = LLMEncoder.from_pretrained(text_info["path"])
-        bundle = args.bundle
+    if args.bundle:
+        bundle = load_bundle(args.bundle)
     else:
-        from llm2clip.defaults import smollm2_dir
-        from llm2clip.model import LLM2CLIP
-        from training.clip import default_model_cfg
-        from training.export import export_bundle
-
-        llm = LLMEncoder.from_pretrained(smollm2_dir())
-        torch.manual_seed(0)
-        model = LLM2CLIP(default_model_cfg(256, llm.dim, args.image_size, "smollm2-135m-instruct", 512)).eval()
         tmp = tempfile.TemporaryDirectory()
-        bundle = Path(tmp.name) / "bundle"
-        print("exporting an untrained default model to a temporary bundle ...", file=sys.stderr)
-        export_bundle(model, LLMEncoder.from_pretrained(smollm2_dir(), attn="eager"), smollm2_dir(), bundle)
-    model.eval()
-    img_ort, txt_ort = load_onnx_encoders(bundle, threads=threads)
-    img_pt = ImageEncoderModule(model).eval()
-    txt_pt = TextEncoderModule(llm, model.adapter).eval()
+        bundle = default_bundle(Path(tmp.name), args.image_size)
+    params = per_token_params(bundle)
+    print(f"text encoder: {params / 1e6:.1f}M matmul parameters per token -> {2 * params / 1e6:.0f} MFLOP/token")
 
     rng = np.random.default_rng(0)
-    size = img_ort.preprocess_cfg.size
     rows = []
+    batches = [int(b) for b in args.batches.split(",")]
+    lengths = [int(n) for n in args.lengths.split(",")]
+    header = f"{'text encoder':44} {'batch':>5} {'tokens':>6} {'items/s':>8} {'tok/s':>7} {'GFLOP/s':>8} {'of peak':>8}"
+    print(header)
+    for label, precision, enc in text_encoders(bundle, threads, not args.no_torch_fp32):
+        for length in lengths:
+            for batch in batches:
+                ids = rng.integers(100, 40000, size=(batch, length)).astype(np.int64)
+                tb = TextBatch(ids, np.ones_like(ids), np.zeros(batch, bool))
+                seconds = best_time(lambda tb=tb, enc=enc: enc.encode_tokens(tb), args.repeats, min_seconds=1.0)
+                tok_s = batch * length / seconds
+                gflops = 2 * params * tok_s / 1e9
+                row = {"encoder": label, "precision": precision, "batch": batch, "tokens": length,
+                       "items_s": batch / seconds, "tok_s": tok_s, "gflops": gflops,
+                       "share_of_peak": gflops / peaks[precision],
+                       "share_of_bf16_peak": gflops / peaks["bf16"]}
+                rows.append(row)
+                print(f"{label:44} {batch:>5} {length:>6} {row['items_s']:>8.2f} {tok_s:>7.0f} {gflops:>8.1f} "
+                      f"{100 * row['share_of_peak']:>7.1f}%", flush=True)
+        del enc
+    print("\nbatching: per-item throughput at batch 32 over batch 1")
+    for label in dict.fromkeys(r["encoder"] for r in rows):
+        for length in lengths:
+            one = [r for r in rows if r["encoder"] == label and r["tokens"] == length and r["batch"] == 1]
+            big = [r for r in rows if r["encoder"] == label and r["tokens"] == length and r["batch"] == max(batches)]
+            if one and big:
+                print(f"  {label:44} {length:>4} tokens: {big[0]['items_s'] / one[0]['items_s']:.2f}x")
+
+    img = OnnxImageEncoder(bundle, threads=threads)
+    size = img.preprocess_cfg.size
+    image_rows = []
     for batch in (1, 32):
         pixels = rng.normal(size=(batch, 3, size, size)).astype(np.float32)
-        tp = torch.from_numpy(pixels)
-        with torch.inference_mode():
-            pt, _ = best_of(lambda tp=tp: img_pt(tp), args.repeats)
-        ort, _ = best_of(lambda p=pixels: img_ort.encode_pixels(p), args.repeats)
-        rows.append({"encoder": "image", "batch": batch, "tokens": None, "torch_items_s": batch / pt,
-                     "ort_items_s": batch / ort, "ort_over_torch": pt / ort})
-    for tokens in (64, 256):
-        for batch in (1, 32):
-            ids = rng.integers(100, 40000, size=(batch, tokens)).astype(np.int64)
-            mask = np.ones_like(ids)
-            ti, tm = torch.from_numpy(ids), torch.from_numpy(mask)
-            from llm2clip.encoders.base import TextBatch
-
-            tb = TextBatch(ids, mask, np.zeros(batch, bool))
-            with torch.inference_mode():
-                pt, _ = best_of(lambda ti=ti, tm=tm: txt_pt(ti, tm), args.repeats)
-            ort, _ = best_of(lambda tb=tb: txt_ort.encode_tokens(tb), args.repeats)
-            rows.append({"encoder": "text", "batch": batch, "tokens": tokens, "torch_items_s": batch / pt,
-                         "ort_items_s": batch / ort, "ort_over_torch": pt / ort})
-
-    print(f"threads={threads} image_size={size} (best of {args.repeats}; PyTorch eager fp32 vs ONNX Runtime fp32)")
-    print(f"{'encoder':8} {'batch':>5} {'tokens':>6} {'torch/s':>10} {'ort/s':>10} {'ORT/torch':>10}")
-    for r in rows:
-        print(f"{r['encoder']:8} {r['batch']:>5} {r['tokens'] or '-':>6} {r['torch_items_s']:>10.1f} "
-              f"{r['ort_items_s']:>10.1f} {r['ort_over_torch']:>9.2f}x")
+        seconds = best_time(lambda p=pixels: img.encode_pixels(p), args.repeats, min_seconds=1.0)
+        image_rows.append({"encoder": "onnxruntime fp32 image", "batch": batch, "items_s": batch / seconds})
+        print(f"image encoder (onnxruntime fp32, {size} px) batch {batch}: {batch / seconds:.1f} images/s")
     if args.json:
-        print(json.dumps(rows))
+        args.json.write_text(json.dumps({"machine": caps.summary(), "threads": threads, "peaks": peaks,
+                                         "per_token_params": params, "text": rows, "image": image_rows},
+                                        indent=2))
     if tmp:
         tmp.cleanup()
     return 0
