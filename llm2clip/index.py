@@ -8,6 +8,7 @@ model bundle fingerprint, build parameters, sha256 of files), ``index.faiss`` an
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from llm2clip.errors import BundleError
 
 FORMAT = "llm2clip-index-bundle"
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
 INDEX_FILE = "index.faiss"
 ITEMS_DB = "items.sqlite"
 MODALITIES = ("image", "text")
@@ -141,10 +144,12 @@ class IndexWriter:
 class IndexBundle:
     """A loaded index bundle; safe to search from several threads at once."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], index: Any, db: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], index: Any, db: sqlite3.Connection,
+                 device: str = "cpu") -> None:
         self.path = path
         self.manifest = manifest
         self.index = index
+        self.device = device  # "cpu", or "gpu" when FAISS holds the index on a GPU
         self._db = db
         self._db_lock = threading.Lock()
 
@@ -209,7 +214,38 @@ class IndexBundle:
             self._db.close()
 
 
-def load_index(folder: str | Path, verify: bool = True) -> IndexBundle:
+def gpu_count() -> int:
+    """GPUs this FAISS build can use (0 for faiss-cpu)."""
+    faiss = _faiss()
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _to_gpu(index: Any, folder: Path, device: str) -> tuple[Any, str]:
+    """The index on GPU 0 when ``device`` allows and this FAISS build and index type support it."""
+    if device == "cpu":
+        return index, "cpu"
+    gpus = gpu_count()
+    if gpus == 0:
+        if device == "gpu":
+            raise BundleError("index device gpu asked for, but this FAISS build sees no GPU: install "
+                              "faiss-gpu-cu12 on a CUDA machine, or set the index device to auto or cpu")
+        return index, "cpu"
+    faiss = _faiss()
+    try:
+        moved = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    except RuntimeError as exc:  # e.g. HNSW, which FAISS has no GPU version of
+        if device == "gpu":
+            raise BundleError(f"index {folder} cannot move to the GPU ({str(exc).strip().splitlines()[-1]})") from None
+        log.info("index %s stays on the CPU: FAISS has no GPU version of %s", folder, type(index).__name__)
+        return index, "cpu"
+    return moved, "gpu"
+
+
+def load_index(folder: str | Path, verify: bool = True, device: str = "auto") -> IndexBundle:
+    """Read and check an index bundle. ``device``: auto (a GPU when FAISS has one and the index type has a
+    GPU version, else the CPU), gpu (refuse to fall back) or cpu."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be auto, cpu or gpu, not {device!r}")
     folder = Path(folder)
     manifest = read_manifest(folder, "index bundle", FORMAT)
     if manifest.get("modality") not in MODALITIES:
@@ -222,8 +258,10 @@ def load_index(folder: str | Path, verify: bool = True) -> IndexBundle:
         raise BundleError(f"index bundle {folder}: {INDEX_FILE} cannot be read; rebuild the index") from None
     if index.ntotal != int(manifest["count"]) or index.d != int(manifest["dim"]):
         raise BundleError(f"index bundle {folder}: index.faiss does not match its manifest; rebuild it")
+    index, placed = _to_gpu(index, folder, device)
+    log.info("index %s (%s, %d rows) searched on the %s", folder, manifest.get("factory"), index.ntotal, placed)
     db = sqlite3.connect(f"file:{(folder / ITEMS_DB).resolve()}?mode=ro", uri=True, check_same_thread=False)
-    return IndexBundle(folder, manifest, index, db)
+    return IndexBundle(folder, manifest, index, db, placed)
 
 
 __all__ = ["IndexBundle", "IndexWriter", "Record", "choose_factory", "load_index", "MANIFEST"]

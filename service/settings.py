@@ -30,7 +30,7 @@ class BatchSettings(BaseModel):
                     "longest row stays under it (text-embeddings-inference's max-batch-tokens).",
     )
     max_queue_tokens: int = Field(
-        default=4 * DEFAULT_MAX_BATCH_TOKENS, ge=16,
+        default=2 * DEFAULT_MAX_BATCH_TOKENS, ge=16,
         description="Tokens of the texts queued or being encoded; past it, requests get 429. This bounds a "
                     "text query's wait: about this many tokens over the encoder's tokens/s.",
     )
@@ -89,6 +89,11 @@ class Settings(BaseSettings):
                     "fp16 then bf16; a CPU with VNNI/AMX: int8; with AVX-512 BF16 and torch: bf16; else fp32) "
                     "among those that passed their check at export. A variant named here that failed its "
                     "check, or that the bundle lacks, stops the service at startup.",
+    )
+    index_device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="Where FAISS searches: auto (a GPU when faiss-gpu sees one and the index type has a GPU "
+                    "version, else the CPU), gpu (refuse to start without one) or cpu.",
     )
     query_cache_size: int = Field(
         default=10_000, ge=0,

@@ -77,7 +77,7 @@ def load_indexes(settings: Settings, bundle: ModelBundle) -> dict[str, IndexBund
         for modality, path in (("image", settings.image_index), ("text", settings.text_index)):
             if path is None:
                 continue
-            index = load_index(path, verify=settings.verify_bundles)
+            index = load_index(path, verify=settings.verify_bundles, device=settings.index_device)
             indexes[modality] = index
             if index.modality != modality:
                 raise BundleError(

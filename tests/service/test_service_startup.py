@@ -85,3 +85,20 @@ def test_pil_pixel_guard_is_restored_after_shutdown(make_settings):
     with TestClient(create_app(make_settings(max_image_pixels=12345))):
         assert Image.MAX_IMAGE_PIXELS == 12345
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_index_device_gpu_without_a_gpu_is_refused_and_auto_falls_back(make_settings, indexes):
+    from llm2clip.index import gpu_count, load_index
+
+    if gpu_count() > 0:
+        pytest.skip("this FAISS build sees a GPU: bench/device_check.sh covers that path")
+    with pytest.raises(BundleError, match="sees no GPU.*faiss-gpu"):
+        start(make_settings(index_device="gpu"))
+    index = load_index(indexes[0], device="auto")
+    try:
+        assert index.device == "cpu"
+        assert index.search(index.reconstruct_all()[:1], 1)[1][0, 0] == 0
+    finally:
+        index.close()
+    with pytest.raises(ValueError, match="auto, cpu or gpu"):
+        load_index(indexes[0], device="tpu")
