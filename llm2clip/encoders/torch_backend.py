@@ -85,9 +85,26 @@ class TorchTextEncoder(TextEncoder):
         tok = Tokenizer(folder, max_tokens, add_special_tokens=uses_special_tokens(folder))
         return cls(llm, tok, adapter=adapter, normalize=normalize, precision=precision, device=device, **kwargs)
 
+    # sequence lengths are padded up to a multiple of this: oneDNN builds its bf16 matmul kernels per shape,
+    # measured 10-80 ms on the first call of every new length, so queries of any length meet a few dozen
+    # shapes, warmed at startup, instead of hundreds (padding is masked: the embedding does not change)
+    pad_multiple = 16
+
+    def warmup(self) -> None:
+        """One call per padded length up to 256 tokens, so single queries find their kernels built."""
+        for length in range(self.pad_multiple, 257, self.pad_multiple):
+            ids = np.full((1, length), self.pad_id, dtype=np.int64)
+            self.encode_tokens(TextBatch(ids, np.ones_like(ids), np.zeros(1, bool)))
+
     def encode_tokens(self, batch: TextBatch) -> np.ndarray:
         import torch
         import torch.nn.functional as F
+
+        extra = -batch.input_ids.shape[1] % self.pad_multiple
+        if extra:
+            pad = np.full((batch.input_ids.shape[0], extra), self.pad_id, dtype=np.int64)
+            batch = TextBatch(np.concatenate([batch.input_ids, pad], axis=1),
+                              np.concatenate([batch.attention_mask, np.zeros_like(pad)], axis=1), batch.truncated)
 
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.inference_mode():
