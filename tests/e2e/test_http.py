@@ -117,3 +117,18 @@ def test_bad_inputs_do_not_stop_the_server(server):
     metrics = server.get("/metrics").text
     assert 'llm2clip_http_requests_total{method="POST",route="/search",status="422"}' in metrics
     assert "llm2clip_encode_seconds_bucket" in metrics
+
+
+def test_the_service_serves_the_variant_the_machine_and_the_checks_allow(server, trained):
+    """The precision in /metrics is the one the bundle's checks and this machine's probe choose; a variant
+    other than fp32 is served only when its check against fp32 passed."""
+    from llm2clip.bundle import load_bundle
+    from llm2clip.encoders import choose_text_precision
+
+    bundle = load_bundle(trained["bundle"])
+    assert set(bundle.text_variants) == {"fp32", "int8", "bf16"}
+    expected = choose_text_precision(bundle)
+    info = [line for line in server.get("/metrics").text.splitlines() if line.startswith("llm2clip_model_info{")]
+    assert len(info) == 1 and f'precision="{expected}"' in info[0], info
+    if expected != "fp32":
+        assert bundle.text_variants[expected]["check"]["passed"]
