@@ -208,12 +208,14 @@ def main() -> int:
                 rows.append({**r, "server": "llm2clip (demo bundle)", "precision": chosen, "start_s": srv.start_s})
     if args.peer:
         mini = minilm_bundle(w / "bench-minilm-bundle")
-        port = free_port()
-        with Server(serve_cmd(mini, port, "auto"), "/readyz", port, logs / "llm2clip-bench-minilm.log") as srv:
-            chosen = served_precision(srv.url)
-            print(f"llm2clip MiniLM bundle -> {chosen}", file=sys.stderr, flush=True)
-            for r in measure(srv.url, items, corpus, ["embed"], concs, args.n1 * 3, args.n32 * 3):
-                rows.append({**r, "server": "llm2clip (MiniLM bundle)", "precision": chosen})
+        for precision in args.precisions.split(","):
+            port = free_port()
+            with Server(serve_cmd(mini, port, precision), "/readyz", port,
+                        logs / f"llm2clip-bench-minilm-{precision}.log") as srv:
+                chosen = served_precision(srv.url)
+                print(f"llm2clip MiniLM bundle {precision} -> {chosen}", file=sys.stderr, flush=True)
+                for r in measure(srv.url, items, corpus, ["embed"], concs, args.n1 * 3, args.n32 * 3):
+                    rows.append({**r, "server": "llm2clip (MiniLM bundle)", "precision": chosen})
         exe, model_path = infinity_venv(args.peer_venv)
         port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
@@ -232,12 +234,13 @@ def main() -> int:
             rows, {"server": demo[0]["server"], "mode": "search", "precision": last, "concurrency": max(concs)},
             {"server": demo[0]["server"], "mode": "search", "precision": fp32, "concurrency": 1}, "ok_req_s")
     if args.peer:
-        mine = {"server": "llm2clip (MiniLM bundle)", "mode": "embed"}
         peer = {"server": "Infinity 0.0.78", "mode": "embed"}
-        summary[f"MiniLM /embed req/s at conc {max(concs)}, llm2clip over Infinity"] = ratio(
-            rows, {**mine, "concurrency": max(concs)}, {**peer, "concurrency": max(concs)}, "ok_req_s")
-        summary["MiniLM /embed p50 at conc 1, llm2clip over Infinity"] = ratio(
-            rows, {**mine, "concurrency": 1}, {**peer, "concurrency": 1}, "p50_ms")
+        for chosen in dict.fromkeys(r["precision"] for r in rows if r["server"] == "llm2clip (MiniLM bundle)"):
+            mine = {"server": "llm2clip (MiniLM bundle)", "mode": "embed", "precision": chosen}
+            summary[f"MiniLM /embed req/s at conc {max(concs)}, llm2clip {chosen} over Infinity"] = ratio(
+                rows, {**mine, "concurrency": max(concs)}, {**peer, "concurrency": max(concs)}, "ok_req_s")
+            summary[f"MiniLM /embed p50 at conc 1, llm2clip {chosen} over Infinity"] = ratio(
+                rows, {**mine, "concurrency": 1}, {**peer, "concurrency": 1}, "p50_ms")
     for k, v in summary.items():
         print(f"- {k}: {v:.2f}x" if v is not None else f"- {k}: n/a")
     if args.json:

@@ -4,7 +4,7 @@
 
 MODE: ``search`` (POST /search a long caption), ``image`` (POST /search an image of the corpus, multipart),
 ``embed`` (POST /embed one long caption), ``infinity`` (POST /embeddings, Infinity's OpenAI-style route).
-Every caption is made unique (`` #i`` appended), so that no query cache answers it.
+Every caption is made unique (`` #<mode><i>`` appended), so that no query cache answers it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ async def run_load(base: str, items: list[dict[str, Any]], root: Path, mode: str
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
-            text = f"{captions[i % len(captions)]} #{i}"
+            text = f"{captions[i % len(captions)]} #{mode}{i}"  # unique across modes too: no cache hit
             async with sem:
                 t0 = time.perf_counter()
                 if mode == "search":
