@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
     b.add_argument("--factory", default=None,
                    help="FAISS index factory string (default: Flat up to 200k rows, HNSW32,Flat beyond)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    index.set_defaults(func=run)
 
 
 def _summary(modality: str, out: Path, manifest: dict) -> str:

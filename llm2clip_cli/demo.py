@@ -44,6 +44,7 @@ def add_parser(subparsers) -> None:
     d.add_argument("--no-serve", action="store_true", help="build the artifacts, then exit")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8000)
+    d.set_defaults(func=run)
 
 
 def _say(msg: str) -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from llm2clip import __version__
+from llm2clip.cliargs import positive_int
 
 
 def _add_data(subparsers) -> None:
@@ -24,10 +25,11 @@ def _add_data(subparsers) -> None:
         description="Compose scenes of real Fashion-MNIST product photos with exact long captions "
                     "(see DATASET.md). Same arguments, same bytes.")
     s.add_argument("--out", required=True, type=Path, help="output folder (items.jsonl + images/)")
-    s.add_argument("--n", required=True, type=int, help="number of scenes")
+    s.add_argument("--n", required=True, type=positive_int, help="number of scenes")
     s.add_argument("--split", required=True, choices=["train", "val", "test"],
                    help="train/val draw Fashion-MNIST train images; test draws test images and near twins")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.set_defaults(func=_run_data)
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -72,40 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     from llm2clip.errors import LLM2CLIPError
 
     try:
-        if args.command == "data":
-            return _run_data(args)
-        if args.command in ("train", "export"):
-            from training import cli as train_cli
-
-            return train_cli.run(args)
-        if args.command == "eval":
-            from training import eval_cli
-
-            return eval_cli.run(args)
-        if args.command == "index":
-            from index_builder import cli as index_cli
-
-            return index_cli.run(args)
-        if args.command == "serve":
-            from service import cli as service_cli
-
-            return service_cli.run(args)
-        if args.command == "repro":
-            from training import repro_cli
-
-            return repro_cli.run(args)
-        if args.command == "demo":
-            from llm2clip_cli import demo
-
-            return demo.run(args)
+        return args.func(args)
     except LLM2CLIPError as exc:
         print(f"llm2clip: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("llm2clip: interrupted", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command}")
-    return 2
 
 
 if __name__ == "__main__":

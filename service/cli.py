@@ -22,6 +22,7 @@ def add_parser(subparsers) -> None:
         description="Serve a model bundle and its indexes over HTTP. Every flag can also be set in the "
                     "environment as LLM2CLIP_<NAME> (e.g. LLM2CLIP_MODEL, LLM2CLIP_IMAGE_INDEX); flags win.")
     _add_arguments(p)
+    p.set_defaults(func=run)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

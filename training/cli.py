@@ -135,6 +135,8 @@ def add_parser(subparsers) -> None:
     x.add_argument("--max-r1-drop", type=float, default=CheckThresholds.max_r1_drop,
                    help="a variant whose t2i or i2t R@1 is more than this below fp32's fails its check and is "
                         f"never served (default {CheckThresholds.max_r1_drop})")
+    train.set_defaults(func=run)
+    x.set_defaults(func=run)
 
 
 def _precisions(value: str) -> tuple[str, ...]:

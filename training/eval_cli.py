@@ -34,6 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="ONNX Runtime intra-op threads (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.set_defaults(func=run)
 
 
 def _pct(x: float) -> str:

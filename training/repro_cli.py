@@ -29,6 +29,7 @@ def add_parser(subparsers) -> None:
                    help="stage 1 with generator near twins as hard negatives, half of each micro-batch (the "
                         "preset; --no-stage1-hard-negatives turns them off)")
     r.add_argument("--seed", type=int)
+    r.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -71,7 +71,12 @@ def test_port_in_use(capsys, tmp_path):
 
 
 def test_bad_scene_arguments(capsys, tmp_path):
-    _one_line_error(capsys, ["data", "scenes", "--out", str(tmp_path / "s"), "--n", "0", "--split", "test"])
+    # a bad flag value is a usage error: argparse's exit code 2, the same as every other user error
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "scenes", "--out", str(tmp_path / "s"), "--n", "0", "--split", "test"])
+    assert exc.value.code == 2
+    assert "argument --n: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_parser_lists_the_contract_commands():
