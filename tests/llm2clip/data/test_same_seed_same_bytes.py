@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llm2clip.data.dataset import Dataset
-from llm2clip.data.scenes import (
+from llm2clip.data import (
+    Dataset,
+    SceneGraph,
     generate_scenes,
     long_caption,
     near_twin_graph,
@@ -55,10 +56,6 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-def graph_of(meta: dict[str, Any]) -> Any:
-    return {"background": meta["background"], "objects": meta["objects"]}
-
-
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> dict[tuple[int, str, int], Dataset]:
     root = tmp_path_factory.mktemp("pinned")
@@ -94,12 +91,12 @@ def test_long_and_short_captions_are_pinned(metas):
     longs, shorts = [], []
     for split in ("train", "test"):
         for i in (1, 2, 4):
-            graph = graph_of(metas[split][i])
-            last = len(graph["objects"]) - 1
+            graph = SceneGraph.from_json(metas[split][i])
+            last = len(graph.objects) - 1
             plain = long_caption(graph, np.random.default_rng(i), words)
             # the last object mentioned after 77 tokens where there are enough others to fill them
             late = long_caption(graph, np.random.default_rng(i), words, late=last if last >= 2 else None, watch=last)
-            longs += [[cap.text, cap.tokens, cap.relations, cap.mention] for cap in (plain, late)]
+            longs += [[c.text, c.tokens, [r.to_json() for r in c.relations], c.mention] for c in (plain, late)]
             shorts.append(short_caption(graph))
     assert json_digest(longs) == LONG_CAPTIONS
     assert json_digest(shorts) == SHORT_CAPTIONS
