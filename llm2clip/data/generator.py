@@ -28,7 +28,7 @@ Choices where DATASET.md is silent (see also ``scene_graph``, ``fashion_mnist`` 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +137,12 @@ def _meta(corpus: _Corpus, scene: PlannedScene, cap: LongCaption) -> dict[str, A
     meta: dict[str, Any] = {
         "split": corpus.split,
         **scene.graph.to_json(),
-        "relations": [r.to_json() for r in cap.relations],
+        "relations": [asdict(r) for r in cap.relations],
         "long_tokens": cap.tokens,
     }
     if scene.diff is not None:
         meta["twin_of"] = [corpus.scene_id(t) for t in scene.twins]
-        meta["twin_diff"] = scene.diff.to_json()
+        meta["twin_diff"] = asdict(scene.diff)
         meta["twin_mention_token"] = cap.mention
         meta["twin_late"] = cap.mention is not None and cap.mention >= LATE_TOKEN
     return meta

@@ -9,39 +9,20 @@ repeat across objects.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (245, 140, 30),
-    "yellow": (240, 220, 40),
-    "green": (50, 170, 70),
-    "teal": (30, 150, 150),
-    "blue": (40, 90, 220),
-    "purple": (140, 60, 190),
-    "pink": (240, 130, 180),
-    "brown": (140, 90, 50),
-    "white": (245, 245, 245),
-    "grey": (128, 128, 128),
-    "black": (25, 25, 25),
+    "red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (240, 220, 40),
+    "green": (50, 170, 70), "teal": (30, 150, 150), "blue": (40, 90, 220),
+    "purple": (140, 60, 190), "pink": (240, 130, 180), "brown": (140, 90, 50),
+    "white": (245, 245, 245), "grey": (128, 128, 128), "black": (25, 25, 25),
 }
 COLOURS = tuple(PALETTE)
 # Fashion-MNIST label order
-CLASSES = (
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-)
+CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 SIZES: dict[str, int] = {"small": 40, "medium": 64, "large": 96}  # side in pixels
 TEXTURES = ("plain", "striped", "dotted", "checkered")
 ORIENTATIONS = ("upright", "upside down", "mirrored")
@@ -59,9 +40,6 @@ ClassPools = list[np.ndarray]  # per class, the Fashion-MNIST photo indices a sp
 class Background:
     colour: str
     texture: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"colour": self.colour, "texture": self.texture}
 
 
 @dataclass(frozen=True)
@@ -122,7 +100,7 @@ class SceneGraph:
 
     def to_json(self) -> dict[str, Any]:
         """The ``background`` and ``objects`` of an item's meta."""
-        return {"background": self.background.to_json(), "objects": [o.to_json() for o in self.objects]}
+        return {"background": asdict(self.background), "objects": [o.to_json() for o in self.objects]}
 
     @classmethod
     def from_json(cls, meta: Mapping[str, Any]) -> SceneGraph:

@@ -29,13 +29,10 @@ from llm2clip.data.streams import NEAR_TWIN, stream_rng
 
 @dataclass(frozen=True)
 class TwinDiff:
-    """What tells twins apart: ``attribute`` (one of TWIN_ATTRIBUTES) of object ``object``."""
+    """What tells twins apart: ``attribute`` (one of TWIN_ATTRIBUTES) of object ``object``; its JSON is ``asdict``."""
 
     object: int
     attribute: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"object": self.object, "attribute": self.attribute}
 
 
 def _values(graph: SceneGraph, diff: TwinDiff) -> list[Any]:

@@ -15,22 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm2clip.data import (
-    CANVAS,
-    CLASSES,
-    COLS,
-    ORIENTATIONS,
-    PALETTE,
-    ROWS,
-    SIZES,
-    TEXTURES,
-    Background,
-    SceneGraph,
-    SceneObject,
-    generate_scenes,
-    read_dataset,
-    short_caption,
-)
+from llm2clip.data import Background, SceneGraph, SceneObject, generate_scenes, read_dataset, short_caption
+from llm2clip.data.render import CANVAS
+from llm2clip.data.scene_graph import CLASSES, COLS, ORIENTATIONS, PALETTE, ROWS, SIZES, TEXTURES
 from llm2clip.defaults import default_tokenizer, fashion_mnist_dir
 from llm2clip.errors import DatasetError
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -18,14 +17,11 @@ from llm2clip.data.scene_graph import CELLS, COLS, ROWS, SceneGraph, SceneObject
 
 @dataclass(frozen=True)
 class StatedRelation:
-    """A relation as a caption states it: "<subject> is <relation> <object>" (object indices)."""
+    """A relation as a caption states it: "<subject> is <relation> <object>" (object indices); its JSON is ``asdict``."""
 
     subject: int
     object: int
     relation: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"subject": self.subject, "object": self.object, "relation": self.relation}
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 
 NOUNS: dict[str, tuple[str, str]] = {  # class: (singular, plural)
-    "t-shirt": ("t-shirt", "t-shirts"),
-    "trouser": ("pair of trousers", "pairs of trousers"),
-    "pullover": ("pullover", "pullovers"),
-    "dress": ("dress", "dresses"),
-    "coat": ("coat", "coats"),
-    "sandal": ("sandal", "sandals"),
-    "shirt": ("shirt", "shirts"),
-    "sneaker": ("sneaker", "sneakers"),
-    "bag": ("bag", "bags"),
-    "ankle boot": ("ankle boot", "ankle boots"),
+    "t-shirt": ("t-shirt", "t-shirts"), "trouser": ("pair of trousers", "pairs of trousers"),
+    "pullover": ("pullover", "pullovers"), "dress": ("dress", "dresses"), "coat": ("coat", "coats"),
+    "sandal": ("sandal", "sandals"), "shirt": ("shirt", "shirts"), "sneaker": ("sneaker", "sneakers"),
+    "bag": ("bag", "bags"), "ankle boot": ("ankle boot", "ankle boots"),
 }
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 

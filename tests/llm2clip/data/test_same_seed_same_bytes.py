@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def test_long_and_short_captions_are_pinned(metas):
             plain = long_caption(graph, np.random.default_rng(i), words)
             # the last object mentioned after 77 tokens where there are enough others to fill them
             late = long_caption(graph, np.random.default_rng(i), words, late=last if last >= 2 else None, watch=last)
-            longs += [[c.text, c.tokens, [r.to_json() for r in c.relations], c.mention] for c in (plain, late)]
+            longs += [[c.text, c.tokens, [asdict(r) for r in c.relations], c.mention] for c in (plain, late)]
             shorts.append(short_caption(graph))
     assert json_digest(longs) == LONG_CAPTIONS
     assert json_digest(shorts) == SHORT_CAPTIONS
