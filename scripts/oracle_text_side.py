@@ -35,8 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from llm2clip.data import Dataset, read_dataset
-from llm2clip.data.scenes import CLASSES, COLOURS, TEXTURES
+from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
 from training.embed import FORMAT, MANIFEST
 from training.fact_probe import attribute_value, bound_values
 

@@ -78,7 +78,7 @@ def _cached_json(path: Path, fn) -> Any:
 
 
 def _data(out: Path, cfg: ReproCfg) -> dict[str, Path]:
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes
 
     paths = {s: out / "data" / s for s in ("train", "val", "test")}
     sizes = {"train": cfg.train_scenes, "val": cfg.val_scenes, "test": cfg.test_scenes}
