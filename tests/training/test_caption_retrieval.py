@@ -43,7 +43,7 @@ def fake(tmp_path, monkeypatch):
     (enc / "config.json").write_text("{}")
     calls = []
 
-    def fake_embed(folder, texts, max_tokens=512, progress=True, precision="bf16", encoder=None):
+    def fake_embed(folder, texts, max_tokens=512, progress=True, precision="bf16"):
         calls.append(list(texts))
         return np.stack([TABLE[t] for t in texts])
 

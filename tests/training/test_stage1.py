@@ -291,10 +291,11 @@ def test_output_is_a_merged_hf_folder(run, tiny_llm_dir):
 
 
 def test_output_feeds_stage_2(run, scenes, tmp_path):
+    from training.config import EmbedCfg
     from training.embed import CaptionEmbeddings, embed_captions
 
     out = run[0]
-    manifest = embed_captions(scenes, out, tmp_path / "emb", max_tokens=64, progress=False)
+    manifest = embed_captions(scenes, out, tmp_path / "emb", EmbedCfg(max_tokens=64), progress=False)
     assert manifest["count"] == 2 * len(scenes) and manifest["dim"] == 64
     assert manifest["text_encoder"]["name"].endswith("-llm2clip-cc")
     assert torch.isfinite(CaptionEmbeddings(tmp_path / "emb").embeddings.float()).all()
