@@ -307,3 +307,26 @@ def test_cli_help(capsys):
     for flag in ("--mntp-steps", "--grad-accum", "--lora-r", "--paraphrases", "--no-grad-checkpointing", "--val",
                  "--positives", "--hard-negatives"):
         assert flag in help_text
+
+
+@pytest.mark.slow
+def test_the_default_base_trains_both_phases(scenes, tmp_path):
+    """SmolLM2 ties its LM head to the embeddings: MNTP predicts with it, and the encoder keeps the embeddings."""
+    from llm2clip.defaults import smollm2_dir
+
+    base, out = smollm2_dir(), tmp_path / "text"
+    cfg = Stage1Cfg(steps=2, mntp_steps=1, batch_size=2, warmup_steps=1, max_tokens=48, paraphrases=1, seed=3)
+    summary = train_text(scenes, out, base, cfg, progress=False)
+    vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+    assert summary["mntp"]["first_loss"] < math.log(vocab) - 2  # a pretrained LM predicts far better than chance
+    assert summary["mask_token_id"] == Tokenizer(base, 8).token_id("_") is not None
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaModel"]
+    weights = _weights(out)
+    assert "embed_tokens.weight" in weights and not any("lm_head" in k for k in weights)
+
+    tok = Tokenizer(out, 48)
+    ids, mask, _ = tok(["A small red sneaker sits in the top left cell, upright."])
+    with torch.no_grad():
+        new = LLMEncoder.from_pretrained(out)(torch.from_numpy(ids), torch.from_numpy(mask))
+        old = LLMEncoder.from_pretrained(base)(torch.from_numpy(ids), torch.from_numpy(mask))
+    assert new.shape == old.shape and (new - old).abs().max() > 1e-4

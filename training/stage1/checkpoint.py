@@ -38,7 +38,8 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_phase(folder: Path, peft_model, opt: torch.optim.Optimizer, step: int, history: list, done: bool) -> None:
+def save_phase(folder: Path, peft_model: nn.Module, opt: torch.optim.Optimizer, step: int, history: list,
+               done: bool) -> None:
     """The phase's adapter and optimizer after ``step`` steps, with the torch RNG to go on from."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
@@ -59,7 +60,7 @@ def load_phase(folder: Path) -> dict[str, Any] | None:
     return state
 
 
-def load_adapter(peft_model, folder: Path) -> None:
+def load_adapter(peft_model: nn.Module, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from training.schedule import lr_factor
@@ -46,7 +47,8 @@ class Phase:
     loss: Callable[[int], torch.Tensor]
 
 
-def _optimizer(run: Run, phase: Phase, peft_model, state: dict[str, Any] | None) -> tuple[torch.optim.AdamW, int]:
+def _optimizer(run: Run, phase: Phase, peft_model: nn.Module,
+               state: dict[str, Any] | None) -> tuple[torch.optim.AdamW, int]:
     """AdamW over the trainable (LoRA) parameters, with the adapter, optimizer and RNG of ``state``
     restored; -> (optimizer, the step to go on from). Sets the phase's history in ``run``."""
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -81,7 +83,7 @@ def _step(cfg: Stage1Cfg, phase: Phase, opt: torch.optim.AdamW, step: int) -> di
             "grad_norm": round(grad_norm, 4), "samples_s": round(rate, 2)}
 
 
-def run_phase(run: Run, phase: Phase, peft_model, state: dict[str, Any] | None) -> int:
+def run_phase(run: Run, phase: Phase, peft_model: nn.Module, state: dict[str, Any] | None) -> int:
     """Optimizer steps ``state.step .. phase.total``, checkpointed in ``run.ckpt / phase.name``; returns the
     number of steps run."""
     opt, step = _optimizer(run, phase, peft_model, state)

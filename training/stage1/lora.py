@@ -26,7 +26,7 @@ def lora_target_names(model: nn.Module, preferred: tuple[str, ...] = LORA_TARGET
     return chosen or sorted(names)
 
 
-def add_lora(model: nn.Module, cfg: Stage1Cfg):
+def add_lora(model: nn.Module, cfg: Stage1Cfg) -> nn.Module:
     """A peft model with fresh LoRA adapters on ``model``'s projections, set up to train."""
     from peft import LoraConfig, get_peft_model
 
@@ -45,7 +45,7 @@ def add_lora(model: nn.Module, cfg: Stage1Cfg):
     return peft_model
 
 
-def merge_lora(peft_model) -> nn.Module:
+def merge_lora(peft_model: nn.Module) -> nn.Module:
     """The model with its LoRA merged into the weights, activation checkpointing off."""
     merged = peft_model.merge_and_unload()
     set_checkpointing(merged, False)

@@ -66,8 +66,8 @@ class _Trainer:
         # the LoRA initialisation (and the LM head of a base without one) draw from it
         torch.manual_seed(cfg.seed)
         states = {name: load_phase(self.run.ckpt / name) for name in PHASES}
-        if (out / SUMMARY).is_file() and reached(states["mntp"], cfg.mntp_steps) and reached(
-                states["contrastive"], cfg.steps):
+        done = reached(states["mntp"], cfg.mntp_steps) and reached(states["contrastive"], cfg.steps)
+        if done and (out / SUMMARY).is_file():
             log.info("%s is already trained for %d contrastive steps", out, cfg.steps)
             return json.loads((out / SUMMARY).read_text())
         model = self._mntp(states) if cfg.mntp_steps > 0 else load_encoder_base(self.base, ATTN)

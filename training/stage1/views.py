@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def load_views(folder: Path, dataset: Dataset, cfg: Stage1Cfg, progress: bool) -
     """The run's pools, built once and kept in ``folder`` (captions.json, twins.json): a resumed run reads
     the texts it started with."""
 
-    def cached(name: str, build) -> list[list[str]]:
+    def cached(name: str, build: Callable[[], list[list[str]]]) -> list[list[str]]:
         path = folder / name
         if path.is_file():
             return json.loads(path.read_text())
