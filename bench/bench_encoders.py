@@ -134,14 +134,15 @@ def default_bundle(folder: Path, image_size: int):
     from llm2clip.model import LLM2CLIP
     from llm2clip.text import LLMEncoder
     from training.clip import default_model_cfg
+    from training.config import ExportCfg
     from training.export import export_bundle
 
     llm = LLMEncoder.from_pretrained(smollm2_dir(), attn="eager")
     torch.manual_seed(0)
     model = LLM2CLIP(default_model_cfg(256, llm.dim, image_size, "smollm2-135m-instruct", 512)).eval()
     print("exporting an untrained default model (fp32, int8, bf16) to a temporary bundle ...", file=sys.stderr)
-    return export_bundle(model, llm, smollm2_dir(), folder / "bundle", precisions=("fp32", "int8", "bf16"),
-                         check=False, progress=False)
+    return export_bundle(model, llm, smollm2_dir(), folder / "bundle", cfg=ExportCfg(
+        precisions=("fp32", "int8", "bf16"), check_variants=False, progress=False))
 
 
 def text_encoders(bundle, threads: int, include_torch_fp32: bool):

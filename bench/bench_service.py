@@ -132,13 +132,15 @@ def minilm_bundle(folder: Path) -> Path:
     from llm2clip.model import LLM2CLIP
     from llm2clip.text import LLMEncoder
     from training.clip import default_model_cfg
+    from training.config import ExportCfg
     from training.export import export_bundle
 
     llm = LLMEncoder.from_pretrained(minilm_dir(), attn="eager")
     torch.manual_seed(0)
     cfg = default_model_cfg(256, llm.dim, 160, "all-minilm-l6-v2", 256)
     cfg.text.add_special_tokens = True
-    export_bundle(LLM2CLIP(cfg).eval(), llm, minilm_dir(), folder, precisions=("fp32", "bf16"), progress=False)
+    export_bundle(LLM2CLIP(cfg).eval(), llm, minilm_dir(), folder,
+                  cfg=ExportCfg(precisions=("fp32", "bf16"), progress=False))
     return folder
 
 

@@ -52,6 +52,11 @@ class Tokenizer:
             mask[i, : len(row)] = 1
         return ids, mask, truncated
 
+    def token_id(self, token: str) -> int | None:
+        """The vocabulary id of ``token``, None when the vocabulary lacks it."""
+        found = self._tok.token_to_id(token)
+        return None if found is None else int(found)
+
     def count(self, text: str) -> int:
         """Tokens of ``text`` without truncation."""
         enc = self._tok.encode(normalize_text(text), add_special_tokens=self.add_special_tokens)

@@ -20,11 +20,27 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm2clip.cliargs import add_dataclass_options, dataclass_values, opt, positive_int
+from training.recipes import stage2_preset
+
 DEFAULT_WORKDIR = "llm2clip-work"
 DEMO_PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class DemoCfg:
+    """What the demo builds; a step reruns only when its part of this changed."""
+
+    train_scenes: int = field(default=2000, metadata=opt("training scenes", positive_int))
+    test_scenes: int = field(default=500, metadata=opt("scenes in the indexed test corpus", positive_int))
+    epochs: int = field(default=stage2_preset("demo").epochs, metadata=opt("stage-2 epochs", positive_int))
+    image_size: int = field(default=160, metadata=opt("vision tower input side", positive_int))
+    seed: int = field(default=0, metadata=opt("random seed"))
+    eval: bool = field(default=False, metadata=opt("also run `llm2clip eval` on the test corpus"))
 
 
 def add_parser(subparsers) -> None:
@@ -35,12 +51,7 @@ def add_parser(subparsers) -> None:
                     "Artifacts are cached in --workdir; a second run only starts the service.")
     d.add_argument("--workdir", type=Path, default=Path(os.environ.get("LLM2CLIP_WORKDIR", DEFAULT_WORKDIR)),
                    help=f"folder of every artifact (default: ./{DEFAULT_WORKDIR}, or $LLM2CLIP_WORKDIR)")
-    d.add_argument("--train-scenes", type=int, default=2000, help="training scenes (default 2000)")
-    d.add_argument("--test-scenes", type=int, default=500, help="scenes in the indexed test corpus (default 500)")
-    d.add_argument("--epochs", type=int, default=8, help="stage-2 epochs (default 8)")
-    d.add_argument("--image-size", type=int, default=160, help="vision tower input side (default 160)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--eval", action="store_true", help="also run `llm2clip eval` on the test corpus")
+    add_dataclass_options(d, DemoCfg)
     d.add_argument("--no-serve", action="store_true", help="build the artifacts, then exit")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8000)
@@ -79,91 +90,105 @@ class Steps:
         stamp.write_text(json.dumps(params, sort_keys=True))
         _say(f"{name}: done in {time.perf_counter() - t0:.0f} s")
 
-    def invalidate(self, *names: str) -> None:
-        for name in names:
-            (self.stamps / f"{name}.json").unlink(missing_ok=True)
+    def changed(self, name: str, params: dict[str, Any]) -> bool:
+        """The step ran before with other parameters."""
+        stamp = self.stamps / f"{name}.json"
+        return stamp.is_file() and json.loads(stamp.read_text()) != params
 
 
-def demo_recipe(epochs: int, seed: int):
-    """The stage-2 recipe the demo's published numbers were measured with: one backbone lr, BatchNorm
-    in train mode, no stochastic depth. `llm2clip train clip` defaults to the paper's recipe instead."""
-    from training.clip import TrainCfg
+def artifact_paths(workdir: Path) -> dict[str, Path]:
+    return {
+        "train": workdir / "data" / "train", "test": workdir / "data" / "test",
+        "embeddings": workdir / "embeddings" / "train", "checkpoint": workdir / "checkpoints" / "stage2",
+        "bundle": workdir / "bundle", "image_index": workdir / "indexes" / "image",
+        "text_index": workdir / "indexes" / "text", "eval": workdir / "eval.json",
+    }
 
-    return TrainCfg(epochs=epochs, seed=seed, backbone_lr=2e-4, layer_decay=1.0, freeze_bn=False, drop_path=0.0)
+
+def build(workdir: Path, cfg: DemoCfg) -> dict[str, Path]:
+    """Every artifact in ``workdir`` (see the module docstring), each step skipped when cached."""
+    from llm2clip.data import generate_scenes
+
+    paths = artifact_paths(workdir)
+    steps = Steps(workdir)
+    train_p = {"n": cfg.train_scenes, "seed": cfg.seed}
+    test_p = {"n": cfg.test_scenes, "seed": cfg.seed + 1}
+    steps.run("data-train", train_p, [paths["train"] / "items.jsonl"],
+              lambda: generate_scenes(paths["train"], cfg.train_scenes, "train", cfg.seed))
+    steps.run("data-test", test_p, [paths["test"] / "items.jsonl"],
+              lambda: generate_scenes(paths["test"], cfg.test_scenes, "test", cfg.seed + 1))
+    model_p = _build_model(steps, paths, cfg, train_p)
+    _build_indexes(steps, paths, cfg, {**test_p, "model": model_p})
+    return paths
 
 
-def build(args: argparse.Namespace) -> dict[str, Path]:
-    from index_builder.runner import build_index
+def _build_model(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, train_p: dict[str, Any]) -> str:
+    """Caption embeddings, the stage-2 checkpoint and the bundle; returns the bundle's fingerprint."""
     from llm2clip.bundle import load_bundle
-    from llm2clip.data import generate_scenes, read_dataset
+    from llm2clip.data import read_dataset
     from llm2clip.defaults import smollm2_dir
-    from training.clip import train_clip
+    from training.clip import Stage2Run, train_clip
+    from training.config import EmbedCfg, ExportCfg, ModelShape
     from training.embed import embed_captions
     from training.export import export_checkpoint
 
-    w = args.workdir
-    paths = {
-        "train": w / "data" / "train", "test": w / "data" / "test", "embeddings": w / "embeddings" / "train",
-        "checkpoint": w / "checkpoints" / "stage2", "bundle": w / "bundle",
-        "image_index": w / "indexes" / "image", "text_index": w / "indexes" / "text",
-    }
-    steps = Steps(w)
-    train_p = {"n": args.train_scenes, "seed": args.seed}
-    test_p = {"n": args.test_scenes, "seed": args.seed + 1}
-    steps.run("data-train", train_p, [paths["train"] / "items.jsonl"],
-              lambda: generate_scenes(paths["train"], args.train_scenes, "train", args.seed))
-    steps.run("data-test", test_p, [paths["test"] / "items.jsonl"],
-              lambda: generate_scenes(paths["test"], args.test_scenes, "test", args.seed + 1))
-    embed_p = {**train_p, "llm": "smollm2-135m-instruct", "max_tokens": 512, "precision": "bf16"}
+    embed_cfg = EmbedCfg()
+    embed_p = {**train_p, "llm": "smollm2-135m-instruct", "max_tokens": embed_cfg.max_tokens,
+               "precision": embed_cfg.precision}
     steps.run("embed", embed_p, [paths["embeddings"] / "manifest.json"],
-              lambda: embed_captions(read_dataset(paths["train"]), smollm2_dir(), paths["embeddings"]))
-    train_params = {**embed_p, "epochs": args.epochs, "image_size": args.image_size}
-    stamp = steps.stamps / "train.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != train_params:
+              lambda: embed_captions(read_dataset(paths["train"]), smollm2_dir(), paths["embeddings"], embed_cfg))
+    train_params = {**embed_p, "epochs": cfg.epochs, "image_size": cfg.image_size}
+    if steps.changed("train", train_params):
         # other parameters: a fresh checkpoint, not a resume of the old one
         import shutil
 
         shutil.rmtree(paths["checkpoint"], ignore_errors=True)
+    run = Stage2Run(read_dataset(paths["train"]), paths["embeddings"], paths["checkpoint"],
+                    shape=ModelShape(image_size=cfg.image_size))
     steps.run("train", train_params, [paths["checkpoint"] / "model.safetensors"],
-              lambda: train_clip(read_dataset(paths["train"]), paths["embeddings"], paths["checkpoint"],
-                                 demo_recipe(args.epochs, args.seed), image_size=args.image_size))
+              lambda: train_clip(run, stage2_preset("demo", epochs=cfg.epochs, seed=cfg.seed)))
     # no int8 text encoder: on the default model it fails its check against fp32 (top-1 agreement 0.86 < 0.9,
     # measured), so writing and checking it would only cost the demo a minute
     export_p = {**train_params, "precisions": list(DEMO_PRECISIONS)}
     steps.run("export", export_p, [paths["bundle"] / "manifest.json"],
-              lambda: export_checkpoint(paths["checkpoint"], paths["bundle"], precisions=DEMO_PRECISIONS))
-    fingerprint = load_bundle(paths["bundle"], verify=False).fingerprint
-    index_p = {**test_p, "model": fingerprint}
-    for modality in ("image", "text"):
+              lambda: export_checkpoint(paths["checkpoint"], paths["bundle"],
+                                        cfg=ExportCfg(precisions=DEMO_PRECISIONS)))
+    return load_bundle(paths["bundle"], verify=False).fingerprint
+
+
+def _build_indexes(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, index_p: dict[str, Any]) -> None:
+    """The test corpus's image and caption indexes, and its eval when asked."""
+    from index_builder.runner import build_index
+    from llm2clip.data import read_dataset
+    from llm2clip.index import MODALITIES
+
+    for modality in MODALITIES:
         steps.run(f"index-{modality}", index_p, [paths[f"{modality}_index"] / "manifest.json"],
                   lambda m=modality: build_index(read_dataset(paths["test"]), paths["bundle"],
                                                  paths[f"{m}_index"], modality=m))
-    if args.eval:
+    if cfg.eval:
         def _eval() -> None:
             from training.eval import evaluate
 
             result = evaluate(paths["bundle"], paths["test"])
-            (w / "eval.json").write_text(json.dumps(result, indent=2))
+            paths["eval"].write_text(json.dumps(result, indent=2))
             _say("eval: " + json.dumps({k: result[k] for k in ("t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5", "n")}))
 
-        steps.run("eval", index_p, [w / "eval.json"], _eval)
-    return paths
+        steps.run("eval", index_p, [paths["eval"]], _eval)
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm2clip.errors import LLM2CLIPError
+
     if not args.no_serve and not port_free(args.host, args.port):
-        print(f"llm2clip: error: port {args.port} on {args.host} is in use: stop the other server or pass --port",
-              file=sys.stderr)
-        return 2
+        raise LLM2CLIPError(f"port {args.port} on {args.host} is in use: stop the other server or pass --port")
     t0 = time.perf_counter()
-    paths = build(args)
+    paths = build(args.workdir, DemoCfg(**dataclass_values(args, DemoCfg)))
     _say(f"artifacts ready in {args.workdir} ({time.perf_counter() - t0:.0f} s)")
     if args.no_serve:
         return 0
-    from service import cli as service_cli
+    from service.cli import serve
 
-    serve_args = argparse.Namespace(
-        model=paths["bundle"], image_index=paths["image_index"], text_index=paths["text_index"],
-        corpus_root=paths["test"], host=args.host, port=args.port, threads=None)
     _say(f"serving on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    return service_cli.run(serve_args)
+    return serve({"model": paths["bundle"], "image_index": paths["image_index"], "text_index": paths["text_index"],
+                  "corpus_root": paths["test"], "host": args.host, "port": args.port})

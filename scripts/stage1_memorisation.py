@@ -20,7 +20,7 @@ import numpy as np
 
 from llm2clip.data import read_dataset
 from training.caption_retrieval import caption_retrieval
-from training.stage1 import ViewSampler
+from training.stage1.views import ViewSampler
 
 
 def main() -> None:

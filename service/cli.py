@@ -12,6 +12,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE = 2
 
@@ -68,11 +69,6 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from llm2clip.errors import LLM2CLIPError
-    from service.settings import Settings
-
     overrides = {
         "model": args.model, "image_index": args.image_index, "text_index": args.text_index,
         "corpus_root": args.corpus_root, "host": args.host, "port": args.port, "threads": args.threads,
@@ -80,6 +76,16 @@ def run(args: argparse.Namespace) -> int:
     }
     if getattr(args, "no_verify", False):
         overrides["verify_bundles"] = False
+    return serve(overrides, getattr(args, "log_level", "info"))
+
+
+def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
+    """Serve with ``Settings`` from the environment and ``overrides`` (None values left out)."""
+    from pydantic import ValidationError
+
+    from llm2clip.errors import LLM2CLIPError
+    from service.settings import Settings
+
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -110,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             app = create_app(settings, resources=resources)
             config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                                    log_level=getattr(args, "log_level", "info"), lifespan="on")
+                                    log_level=log_level, lifespan="on")
             server = uvicorn.Server(config)
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             # uvicorn does not announce the address of a socket handed to it; its own logger is the one

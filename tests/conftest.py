@@ -46,11 +46,12 @@ def tiny_model(tiny_llm_dir):
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_model, tiny_llm_dir) -> Path:
     """A real model bundle (ONNX encoders, tokenizer, manifest) of a tiny random model."""
+    from training.config import ExportCfg
     from training.export import export_bundle
 
     model, llm = tiny_model
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(model, llm, tiny_llm_dir, out)
+    export_bundle(model, llm, tiny_llm_dir, out, cfg=ExportCfg(precisions=("fp32",)))
     return out
 
 
@@ -68,11 +69,13 @@ def check_scenes(tmp_path_factory) -> Path:
 def tiny_bundle_variants(tmp_path_factory, tiny_model, tiny_llm_dir, check_scenes) -> Path:
     """The tiny model with its int8 (ONNX Runtime) and bf16 (torch) text encoders, checked against fp32.
     R@1 of a random model on 24 scenes moves by 4 points per caption, so only the cosine thresholds bind."""
+    from training.config import ExportCfg
     from training.export import export_bundle
     from training.variants import CheckThresholds
 
     model, llm = tiny_model
     out = tmp_path_factory.mktemp("bundles") / "tiny-variants"
-    export_bundle(model, llm, tiny_llm_dir, out, precisions=("fp32", "int8", "bf16"), check_data=check_scenes,
-                  thresholds=CheckThresholds(max_r1_drop=1.0), progress=False)
+    export_bundle(model, llm, tiny_llm_dir, out, cfg=ExportCfg(
+        precisions=("fp32", "int8", "bf16"), check_data=check_scenes, thresholds=CheckThresholds(max_r1_drop=1.0),
+        progress=False))
     return out

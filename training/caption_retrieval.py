@@ -24,20 +24,19 @@ import numpy as np
 from tqdm import tqdm
 
 from llm2clip.data import Dataset, read_dataset
-from llm2clip.encoders.base import TextEncoder
+from training.config import MAX_TOKENS
 
 METRICS = ("caption_retrieval", "long_to_short", "short_to_long", "caption_retrieval_strict",
            "long_to_short_strict", "short_to_long_strict")
 
 
-def embed_texts(text_encoder_dir: str | Path, texts: list[str], max_tokens: int = 512, progress: bool = True,
-                precision: str = "bf16", encoder: TextEncoder | None = None) -> np.ndarray:
-    """Unit-norm float32 embeddings (N, dim) of ``texts`` by the text encoder in ``text_encoder_dir`` (or by
-    ``encoder``, one already loaded), through the project's text encoder interface."""
-    if encoder is None:
-        from llm2clip.encoders.torch_backend import TorchTextEncoder
+def embed_texts(text_encoder_dir: str | Path, texts: list[str], max_tokens: int = MAX_TOKENS,
+                progress: bool = True, precision: str = "bf16") -> np.ndarray:
+    """Unit-norm float32 embeddings (N, dim) of ``texts`` by the text encoder in ``text_encoder_dir``, through
+    the project's text encoder interface."""
+    from llm2clip.encoders.torch_backend import TorchTextEncoder
 
-        encoder = TorchTextEncoder.from_folder(text_encoder_dir, max_tokens, precision=precision, normalize=True)
+    encoder = TorchTextEncoder.from_folder(text_encoder_dir, max_tokens, precision=precision, normalize=True)
     with tqdm(total=len(texts), desc="caption retrieval", unit="cap", disable=not progress) as bar:
         return encoder.encode(texts, progress=lambda n, _tokens: bar.update(n))
 
@@ -72,7 +71,7 @@ def retrieval_accuracy(long_emb: np.ndarray, short_emb: np.ndarray, long_texts: 
 
 
 def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Path,
-                      max_tokens: int = 512, progress: bool = True, precision: str = "bf16") -> dict[str, Any]:
+                      max_tokens: int = MAX_TOKENS, progress: bool = True, precision: str = "bf16") -> dict[str, Any]:
     """Caption retrieval accuracy of a text encoder (a Hugging Face folder) on a dataset's long/short captions."""
     from training.embed import text_encoder_info
 

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
@@ -45,8 +43,18 @@ from llm2clip.model import LLM2CLIP
 from llm2clip.preprocess import fit_image
 from llm2clip.tokenizer import Tokenizer
 from training.checkpoint import is_checkpoint, load_checkpoint, load_state, save_checkpoint
+from training.clip_recipe import (
+    caption_picks,
+    clip_loss,
+    param_groups,
+    set_drop_path,
+    set_train_mode,
+    step_seed,
+)
+from training.config import ModelShape, TrainCfg
 from training.distributed import DistInfo, barrier, gather_with_grad, process_group
 from training.embed import CaptionEmbeddings
+from training.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +63,35 @@ HISTORY = "history.json"
 
 
 @dataclass
-class TrainCfg:
-    epochs: int = 8  # passes over the training images
-    batch_size: int = 64  # global batch over all processes (the CLIP loss's negatives)
-    lr: float = 5e-4  # top of the model: adapter, attention pool, temperature
-    # lr of the backbone's top layer (head conv); None: lr * layer_decay. Lower layers decay from it.
-    backbone_lr: float | None = None
-    layer_decay: float = 0.85  # per backbone layer, going down from the top (1.0: no decay)
-    weight_decay: float = 0.05  # AdamW, not applied to norms, biases, the temperature and positions
-    warmup_steps: int = 50  # linear warmup, then cosine to 0
-    freeze_bn: bool = True  # BatchNorm uses the pretrained running statistics; its weights still train
-    drop_path: float = 0.2  # stochastic depth over the backbone's MBConv blocks (EfficientNet's own rate)
-    bf16: bool = True  # autocast on CPU (AMX) and GPU
-    seed: int = 0
-    caption_keys: tuple[str, ...] = ("long", "short")  # drawn uniformly per sample
-    log_every: int = 10
+class Stage2Run:
+    """What one stage-2 run trains on and where it writes; ``TrainCfg`` says how it trains.
+
+    ``embeddings`` None: the model has a CLIP text tower (``model_cfg.text_tower``, the clip77 baseline) trained
+    jointly on captions tokenized online with ``tokenizer_dir`` (default SmolLM2's). ``val`` with
+    ``val_embeddings``: retrieval recall on long captions at the end of every epoch, recorded in the history.
+    ``stop_at``: stop (with a checkpoint) once this many steps are done; a later run resumes.
+    """
+
+    dataset: Dataset
+    embeddings: str | Path | None
+    out: str | Path
+    model_cfg: ModelCfg | None = None  # None: ``default_model_cfg`` of ``shape`` and the embeddings
+    shape: ModelShape = field(default_factory=ModelShape)
+    val: Dataset | None = None
+    val_embeddings: str | Path | None = None
+    stop_at: int | None = None
+    tokenizer_dir: str | Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class _TextSide:
+    """Where a run's caption vectors come from: stored LLM embeddings, or a tokenizer for a joint text tower."""
+
+    info: dict[str, Any]  # recorded in the checkpoint, for export and eval
+    keys: list[list[str]]  # per item, the caption keys a sample draws from
+    caps: CaptionEmbeddings | None = None
+    tok_dir: Path | None = None
 
 
 def load_images(dataset: Dataset, preprocess: PreprocessCfg, progress: bool = True) -> np.ndarray:
@@ -93,95 +115,6 @@ def normalize(batch_uint8: torch.Tensor, cfg: PreprocessCfg) -> torch.Tensor:
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    logits = logit_scale.exp().clamp(max=100.0) * img @ txt.t()
-    labels = torch.arange(len(img), device=img.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def layer_ids(model: LLM2CLIP) -> tuple[dict[str, int], int]:
-    """Layer id of every parameter, and the top id (that of the pool, the adapter and the temperature).
-
-    EfficientNet: stem 0, MBConv block i is i + 1, head conv/bn n_blocks + 1. A backbone of unknown layout is
-    one layer just below the top.
-    """
-    net = getattr(model.visual.backbone, "net", None)
-    blocks = getattr(net, "_blocks", None)
-    n = len(blocks) if blocks is not None else 0
-    top = n + 2
-    ids = {}
-    for name, _ in model.named_parameters():
-        if not name.startswith("visual.backbone."):
-            ids[name] = top
-            continue
-        sub = name.removeprefix("visual.backbone.net.")
-        if blocks is None:
-            ids[name] = top - 1
-        elif sub.startswith(("_conv_stem.", "_bn0.")):
-            ids[name] = 0
-        elif sub.startswith("_blocks."):
-            ids[name] = int(sub.split(".")[1]) + 1
-        elif sub.startswith(("_conv_head.", "_bn1.")):
-            ids[name] = n + 1
-        else:
-            raise ValueError(f"no layer id for backbone parameter {name!r}")
-    return ids, top
-
-
-def layer_lr(layer: int, top: int, cfg: TrainCfg) -> float:
-    if layer == top:
-        return cfg.lr
-    head = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr * cfg.layer_decay
-    return head * cfg.layer_decay ** (top - 1 - layer)
-
-
-def param_groups(model: LLM2CLIP, cfg: TrainCfg) -> list[dict[str, Any]]:
-    """One AdamW group per (layer, decay or not), each with its layer-decayed learning rate."""
-    ids, top = layer_ids(model)
-    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim < 2 or name == "logit_scale" or name.endswith(".pos")
-        groups.setdefault((ids[name], no_decay), []).append(p)
-    return [
-        {"params": ps, "lr": layer_lr(layer, top, cfg), "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-         "name": f"{'top' if layer == top else f'layer{layer:02d}'}{'_nd' if no_decay else ''}", "layer": layer}
-        for (layer, no_decay), ps in sorted(groups.items())
-    ]
-
-
-def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
-def set_drop_path(model: LLM2CLIP, rate: float) -> None:
-    # the EfficientNet code reads its stochastic-depth rate from global params at every forward
-    net = getattr(model.visual.backbone, "net", None)
-    if net is not None and hasattr(net, "_global_params"):
-        net._global_params = net._global_params._replace(drop_connect_rate=rate)
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-def caption_picks(seed: int, step: int, n: int) -> np.ndarray:
-    """Caption choice numbers of one global batch: the same on every rank and after a resume."""
-    return np.random.default_rng([seed, step, 1]).integers(0, 1 << 30, size=n)
 
 
 class _Step(nn.Module):
@@ -217,218 +150,244 @@ def evaluate_retrieval(model: LLM2CLIP, images: torch.Tensor, text: torch.Tensor
     return retrieval_metrics(torch.cat(txt).float().cpu().numpy(), torch.cat(img).float().cpu().numpy(), ks=(1, 5))
 
 
-def _val_set(val: Dataset, val_embeddings: str | Path, caps: CaptionEmbeddings,
-             preprocess: PreprocessCfg, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    vcaps = CaptionEmbeddings(val_embeddings)
+def _val_set(run: Stage2Run, caps: CaptionEmbeddings, preprocess: PreprocessCfg,
+             progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    assert run.val is not None and run.val_embeddings is not None
+    vcaps = CaptionEmbeddings(run.val_embeddings)
     if vcaps.manifest["text_encoder"].get("fingerprint") != caps.manifest["text_encoder"].get("fingerprint"):
-        raise DatasetError(f"the validation embeddings in {val_embeddings} come from another text encoder than "
-                           "the training embeddings: embed the validation set with the same one")
-    missing = [item.id for item in val if "long" not in vcaps.keys_for(item.id)]
+        raise DatasetError(f"the validation embeddings in {run.val_embeddings} come from another text encoder "
+                           "than the training embeddings: embed the validation set with the same one")
+    missing = [item.id for item in run.val if "long" not in vcaps.keys_for(item.id)]
     if missing:
         raise DatasetError(f"{len(missing)} validation items have no long-caption embedding (e.g. "
                            f"{missing[0]!r}): run `llm2clip train embed` on the validation set")
-    text = torch.stack([vcaps.get(item.id, "long") for item in val])
-    return torch.from_numpy(load_images(val, preprocess, progress)), text
+    text = torch.stack([vcaps.get(item.id, "long") for item in run.val])
+    return torch.from_numpy(load_images(run.val, preprocess, progress)), text
 
 
-def train_clip(
-    dataset: Dataset,
-    embeddings_dir: str | Path,
-    out: str | Path,
-    cfg: TrainCfg | None = None,
-    model_cfg: ModelCfg | None = None,
-    embed_dim: int = 256,
-    image_size: int = 224,
-    progress: bool = True,
-    *,
-    val: Dataset | None = None,
-    val_embeddings: str | Path | None = None,
-    stop_at: int | None = None,
-    tokenizer_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Train (or resume) a stage-2 checkpoint in ``out``; returns the final training summary.
-
-    ``embeddings_dir`` None: the model has a CLIP text tower (``model_cfg.text_tower``, the clip77
-    baseline) trained jointly on captions tokenized online with ``tokenizer_dir`` (default SmolLM2's).
+def train_clip(run: Stage2Run, cfg: TrainCfg | None = None) -> dict[str, Any]:
+    """Train (or resume) a stage-2 checkpoint in ``run.out``; returns the final training summary.
 
     Under torchrun this joins the process group and trains data-parallel (see the module docstring).
-    ``val`` with ``val_embeddings``: retrieval recall on long captions at the end of every epoch, recorded
-    in the history. ``stop_at``: stop (with a checkpoint) once this many steps are done; a later call
-    resumes.
     """
-    if (val is None) != (val_embeddings is None):
-        raise LLM2CLIPError("validation needs both the dataset and its caption embeddings (--val with "
-                            "--val-embeddings)")
-    if embeddings_dir is None and val is not None:
+    if (run.val is None) != (run.val_embeddings is None):
+        raise LLM2CLIPError("validation needs both the dataset and its caption embeddings")
+    if run.embeddings is None and run.val is not None:
         raise LLM2CLIPError("per-epoch validation needs caption embeddings; a jointly trained text tower has none")
     with process_group() as dist_info:
-        return _train(dataset, embeddings_dir, Path(out), cfg or TrainCfg(), model_cfg, embed_dim, image_size,
-                      progress, val, val_embeddings, stop_at, dist_info, tokenizer_dir)
+        return Stage2Trainer(run, cfg or TrainCfg(), dist_info).fit()
 
 
-def _joint_text(dataset, out: Path, cfg: TrainCfg, model_cfg, tokenizer_dir) -> tuple[dict, list[list[str]], Path]:
-    """The clip77 baseline's text side: captions tokenized online for a text tower trained from scratch."""
-    from llm2clip.defaults import smollm2_dir
-
-    tok_dir = Path(tokenizer_dir or smollm2_dir())
-    if not (tok_dir / "tokenizer.json").is_file():
-        raise LLM2CLIPError(f"{tok_dir} has no tokenizer.json: pass a tokenizer folder")
-    text_info = {"name": "clip-text-transformer", "tokenizer": str(tok_dir.resolve())}
-    if model_cfg is None or model_cfg.text_tower is None:
-        if not is_checkpoint(out):
-            raise LLM2CLIPError("training without caption embeddings needs a model config with a text tower")
-    keys = [[k for k in item.captions if k in cfg.caption_keys] for item in dataset]
-    return text_info, keys, tok_dir
-
-
-def _train(dataset, embeddings_dir, out: Path, cfg: TrainCfg, model_cfg, embed_dim, image_size, progress,
-           val, val_embeddings, stop_at, info: DistInfo, tokenizer_dir=None) -> dict[str, Any]:
-    main = info.is_main
-    progress = progress and main
-    tok_dir: Path | None = None
-    caps: CaptionEmbeddings | None = None
-    if embeddings_dir is None:
-        text_info, keys, tok_dir = _joint_text(dataset, out, cfg, model_cfg, tokenizer_dir)
+def _text_side(run: Stage2Run, cfg: TrainCfg, out: Path) -> _TextSide:
+    if run.embeddings is None:
+        side = _joint_text(run, cfg, out)
     else:
-        caps = CaptionEmbeddings(embeddings_dir)
-        text_info = {**caps.manifest["text_encoder"], "embeddings": str(Path(embeddings_dir).resolve())}
-        keys = [[k for k in caps.keys_for(item.id) if k in cfg.caption_keys] for item in dataset]
-    missing = [item.id for item, k in zip(dataset, keys, strict=True) if not k]
+        caps = CaptionEmbeddings(run.embeddings)
+        side = _TextSide({**caps.manifest["text_encoder"], "embeddings": str(Path(run.embeddings).resolve())},
+                         [[k for k in caps.keys_for(item.id) if k in cfg.caption_keys] for item in run.dataset],
+                         caps=caps)
+    missing = [item.id for item, k in zip(run.dataset, side.keys, strict=True) if not k]
     if missing:
         raise DatasetError(f"{len(missing)} items have no caption embedding (e.g. {missing[0]!r}): run "
                            "`llm2clip train embed` on this dataset")
+    return side
 
-    state = load_state(out) if is_checkpoint(out) else None
-    resumed = state is not None
-    if state is not None:
-        model, _ = load_checkpoint(out)
-        cfg = TrainCfg(**{**asdict(cfg), **state["train_cfg"], "epochs": cfg.epochs})
-        cfg.caption_keys = tuple(cfg.caption_keys)
-    else:
-        if caps is not None:
-            model_cfg = model_cfg or default_model_cfg(embed_dim, caps.dim, image_size,
-                                                       text_info["name"], caps.manifest["max_tokens"])
-        torch.manual_seed(cfg.seed)
-        model = LLM2CLIP(model_cfg)
-    tokenizer = None
-    if tok_dir is not None:
-        if model.text_tower is None:
-            raise LLM2CLIPError(f"{out} holds a checkpoint with an adapter: it needs --embeddings")
-        tokenizer = Tokenizer(tok_dir, model.text_tower.cfg.context)
-    elif model.cfg.adapter.in_dim != caps.dim:
-        raise DatasetError(f"the adapter expects {model.cfg.adapter.in_dim}-d caption embeddings, the shards hold "
-                           f"{caps.dim}-d: embed with the same text encoder")
-    if cfg.batch_size % info.world_size:
-        raise LLM2CLIPError(f"the global batch size {cfg.batch_size} does not split evenly over "
-                            f"{info.world_size} processes: choose a multiple")
-    if info.enabled and not cfg.freeze_bn:
-        log.warning("BatchNorm in train mode normalizes by per-process batch statistics: %d processes do not "
-                    "train the same model as one (use freeze_bn)", info.world_size)
-    local_batch = cfg.batch_size // info.world_size
-    set_drop_path(model, cfg.drop_path)
-    model.to(info.device, memory_format=torch.channels_last)
-    set_train_mode(model, cfg.freeze_bn)
-    images = torch.from_numpy(load_images(dataset, model.cfg.preprocess, progress))
-    val_set = _val_set(val, val_embeddings, caps, model.cfg.preprocess, progress) if val is not None and main \
-        else None
 
-    step_fn: nn.Module = _Step(model)
-    if info.enabled:
+def _joint_text(run: Stage2Run, cfg: TrainCfg, out: Path) -> _TextSide:
+    """The clip77 baseline's text side: captions tokenized online for a text tower trained from scratch."""
+    from llm2clip.defaults import smollm2_dir
+
+    tok_dir = Path(run.tokenizer_dir or smollm2_dir())
+    if not (tok_dir / "tokenizer.json").is_file():
+        raise LLM2CLIPError(f"{tok_dir} has no tokenizer.json: pass a tokenizer folder")
+    if (run.model_cfg is None or run.model_cfg.text_tower is None) and not is_checkpoint(out):
+        raise LLM2CLIPError("training without caption embeddings needs a model config with a text tower")
+    keys = [[k for k in item.captions if k in cfg.caption_keys] for item in run.dataset]
+    return _TextSide({"name": "clip-text-transformer", "tokenizer": str(tok_dir.resolve())}, keys, tok_dir=tok_dir)
+
+
+class Stage2Trainer:
+    """One stage-2 run on this process: the model, its optimizer and the data, set up (or restored from the
+    checkpoint in ``run.out``) at construction; ``fit`` trains up to the run's last step."""
+
+    def __init__(self, run: Stage2Run, cfg: TrainCfg, dist: DistInfo) -> None:
+        self.run, self.dist = run, dist
+        self.out = Path(run.out)
+        self.progress = run.progress and dist.is_main
+        self.text = _text_side(run, cfg, self.out)
+        self.state = load_state(self.out) if is_checkpoint(self.out) else None
+        self.cfg = cfg
+        if self.state is not None:  # the checkpoint's recipe, trained for as many epochs as asked now
+            self.cfg = TrainCfg(**{**asdict(cfg), **self.state["train_cfg"], "epochs": cfg.epochs})
+            self.cfg.caption_keys = tuple(self.cfg.caption_keys)
+        self.model = self._model()
+        self.tokenizer = self._tokenizer()
+        self._place_model()
+        self.images = torch.from_numpy(load_images(run.dataset, self.model.cfg.preprocess, self.progress))
+        self.val_set = None
+        if run.val is not None and dist.is_main:
+            assert self.text.caps is not None
+            self.val_set = _val_set(run, self.text.caps, self.model.cfg.preprocess, self.progress)
+        self.step_fn = self._step_module()
+        # fused: one kernel over all tensors; the per-tensor loop costs as much as the tiny model's backward
+        self.opt = torch.optim.AdamW(param_groups(self.model, self.cfg), betas=(0.9, 0.98), eps=1e-6, fused=True)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.steps_per_epoch = max(1, len(run.dataset) // self.cfg.batch_size)
+        self.total = self.steps_per_epoch * self.cfg.epochs
+        self.end = self.total if run.stop_at is None else min(self.total, run.stop_at)
+        self.step, self.history = self._restore()
+        self.lr_now = 0.0  # this step's factor of the base learning rates
+
+    def _model(self) -> LLM2CLIP:
+        if self.state is not None:
+            return load_checkpoint(self.out)[0]
+        model_cfg, caps = self.run.model_cfg, self.text.caps
+        if caps is not None and model_cfg is None:
+            shape = self.run.shape
+            model_cfg = default_model_cfg(shape.embed_dim, caps.dim, shape.image_size, self.text.info["name"],
+                                          caps.manifest["max_tokens"])
+        torch.manual_seed(self.cfg.seed)
+        return LLM2CLIP(model_cfg)
+
+    def _tokenizer(self) -> Tokenizer | None:
+        model, caps = self.model, self.text.caps
+        if self.text.tok_dir is not None:
+            if model.text_tower is None:
+                raise LLM2CLIPError(f"{self.out} holds a checkpoint with an adapter: it trains on caption "
+                                    "embeddings, give them")
+            return Tokenizer(self.text.tok_dir, model.text_tower.cfg.context)
+        assert caps is not None
+        if model.cfg.adapter.in_dim != caps.dim:
+            raise DatasetError(f"the adapter expects {model.cfg.adapter.in_dim}-d caption embeddings, the shards "
+                               f"hold {caps.dim}-d: embed with the same text encoder")
+        return None
+
+    def _place_model(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        if cfg.batch_size % dist.world_size:
+            raise LLM2CLIPError(f"the global batch size {cfg.batch_size} does not split evenly over "
+                                f"{dist.world_size} processes: choose a multiple")
+        if dist.enabled and not cfg.freeze_bn:
+            log.warning("BatchNorm in train mode normalizes by per-process batch statistics: %d processes do "
+                        "not train the same model as one (use freeze_bn)", dist.world_size)
+        self.local_batch = cfg.batch_size // dist.world_size
+        set_drop_path(self.model, cfg.drop_path)
+        self.model.to(dist.device, memory_format=torch.channels_last)
+        set_train_mode(self.model, cfg.freeze_bn)
+
+    def _step_module(self) -> nn.Module:
+        if not self.dist.enabled:
+            return _Step(self.model)
         from torch.nn.parallel import DistributedDataParallel
 
+        device = self.dist.device
         # frozen BN buffers never change, so there is nothing to broadcast before each forward
-        step_fn = DistributedDataParallel(step_fn, device_ids=[info.device] if info.device.type == "cuda" else None,
-                                          broadcast_buffers=not cfg.freeze_bn)
-    # fused: one kernel over all tensors; the per-tensor loop costs as much as the tiny model's backward
-    opt = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.98), eps=1e-6, fused=True)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    steps_per_epoch = max(1, len(dataset) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    end = total if stop_at is None else min(total, stop_at)
-    step, history = 0, []
-    if state is not None:
-        try:
-            opt.load_state_dict(state["optimizer"])
-        except ValueError as exc:
-            raise BundleError(f"the optimizer state in {out} does not match this recipe's parameter groups "
-                              f"({exc}): train into a new --out") from None
-        step, history = state["step"], state["history"]
-    if step >= end:
-        log.info("%s is already trained for %d steps", out, step)
-        return {"steps": step, "history": history, "resumed": resumed, "rank": info.rank}
+        return DistributedDataParallel(_Step(self.model), device_ids=[device] if device.type == "cuda" else None,
+                                       broadcast_buffers=not self.cfg.freeze_bn)
 
-    def save() -> None:
-        barrier(info)
-        if main:
-            save_checkpoint(out, model, text_info, {
-                "step": step, "history": history, "optimizer": opt.state_dict(), "train_cfg": asdict(cfg),
-                "world_size": info.world_size,
+    def _restore(self) -> tuple[int, list[dict[str, Any]]]:
+        if self.state is None:
+            return 0, []
+        try:
+            self.opt.load_state_dict(self.state["optimizer"])
+        except ValueError as exc:
+            raise BundleError(f"the optimizer state in {self.out} does not match this recipe's parameter "
+                              f"groups ({exc}): train into a new checkpoint folder") from None
+        return self.state["step"], self.state["history"]
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps": self.step, "history": self.history, "resumed": self.state is not None,
+                "rank": self.dist.rank}
+
+    def fit(self) -> dict[str, Any]:
+        if self.step >= self.end:
+            log.info("%s is already trained for %d steps", self.out, self.step)
+            return self.summary()
+        device = self.dist.device
+        self.bar = tqdm(total=self.end, initial=self.step, desc="train clip", unit="step", disable=not self.progress)
+        self.t_last, self.seen = time.perf_counter(), 0
+        # stochastic depth reseeds the global generator per step; the caller's random state is left alone
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+            while self.step < self.end:
+                self._epoch()
+        self.bar.close()
+        return self.summary()
+
+    def _epoch(self) -> None:
+        """The rest of the current epoch (all of it, unless resumed mid-epoch), then a checkpoint."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        epoch = self.step // spe
+        perm = torch.randperm(len(self.run.dataset), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        for b in range(self.step % spe, spe):
+            loss = self._train_step(*self._batch(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]))
+            self.step += 1
+            self.seen += cfg.batch_size
+            self.bar.update(1)
+            epoch_end = self.step % spe == 0
+            if self.step % cfg.log_every == 0 or self.step == self.end or epoch_end:
+                self._record(loss, epoch, validate=epoch_end)
+            if self.step >= self.end:
+                break
+        self._save()
+
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """This rank's share of a global batch: pixels, and caption embeddings or token ids with their mask."""
+        mine = slice(self.dist.rank * self.local_batch, (self.dist.rank + 1) * self.local_batch)
+        picks = caption_picks(self.cfg.seed, self.step, len(idx))[mine]
+        rows = idx[mine].tolist()
+        device, items, keys = self.dist.device, self.run.dataset.items, self.text.keys
+        pixels = normalize(self.images[rows], self.model.cfg.preprocess).to(device)
+        chosen = [keys[i][int(p) % len(keys[i])] for i, p in zip(rows, picks, strict=True)]
+        if self.tokenizer is not None:
+            ids, mask, _ = self.tokenizer([items[i].captions[k] for i, k in zip(rows, chosen, strict=True)])
+            return pixels, (torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        caps = self.text.caps
+        assert caps is not None
+        return pixels, (torch.stack([caps.get(items[i].id, k) for i, k in zip(rows, chosen, strict=True)])
+                        .float().to(device),)
+
+    def _train_step(self, pixels: torch.Tensor, text: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        self.lr_now = lr_factor(self.step, self.total, self.cfg.warmup_steps)
+        for g, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
+            g["lr"] = base * self.lr_now
+        torch.manual_seed(step_seed(self.cfg.seed, self.step, self.dist.rank))
+        with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            img_emb, txt_emb, logit_scale = self.step_fn(pixels, *text)
+        loss = clip_loss(gather_with_grad(img_emb.float()), gather_with_grad(txt_emb.float()), logit_scale)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def _record(self, loss: torch.Tensor, epoch: int, validate: bool) -> None:
+        """A history entry; at an epoch end, with the validation recall when there is a validation set."""
+        rate = self.seen / (time.perf_counter() - self.t_last)
+        entry = {"step": self.step, "epoch": epoch, "loss": round(float(loss.detach()), 5),
+                 "logit_scale": round(float(self.model.logit_scale.detach().exp()), 3),
+                 "img_s": round(rate, 1), "lr": self.cfg.lr * self.lr_now}
+        if validate and self.val_set is not None:
+            metrics = evaluate_retrieval(self.model, *self.val_set, self.dist.device, self.cfg.bf16)
+            entry.update({f"val_{k}": round(v, 4) for k, v in metrics.items()})
+            set_train_mode(self.model, self.cfg.freeze_bn)
+        self.history.append(entry)
+        self.bar.set_postfix(loss=f"{entry['loss']:.3f}", img_s=f"{rate:.1f}")
+        self.t_last, self.seen = time.perf_counter(), 0
+
+    def _save(self) -> None:
+        barrier(self.dist)
+        if self.dist.is_main:
+            save_checkpoint(self.out, self.model, self.text.info, {
+                "step": self.step, "history": self.history, "optimizer": self.opt.state_dict(),
+                "train_cfg": asdict(self.cfg), "world_size": self.dist.world_size,
             })
-            (out / HISTORY).write_text(json.dumps(history, indent=1))
+            (self.out / HISTORY).write_text(json.dumps(self.history, indent=1))
             try:
                 from training.plots import save_curves
 
-                save_curves(history, out / CURVES)
+                save_curves(self.history, self.out / CURVES)
             except ImportError:
                 log.warning("matplotlib is not installed: no %s (pip install '.[train]')", CURVES)
-        barrier(info)
-
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    mine = slice(info.rank * local_batch, (info.rank + 1) * local_batch)
-    bar = tqdm(total=end, initial=step, desc="train clip", unit="step", disable=not progress)
-    t_last, seen = time.perf_counter(), 0
-    # stochastic depth reseeds the global generator per step; the caller's random state is left alone
-    with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else [],
-                               device_type=info.device.type):
-        while step < end:
-            epoch = step // steps_per_epoch
-            perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            for b in range(step % steps_per_epoch, steps_per_epoch):
-                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                picks = caption_picks(cfg.seed, step, len(idx))[mine]
-                idx = idx[mine].tolist()
-                pixels = normalize(images[idx], model.cfg.preprocess).to(info.device)
-                chosen = [keys[i][int(p) % len(keys[i])] for i, p in zip(idx, picks, strict=True)]
-                if tokenizer is not None:
-                    ids, mask, _ = tokenizer([dataset.items[i].captions[k] for i, k in zip(idx, chosen, strict=True)])
-                    text: tuple[torch.Tensor, ...] = (torch.from_numpy(ids).to(info.device),
-                                                      torch.from_numpy(mask).to(info.device))
-                else:
-                    assert caps is not None
-                    text = (torch.stack([caps.get(dataset.items[i].id, k) for i, k in zip(idx, chosen, strict=True)])
-                            .float().to(info.device),)
-                f = lr_factor(step, total, cfg.warmup_steps)
-                for g, base in zip(opt.param_groups, base_lrs, strict=True):
-                    g["lr"] = base * f
-                torch.manual_seed(_seed(cfg.seed, step, info.rank))
-                with autocast:
-                    img_emb, txt_emb, logit_scale = step_fn(pixels, *text)
-                loss = clip_loss(gather_with_grad(img_emb.float()), gather_with_grad(txt_emb.float()), logit_scale)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                seen += cfg.batch_size
-                bar.update(1)
-                epoch_end = step % steps_per_epoch == 0
-                if step % cfg.log_every == 0 or step == end or epoch_end:
-                    now = time.perf_counter()
-                    rate = seen / (now - t_last)
-                    entry = {"step": step, "epoch": epoch, "loss": round(float(loss.detach()), 5),
-                             "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
-                             "img_s": round(rate, 1), "lr": cfg.lr * f}
-                    if epoch_end and val_set is not None:
-                        entry.update({f"val_{k}": round(v, 4) for k, v in
-                                      evaluate_retrieval(model, *val_set, info.device, cfg.bf16).items()})
-                        set_train_mode(model, cfg.freeze_bn)
-                    history.append(entry)
-                    bar.set_postfix(loss=f"{entry['loss']:.3f}", img_s=f"{rate:.1f}")
-                    t_last, seen = time.perf_counter(), 0
-                if step >= end:
-                    break
-            save()
-    bar.close()
-    return {"steps": step, "history": history, "resumed": resumed, "rank": info.rank}
+        barrier(self.dist)
 
 
 def default_model_cfg(embed_dim: int, llm_dim: int, image_size: int, llm_name: str, max_tokens: int) -> ModelCfg:

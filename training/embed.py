@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from llm2clip.data import Dataset
-from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 from llm2clip.errors import BundleError
 from llm2clip.hashing import sha256_file
+from training.config import EmbedCfg
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def text_encoder_info(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise BundleError(f"{folder} is not a text encoder checkpoint (no config.json): pass a Hugging Face "
-                          "model folder, or omit --text-encoder to use the default SmolLM2-135M")
+                          "model folder")
     weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
     digests = [sha256_file(folder / "config.json")] + [sha256_file(p) for p in weights]
     import hashlib
@@ -58,50 +57,62 @@ def caption_rows(dataset: Dataset, keys: tuple[str, ...] | None) -> list[tuple[s
     return rows
 
 
-def embed_captions(
-    dataset: Dataset,
-    text_encoder: str | Path,
-    out: str | Path,
-    max_tokens: int = 512,
-    dtype: str = "bf16",
-    shard_size: int = 2048,
-    captions: tuple[str, ...] | None = None,
-    progress: bool = True,
-    *,
-    precision: str = "bf16",
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-    device: str | None = None,
-) -> dict[str, Any]:
+def embed_captions(dataset: Dataset, text_encoder: str | Path, out: str | Path, cfg: EmbedCfg | None = None,
+                   progress: bool = True) -> dict[str, Any]:
     """Mean-pooled (not normalised) embeddings of every caption by the LLM of ``text_encoder``, computed in
-    ``precision`` (bf16 weights by default: what the CPU's bf16 units and GPUs run fastest) and stored in
-    ``dtype``, through the project's one text encoder interface (token-budget batches)."""
-    from llm2clip.encoders.torch_backend import TorchTextEncoder
-
+    ``cfg.precision`` (bf16 weights by default: what the CPU's bf16 units and GPUs run fastest) and stored in
+    ``cfg.dtype``, through the project's one text encoder interface (token-budget batches)."""
+    cfg = cfg or EmbedCfg()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    info = text_encoder_info(text_encoder)
-    rows = caption_rows(dataset, captions)
+    rows = caption_rows(dataset, cfg.captions)
+    settings = _settings(dataset, text_encoder, cfg, len(rows))
+    done = _resume(out, settings)
+    if done is not None:
+        return done
+    (out / MANIFEST).write_text(json.dumps({"format": FORMAT, **settings, "complete": False}, indent=2))
+    from llm2clip.encoders.torch_backend import TorchTextEncoder
+
+    encoder = TorchTextEncoder.from_folder(text_encoder, cfg.max_tokens, precision=cfg.precision, normalize=False,
+                                           device=cfg.device, max_batch_tokens=cfg.max_batch_tokens)
+    t0 = time.perf_counter()
+    shards, tokens = _write_shards(encoder, rows, out, cfg, progress)
+    seconds = time.perf_counter() - t0
+    manifest = {"format": FORMAT, **settings, "dim": encoder.dim, "shards": shards, "complete": True,
+                "seconds": round(seconds, 2), "tokens": tokens,
+                "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _settings(dataset: Dataset, text_encoder: str | Path, cfg: EmbedCfg, count: int) -> dict[str, Any]:
+    """What the shards depend on: a rerun with other settings must not mix its rows with these."""
     from llm2clip.tokenizer import uses_special_tokens
 
-    settings = {"text_encoder": info, "max_tokens": max_tokens,
-                "add_special_tokens": uses_special_tokens(text_encoder), "dtype": dtype, "precision": precision,
-                "dataset": str(Path(dataset.root).resolve()),
-                "count": len(rows), "shard_size": shard_size}
-    manifest_path = out / MANIFEST
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        # made before compute precisions were recorded: fp32 weights under bf16 autocast, closest to bf16
-        old.setdefault("precision", "bf16")
-        if {k: old.get(k) for k in settings} != settings:
-            raise BundleError(f"{out} holds embeddings made with other settings (text encoder, dataset, "
-                              "precision or dtype): choose another --out or delete it")
-        if old.get("complete"):
-            return old
-    manifest_path.write_text(json.dumps({"format": FORMAT, **settings, "complete": False}, indent=2))
+    return {"text_encoder": text_encoder_info(text_encoder), "max_tokens": cfg.max_tokens,
+            "add_special_tokens": uses_special_tokens(text_encoder), "dtype": cfg.dtype,
+            "precision": cfg.precision, "dataset": str(Path(dataset.root).resolve()),
+            "count": count, "shard_size": cfg.shard_size}
 
-    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    encoder = TorchTextEncoder.from_folder(text_encoder, max_tokens, precision=precision, normalize=False,
-                                           device=device, max_batch_tokens=max_batch_tokens)
+
+def _resume(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished manifest when ``out`` is complete, None when there is (still) work to do."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    # made before compute precisions were recorded: fp32 weights under bf16 autocast, closest to bf16
+    old.setdefault("precision", "bf16")
+    if {k: old.get(k) for k in settings} != settings:
+        raise BundleError(f"{out} holds embeddings made with other settings (text encoder, dataset, precision "
+                          "or dtype): write them to another folder or delete this one")
+    return old if old.get("complete") else None
+
+
+def _write_shards(encoder: Any, rows: list[tuple[str, str, str]], out: Path, cfg: EmbedCfg,
+                  progress: bool) -> tuple[list[str], int]:
+    """Every shard not on disk yet; returns the shard names and the number of tokens encoded."""
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
     shards = []
     t0 = time.perf_counter()
     tokens_done = 0
@@ -113,8 +124,8 @@ def embed_captions(
         bar.update(texts)
         bar.set_postfix(tok_s=f"{tokens_done / (time.perf_counter() - t0):.0f}", refresh=False)
 
-    for shard_no, start in enumerate(range(0, len(rows), shard_size)):
-        chunk = rows[start : start + shard_size]
+    for shard_no, start in enumerate(range(0, len(rows), cfg.shard_size)):
+        chunk = rows[start : start + cfg.shard_size]
         name = f"shard-{shard_no:05d}"
         shards.append(name)
         if (out / f"{name}.safetensors").is_file() and (out / f"{name}.json").is_file():
@@ -125,12 +136,7 @@ def embed_captions(
         (out / f"{name}.json").write_text(json.dumps([[r[0], r[1]] for r in chunk]))
         os.replace(out / f"{name}.safetensors.tmp", out / f"{name}.safetensors")
     bar.close()
-    seconds = time.perf_counter() - t0
-    manifest = {"format": FORMAT, **settings, "dim": encoder.dim, "shards": shards, "complete": True,
-                "seconds": round(seconds, 2), "tokens": tokens_done,
-                "tokens_per_s": round(tokens_done / seconds, 1) if seconds > 0 else None}
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return manifest
+    return shards, tokens_done
 
 
 class CaptionEmbeddings:
@@ -161,6 +167,3 @@ class CaptionEmbeddings:
 
     def get(self, item_id: str, key: str) -> torch.Tensor:
         return self.embeddings[self.row[(item_id, key)]]
-
-    def as_numpy(self) -> np.ndarray:
-        return self.embeddings.float().numpy()

@@ -136,61 +136,46 @@ def embed_texts(encoder, texts: list[str], progress: bool = True, desc: str = "e
         return np.asarray(encoder.encode(texts, progress=lambda n, _tokens: bar.update(n)), np.float32)
 
 
-def evaluate(
-    bundle_path: str | Path | None,
-    dataset_path: str | Path,
-    batch_size: int = 32,
-    progress: bool = True,
-    *,
-    encoders: tuple[Any, Any] | None = None,
-    threads: int | None = None,
-    precision: str = "auto",
-) -> dict[str, Any]:
+def evaluate(bundle_path: str | Path, dataset_path: str | Path, batch_size: int = 32, progress: bool = True, *,
+             threads: int | None = None, precision: str = "auto") -> dict[str, Any]:
     """Retrieval metrics of a model bundle on a dataset (see the module docstring).
 
     The text encoder is the bundle's variant in ``precision`` (``auto``: the one the service would choose
-    on this machine). ``encoders=(image_encoder, text_encoder)`` replaces the bundle's encoders (tests, other
-    runtimes); ``bundle_path`` then only names the model (it may be None).
+    on this machine).
     """
+    from llm2clip.bundle import load_bundle
+    from llm2clip.encoders import load_encoders
+
     t0 = time.perf_counter()
     dataset = read_dataset(dataset_path)
-    model: str | None = None
-    if encoders is None:
-        from llm2clip.bundle import load_bundle
-        from llm2clip.encoders import load_encoders
+    bundle = load_bundle(bundle_path)
+    encoders = load_encoders(bundle, precision, threads=threads)
+    result = _measure(encoders, dataset, str(dataset_path), batch_size, progress, t0)
+    result["model"] = bundle.fingerprint
+    return result
 
-        if bundle_path is None:
-            raise ValueError("evaluate needs a model bundle path or encoders")
-        bundle = load_bundle(bundle_path)
-        model = bundle.fingerprint
-        img_enc, txt_enc = load_encoders(bundle, precision, threads=threads)
-    else:
-        img_enc, txt_enc = encoders
-        if bundle_path is not None:
-            from llm2clip.bundle import load_bundle
 
-            model = load_bundle(bundle_path).fingerprint
+def evaluate_encoders(encoders: tuple[Any, Any], dataset_path: str | Path, batch_size: int = 32,
+                      progress: bool = True) -> dict[str, Any]:
+    """``evaluate`` with any (image encoder, text encoder) in place of a bundle's (tests, other runtimes);
+    ``model`` is then None."""
+    t0 = time.perf_counter()
+    dataset = read_dataset(dataset_path)
+    return _measure(encoders, dataset, str(dataset_path), batch_size, progress, t0)
+
+
+def _measure(encoders: tuple[Any, Any], dataset: Dataset, name: str, batch_size: int, progress: bool,
+             t0: float) -> dict[str, Any]:
+    img_enc, txt_enc = encoders
     t1 = time.perf_counter()
     image_emb = embed_images(img_enc, dataset, batch_size, progress)
     t2 = time.perf_counter()
-    long_texts = [it.long for it in dataset.items]
-    short_texts = [it.short for it in dataset.items]
-    long_emb = embed_texts(txt_enc, long_texts, progress, "eval long captions")
-    short_emb = embed_texts(txt_enc, short_texts, progress, "eval short captions")
+    long_emb = embed_texts(txt_enc, [it.long for it in dataset.items], progress, "eval long captions")
+    short_emb = embed_texts(txt_enc, [it.short for it in dataset.items], progress, "eval short captions")
     t3 = time.perf_counter()
-
     long = retrieval_metrics(long_emb, image_emb)
     short = retrieval_metrics(short_emb, image_emb)
-    pairs = twin_pairs(dataset)
-    near_twin = None
-    if pairs:
-        near_twin = {
-            "n_pairs": len(pairs),
-            "long": twin_accuracy(long_emb, image_emb, pairs),
-            "short": twin_accuracy(short_emb, image_emb, pairs),
-            # the paper's claim in one split: a 77-token encoder can only fail on the late ones
-            "long_by": twin_breakdown(long_emb, image_emb, dataset, pairs),
-        }
+    near_twin = _near_twin(long_emb, short_emb, image_emb, dataset)
     t4 = time.perf_counter()
     return {
         **long,  # the main numbers: long captions
@@ -198,9 +183,9 @@ def evaluate(
         "long": long,
         "short": short,
         "near_twin": near_twin,
-        "model": model,
+        "model": None,  # the caller's: a bundle's fingerprint
         "text_encoder": txt_enc.describe() if hasattr(txt_enc, "describe") else None,
-        "dataset": str(dataset_path),
+        "dataset": name,
         "timing": {
             "load_s": round(t1 - t0, 3),
             "encode_images_s": round(t2 - t1, 3),
@@ -211,4 +196,18 @@ def evaluate(
     }
 
 
-__all__ = ["embed_images", "embed_texts", "evaluate", "ranks", "recall_at", "retrieval_metrics", "twin_accuracy", "twin_breakdown", "twin_pairs"]
+def _near_twin(long_emb: np.ndarray, short_emb: np.ndarray, image_emb: np.ndarray,
+               dataset: Dataset) -> dict[str, Any] | None:
+    pairs = twin_pairs(dataset)
+    if not pairs:
+        return None
+    return {
+        "n_pairs": len(pairs),
+        "long": twin_accuracy(long_emb, image_emb, pairs),
+        "short": twin_accuracy(short_emb, image_emb, pairs),
+        # the paper's claim in one split: a 77-token encoder can only fail on the late ones
+        "long_by": twin_breakdown(long_emb, image_emb, dataset, pairs),
+    }
+
+
+__all__ = ["embed_images", "embed_texts", "evaluate", "evaluate_encoders", "ranks", "recall_at", "retrieval_metrics", "twin_accuracy", "twin_breakdown", "twin_pairs"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from llm2clip.cliargs import positive_int
+from training.config import MAX_TOKENS
+from training.variants import ALL_PRECISIONS
 
 
 def add_parser(subparsers) -> None:
@@ -23,12 +24,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", type=Path, default=None, help="model bundle folder (`llm2clip export`)")
     p.add_argument("--text-encoder", type=Path, default=None,
                    help="Hugging Face text encoder folder (e.g. `llm2clip train text` output): caption retrieval")
-    p.add_argument("--max-tokens", type=positive_int, default=512,
-                   help="--text-encoder reads this many tokens of a caption (default 512)")
+    p.add_argument("--max-tokens", type=positive_int, default=MAX_TOKENS,
+                   help=f"--text-encoder reads this many tokens of a caption (default {MAX_TOKENS})")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per encoder call (default 32)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8", "fp16"],
+    p.add_argument("--precision", default="auto", choices=["auto", *ALL_PRECISIONS],
                    help="the bundle's text encoder variant (default auto: what the service would serve here); "
                         "for --text-encoder: bf16 unless fp32 is named")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -80,40 +81,40 @@ def format_caption_table(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from llm2clip.errors import LLM2CLIPError
 
-    model, text_encoder = args.model, getattr(args, "text_encoder", None)
-    if model is None and text_encoder is None:
-        print("llm2clip eval: error: give --model BUNDLE, --text-encoder DIR or both", file=sys.stderr)
-        return 2
+    if args.model is None and args.text_encoder is None:
+        raise LLM2CLIPError("give --model BUNDLE, --text-encoder DIR or both")
     result: dict[str, Any] = {}
     caption: dict[str, Any] | None = None
-    try:
-        if model is not None:
-            from training.eval import evaluate
+    if args.model is not None:
+        from training.eval import evaluate
 
-            result = evaluate(model, args.data, batch_size=args.batch_size, progress=not args.no_progress,
-                              threads=args.threads, precision=getattr(args, "precision", "auto"))
-        if text_encoder is not None:
-            from training.caption_retrieval import METRICS, caption_retrieval
+        result = evaluate(args.model, args.data, batch_size=args.batch_size, progress=not args.no_progress,
+                          threads=args.threads, precision=args.precision)
+    if args.text_encoder is not None:
+        from training.caption_retrieval import caption_retrieval
 
-            precision = "fp32" if getattr(args, "precision", "auto") == "fp32" else "bf16"
-            caption = caption_retrieval(text_encoder, args.data, max_tokens=getattr(args, "max_tokens", 512),
-                                        progress=not args.no_progress, precision=precision)
-    except LLM2CLIPError as exc:
-        print(f"llm2clip eval: error: {exc}", file=sys.stderr)
-        return 2
-    if caption is not None:
-        if result:
-            # the bundle's keys stay as they are; the text encoder's join them, shaped as when it runs alone
-            result.update({k: caption[k] for k in (*METRICS, "text_encoder", "unique_long", "unique_short")})
-            if isinstance(result.get("timing"), dict):
-                result["timing"]["caption_retrieval_s"] = caption["seconds"]
-        else:
-            result = caption
+        caption = caption_retrieval(args.text_encoder, args.data, max_tokens=args.max_tokens,
+                                    progress=not args.no_progress,
+                                    precision="fp32" if args.precision == "fp32" else "bf16")
+        result = _join(result, caption)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        parts = [format_table(result)] if model is not None else []
+        parts = [format_table(result)] if args.model is not None else []
         if caption is not None:
             parts.append(format_caption_table(caption))
         print("\n\n".join(parts))
     return 0
+
+
+def _join(bundle: dict[str, Any], caption: dict[str, Any]) -> dict[str, Any]:
+    """The text encoder's caption retrieval joins the bundle's metrics, shaped as when it runs alone; the
+    bundle's keys stay as they are."""
+    from training.caption_retrieval import METRICS
+
+    if not bundle:
+        return caption
+    bundle.update({k: caption[k] for k in (*METRICS, "text_encoder", "unique_long", "unique_short")})
+    if isinstance(bundle.get("timing"), dict):
+        bundle["timing"]["caption_retrieval_s"] = caption["seconds"]
+    return bundle

@@ -6,23 +6,22 @@ import copy
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from llm2clip import bundle as B
+from llm2clip.errors import BundleError
 from llm2clip.model import LLM2CLIP, ClipTextEncoderModule, ImageEncoderModule, TextEncoderModule
 from llm2clip.text import LLMEncoder, Tokenizer
 from llm2clip.tokenizer import uses_special_tokens
 from training.checkpoint import load_checkpoint
+from training.config import ExportCfg
 from training.smoothing import ALPHA, calibration_batches, smooth_llm
 from training.variants import (
     ALL_PRECISIONS,
     FILES,
-    INT8_METHOD,
-    CheckThresholds,
     calibration_texts,
     check_set,
     check_variants,
@@ -67,173 +66,179 @@ def text_module(model: LLM2CLIP, llm: LLMEncoder | None) -> torch.nn.Module:
 
 
 def export_bundle(model: LLM2CLIP, llm: LLMEncoder | None, tokenizer_dir: str | Path, out: str | Path,
-                  text_info: dict | None = None, *, precisions: Sequence[str] = ("fp32",),
-                  check_data: str | Path | None = None, thresholds: CheckThresholds | None = None,
-                  threads: int | None = None, progress: bool = True, check: bool = True,
-                  int8_method: str = INT8_METHOD, calibration_data: str | Path | None = None) -> B.ModelBundle:
+                  text_info: dict | None = None, cfg: ExportCfg | None = None) -> B.ModelBundle:
     """Write ``out`` (atomically) with both ONNX encoders, the tokenizer and the manifest.
 
     ``llm`` is the frozen text encoder of an adapter model, None for a model with a CLIP text tower.
-    ``precisions`` names the text encoder variants to write (``training.variants``); each one other than fp32
-    is checked against fp32 on ``check_data`` (default: a generated held-out scene set) and the result goes
-    in the manifest, where the service reads whether it may serve it. ``check`` False leaves the variants
-    unchecked, so no service will serve them (benchmarks of speed only)."""
-    unknown = set(precisions) - set(ALL_PRECISIONS)
+    ``cfg.precisions`` names the text encoder variants to write (``training.variants``); each one other than
+    fp32 is checked against fp32 on ``cfg.check_data`` (default: a generated held-out scene set) and the result
+    goes in the manifest, where the service reads whether it may serve it."""
+    cfg = cfg or ExportCfg()
+    unknown = set(cfg.precisions) - set(ALL_PRECISIONS)
     if unknown:
         raise ValueError(f"unknown precisions {sorted(unknown)}: choose among {', '.join(ALL_PRECISIONS)}")
+    precisions = list(cfg.precisions)
     if "bf16" in precisions and model.text_tower is not None:
         log.warning("no bf16 text encoder for a model with a CLIP text tower: the torch variant is for adapter "
                     "models; writing the others")
         precisions = [p for p in precisions if p != "bf16"]
-    variants_wanted = [p for p in dict.fromkeys(precisions) if p != "fp32"]
-    cfg = model.cfg
-    out = Path(out)
-    stage = B.staging_dir(out)
-    tower = cfg.text_tower
-    max_tokens = tower.context if tower is not None else cfg.text.max_tokens
+    writer = _BundleWriter(model.eval().float(), llm, B.staging_dir(Path(out)), cfg)
     try:
-        model = model.eval().float()
-        size = cfg.preprocess.size
-        pixels = torch.zeros(2, 3, size, size)
+        writer.write_encoders(tokenizer_dir)
+        variants = writer.write_variants([p for p in dict.fromkeys(precisions) if p != "fp32"])
+        writer.write_manifest(text_info, variants)
+        B.publish(writer.stage, Path(out))
+    except BaseException:
+        shutil.rmtree(writer.stage, ignore_errors=True)
+        raise
+    return B.load_bundle(out)
+
+
+def _export_text(module: torch.nn.Module, tok: Tokenizer, path: Path) -> None:
+    ids, mask, _ = tok(["an example caption to trace the text encoder", "a shorter one"])
+    with torch.no_grad():
+        _export_onnx(module, (torch.from_numpy(ids), torch.from_numpy(mask)), path, ["input_ids", "attention_mask"],
+                     {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                      "embedding": {0: "batch"}})
+
+
+class _BundleWriter:
+    """The files of one bundle, written into its staging folder ``stage``."""
+
+    def __init__(self, model: LLM2CLIP, llm: LLMEncoder | None, stage: Path, cfg: ExportCfg) -> None:
+        self.model, self.llm, self.stage, self.cfg = model, llm, stage, cfg
+        tower = model.cfg.text_tower
+        self.max_tokens = tower.context if tower is not None else model.cfg.text.max_tokens
+
+    def write_encoders(self, tokenizer_dir: str | Path) -> None:
+        """Both ONNX encoders (fp32) and the tokenizer."""
+        size = self.model.cfg.preprocess.size
         with torch.no_grad():
-            _export_onnx(ImageEncoderModule(model).eval(), (pixels,), stage / B.IMAGE_ONNX, ["pixel_values"],
+            _export_onnx(ImageEncoderModule(self.model).eval(), (torch.zeros(2, 3, size, size),),
+                         self.stage / B.IMAGE_ONNX, ["pixel_values"],
                          {"pixel_values": {0: "batch"}, "embedding": {0: "batch"}})
-            tok_dir = stage / B.TOKENIZER_DIR
-            tok_dir.mkdir()
-            for name in TOKENIZER_FILES:
-                if (Path(tokenizer_dir) / name).is_file():
-                    shutil.copy2(Path(tokenizer_dir) / name, tok_dir / name)
-            special = uses_special_tokens(tokenizer_dir)
-            tok = Tokenizer(tok_dir, max_tokens, add_special_tokens=special)
-            ids, mask, _ = tok(["an example caption to trace the text encoder", "a shorter one"])
-            _export_onnx(
-                text_module(model, llm),
-                (torch.from_numpy(ids), torch.from_numpy(mask)),
-                stage / B.TEXT_ONNX,
-                ["input_ids", "attention_mask"],
-                {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                 "embedding": {0: "batch"}},
-            )
+        tok_dir = self.stage / B.TOKENIZER_DIR
+        tok_dir.mkdir()
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir) / name, tok_dir / name)
+        self.special = uses_special_tokens(tokenizer_dir)
+        self.tok = Tokenizer(tok_dir, self.max_tokens, add_special_tokens=self.special)
+        _export_text(text_module(self.model, self.llm), self.tok, self.stage / B.TEXT_ONNX)
+
+    def write_variants(self, wanted: list[str]) -> dict[str, dict]:
+        """The text encoder variants besides fp32; returns the manifest's ``text.variants``, fp32 included."""
         variants: dict[str, dict] = {"fp32": {"file": B.TEXT_ONNX, "runtime": "onnxruntime", "precision": "fp32"}}
         work = scratch_dir()
         try:
-            for name in variants_wanted:
-                target = stage / FILES[name]
+            for name in wanted:
+                target = self.stage / FILES[name]
                 if name == "int8":
-                    how = _int8_variant(model, llm, tok, stage / B.TEXT_ONNX, target, int8_method,
-                                        calibration_data, work)
+                    how = self._int8_variant(self.stage / B.TEXT_ONNX, target, work)
                 elif name == "fp16":
-                    how = convert_fp16(stage / B.TEXT_ONNX, target)
+                    how = convert_fp16(self.stage / B.TEXT_ONNX, target)
                 else:
-                    how = write_bf16(llm, model.adapter, target)
+                    how = write_bf16(self.llm, self.model.adapter, target)
                 variants[name] = {"file": FILES[name], "runtime": "torch" if name == "bf16" else "onnxruntime",
                                   "precision": name, "how": how}
                 if how.get("max_batch_size"):
                     variants[name]["max_batch_size"] = how["max_batch_size"]
         finally:
             remove(work)
-        manifest = {
-                "embed_dim": cfg.embed_dim,
-                "normalized": True,
-                "precision": "fp32",
-                "image": {
-                    "file": B.IMAGE_ONNX,
-                    "input": "pixel_values",
-                    "size": size,
-                    "resize": cfg.preprocess.resize,
-                    "mean": list(cfg.preprocess.mean),
-                    "std": list(cfg.preprocess.std),
-                    "layout": "NCHW RGB float32",
-                },
-                "text": {
-                    "file": B.TEXT_ONNX,
-                    "inputs": ["input_ids", "attention_mask"],
-                    "tokenizer": B.TOKENIZER_DIR,
-                    "max_tokens": max_tokens,
-                    "pooling": "eot" if tower is not None else cfg.text.pooling,
-                    "attention": "causal" if tower is not None else "bidirectional",
-                    "pad_token_id": tok.pad_id,
-                    "add_special_tokens": special,
-                    "llm": text_info or {"name": cfg.text.llm},
-                },
-                "model": cfg.to_dict(),
-                "logit_scale": float(model.logit_scale.detach().exp()),
-                "opset": OPSET,
-            }
-        manifest["text"]["variants"] = variants
-        written = B.write_manifest(stage, manifest)
-        checkable = [v for v in variants_wanted if v != "fp16"] if check else []
+        return variants
+
+    def _int8_variant(self, fp32: Path, target: Path, work: Path) -> dict:
+        """The int8 text encoder: SmoothQuant + dynamic quantisation (``smoothquant``), or MatMulNBits
+        (``blockwise``)."""
+        method, llm = self.cfg.int8_method, self.llm
+        if method == "blockwise":
+            return quantize_int8_blockwise(fp32, target)
+        if method != "smoothquant":
+            raise ValueError(f"unknown int8 method {method!r}: smoothquant or blockwise")
+        summary = None
+        source = fp32
+        if llm is not None and self.model.text_tower is None:
+            smoothed = copy.deepcopy(llm).float().eval()
+            texts = calibration_texts(self.cfg.calibration_data, work)
+            summary = smooth_llm(smoothed, calibration_batches(self.tok, texts), ALPHA)
+            if summary is not None:
+                source = work / "smoothed.onnx"
+                _export_text(TextEncoderModule(smoothed, self.model.adapter).eval(), self.tok, source)
+        how = quantize_int8(source, target)
+        how["smoothquant"] = summary
+        return how
+
+    def write_manifest(self, text_info: dict | None, variants: dict[str, dict]) -> None:
+        """The manifest, then each variant's check against fp32 written into it."""
+        written = B.write_manifest(self.stage, self._manifest(text_info, variants))
+        wanted = [v for v in variants if v != "fp32"]
+        checkable = [v for v in wanted if v != "fp16"] if self.cfg.check_variants else []
         if checkable:
             work = scratch_dir()
             try:
-                data = check_set(check_data, work)
-                results = check_variants(B.ModelBundle(stage, written), checkable, data,
-                                         thresholds or CheckThresholds(), threads=threads, progress=progress)
+                data = check_set(self.cfg.check_data, work)
+                results = check_variants(B.ModelBundle(self.stage, written), checkable, data, self.cfg.thresholds,
+                                         threads=self.cfg.threads, progress=self.cfg.progress)
             finally:
                 remove(work)
             for name, result in results.items():
                 variants[name]["check"] = result
         if "fp16" in variants:
-            variants["fp16"]["check"] = {"passed": False, "reason": "fp16 is checked on a GPU only: run "
-                                         "`llm2clip export --check-variants BUNDLE` on a CUDA machine"}
-        B.write_manifest(stage, {k: v for k, v in written.items()
-                                 if k not in ("format", "format_version", "created", "files", "fingerprint")})
-        B.publish(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return B.load_bundle(out)
+            variants["fp16"]["check"] = {"passed": False, "reason": "fp16 is checked on a GPU only"}
+        B.write_manifest(self.stage, {k: v for k, v in written.items()
+                                      if k not in ("format", "format_version", "created", "files", "fingerprint")})
 
-
-def _int8_variant(model: LLM2CLIP, llm: LLMEncoder | None, tok: Tokenizer, fp32: Path, target: Path, method: str,
-                  calibration_data: str | Path | None, work: Path) -> dict:
-    """The int8 text encoder: SmoothQuant + dynamic quantisation (``smoothquant``), or MatMulNBits
-    (``blockwise``)."""
-    if method == "blockwise":
-        return quantize_int8_blockwise(fp32, target)
-    if method != "smoothquant":
-        raise ValueError(f"unknown int8 method {method!r}: smoothquant or blockwise")
-    summary = None
-    source = fp32
-    if llm is not None and model.text_tower is None:
-        smoothed = copy.deepcopy(llm).float().eval()
-        summary = smooth_llm(smoothed, calibration_batches(tok, calibration_texts(calibration_data, work)), ALPHA)
-        if summary is not None:
-            source = work / "smoothed.onnx"
-            ids, mask, _ = tok(["an example caption to trace the text encoder", "a shorter one"])
-            with torch.no_grad():
-                _export_onnx(TextEncoderModule(smoothed, model.adapter).eval(),
-                             (torch.from_numpy(ids), torch.from_numpy(mask)), source, ["input_ids", "attention_mask"],
-                             {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                              "embedding": {0: "batch"}})
-    how = quantize_int8(source, target)
-    how["smoothquant"] = summary
-    return how
+    def _manifest(self, text_info: dict | None, variants: dict[str, dict]) -> dict:
+        cfg = self.model.cfg
+        tower = cfg.text_tower
+        return {
+            "embed_dim": cfg.embed_dim,
+            "normalized": True,
+            "precision": "fp32",
+            "image": {
+                "file": B.IMAGE_ONNX,
+                "input": "pixel_values",
+                "size": cfg.preprocess.size,
+                "resize": cfg.preprocess.resize,
+                "mean": list(cfg.preprocess.mean),
+                "std": list(cfg.preprocess.std),
+                "layout": "NCHW RGB float32",
+            },
+            "text": {
+                "file": B.TEXT_ONNX,
+                "inputs": ["input_ids", "attention_mask"],
+                "tokenizer": B.TOKENIZER_DIR,
+                "max_tokens": self.max_tokens,
+                "pooling": "eot" if tower is not None else cfg.text.pooling,
+                "attention": "causal" if tower is not None else "bidirectional",
+                "pad_token_id": self.tok.pad_id,
+                "add_special_tokens": self.special,
+                "llm": text_info or {"name": cfg.text.llm},
+                "variants": variants,
+            },
+            "model": cfg.to_dict(),
+            "logit_scale": float(self.model.logit_scale.detach().exp()),
+            "opset": OPSET,
+        }
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, text_encoder: str | Path | None = None,
-                      **kwargs) -> B.ModelBundle:
-    """A stage-2 checkpoint and its text encoder as a model bundle; ``kwargs`` go to ``export_bundle``
-    (precisions, check_data, thresholds, threads, progress)."""
+                      cfg: ExportCfg | None = None) -> B.ModelBundle:
+    """A stage-2 checkpoint and its text encoder (by default the one the checkpoint names) as a model
+    bundle."""
     model, text_info = load_checkpoint(checkpoint)
     if model.text_tower is not None:
         tok_dir = Path(text_encoder or text_info.get("tokenizer", ""))
         if not (tok_dir / "tokenizer.json").is_file():
-            from llm2clip.errors import BundleError
-
-            raise BundleError(f"the tokenizer of {checkpoint} ({tok_dir}) is missing: pass --text-encoder DIR "
-                              "(a folder with tokenizer.json)")
-        return export_bundle(model, None, tok_dir, out, text_info={**text_info, "tokenizer": str(tok_dir)},
-                             **kwargs)
+            raise BundleError(f"the tokenizer of {checkpoint} ({tok_dir}) is missing: give the checkpoint's "
+                              "tokenizer folder (one with tokenizer.json)")
+        return export_bundle(model, None, tok_dir, out, {**text_info, "tokenizer": str(tok_dir)}, cfg)
     llm_dir = Path(text_encoder or text_info.get("path", ""))
     if not (llm_dir / "config.json").is_file():
-        from llm2clip.errors import BundleError
-
-        raise BundleError(
-            f"the text encoder of {checkpoint} ({llm_dir}) is not a model folder: pass --text-encoder DIR"
-        )
+        raise BundleError(f"the text encoder of {checkpoint} ({llm_dir}) is not a model folder: give the "
+                          "checkpoint's text encoder folder")
     llm = LLMEncoder.from_pretrained(llm_dir, attn="eager")
-    return export_bundle(model, llm, llm_dir, out, text_info={**text_info, "path": str(llm_dir)}, **kwargs)
+    return export_bundle(model, llm, llm_dir, out, {**text_info, "path": str(llm_dir)}, cfg)
 
 
 def compare_with_torch(bundle_dir: str | Path, model: LLM2CLIP, llm: LLMEncoder | None, texts: list[str],

@@ -159,7 +159,8 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
     from training.eval import evaluate
     from training.export import export_checkpoint
     from training.fact_probe import probe_caption_embeddings
-    from training.stage1 import Stage1Cfg, train_text
+    from training.stage1.config import Stage1Cfg
+    from training.stage1.train import train_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

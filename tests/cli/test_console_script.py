@@ -11,7 +11,8 @@ import pytest
 from llm2clip_cli.main import build_parser, main
 
 COMMANDS = [
-    [], ["data"], ["data", "scenes"], ["train"], ["train", "embed"], ["train", "clip"], ["export"], ["eval"],
+    [], ["data"], ["data", "scenes"], ["train"], ["train", "text"], ["train", "embed"], ["train", "clip"], ["export"],
+    ["eval"],
     ["index"], ["index", "build"], ["serve"], ["demo"],
 ]
 
@@ -83,3 +84,46 @@ def test_parser_lists_the_contract_commands():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert {"data", "train", "export", "eval", "index", "serve", "demo"} <= set(sub.choices)
+
+
+def test_options_come_from_the_config_dataclasses(capsys):
+    from training.config import EmbedCfg, TrainCfg
+
+    with pytest.raises(SystemExit):
+        main(["train", "clip", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--preset {default,demo,repro}" in out
+    defaults = TrainCfg()
+    assert f"passes over the training images (default {defaults.epochs})" in out
+    assert f"(default {defaults.layer_decay})" in out and "--freeze-bn, --no-freeze-bn" in out
+    with pytest.raises(SystemExit):
+        main(["train", "embed", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"captions are cut here (default {EmbedCfg().max_tokens})" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "clip", "--epochs", "0"], ["train", "clip", "--batch-size", "-8"], ["train", "text", "--steps", "0"],
+    ["train", "embed", "--max-batch-tokens", "0"], ["demo", "--train-scenes", "0"],
+])
+def test_counts_must_be_positive(argv, capsys, tmp_path):
+    required = {"clip": ["--data", "d", "--embeddings", "e", "--out", "o"], "text": ["--data", "d", "--out", "o"],
+                "embed": ["--data", "d", "--out", "o"]}
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, *required.get(argv[1], [])])
+    assert exc.value.code == 2
+    assert f"argument {argv[-2]}: must be at least 1" in capsys.readouterr().err
+
+
+def test_validation_flags_go_together(capsys, tmp_path):
+    _one_line_error(capsys, ["train", "clip", "--data", str(tmp_path), "--embeddings", str(tmp_path), "--out",
+                             str(tmp_path / "c"), "--val", str(tmp_path)], "--val-embeddings")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_text_encoder_folder_without_config_names_the_flag(capsys, tmp_path):
+    from llm2clip.data.dataset import Item, write_items
+
+    write_items(tmp_path / "d", [Item(id="a", image="a.png", captions={"long": "x"})])
+    _one_line_error(capsys, ["train", "embed", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "e"),
+                             "--text-encoder", str(tmp_path)], "--text-encoder", "config.json")

@@ -43,7 +43,7 @@ def fake(tmp_path, monkeypatch):
     (enc / "config.json").write_text("{}")
     calls = []
 
-    def fake_embed(folder, texts, max_tokens=512, progress=True, precision="bf16", encoder=None):
+    def fake_embed(folder, texts, max_tokens=512, progress=True, precision="bf16"):
         calls.append(list(texts))
         return np.stack([TABLE[t] for t in texts])
 
@@ -77,8 +77,15 @@ def test_a_tie_with_another_text_is_a_miss():
 
 def test_tiny_llm_end_to_end(tiny_llm_dir, tmp_path):
     data = make_set(tmp_path / "d")
-    r = cr.caption_retrieval(tiny_llm_dir, data, progress=False)
-    assert all(0.0 <= r[k] <= 1.0 for k in cr.METRICS)
+    r = cr.caption_retrieval(tiny_llm_dir, data, progress=False, precision="fp32")
+    # the accuracies of the tiny LLM's own embeddings of the distinct texts, in the order it embeds them
+    unique = list(dict.fromkeys(LONGS + SHORTS))
+    emb = cr.embed_texts(tiny_llm_dir, unique, progress=False, precision="fp32")
+    row = {t: i for i, t in enumerate(unique)}
+    expected = cr.retrieval_accuracy(emb[[row[t] for t in LONGS]], emb[[row[t] for t in SHORTS]], LONGS, SHORTS)
+    assert {k: r[k] for k in cr.METRICS} == expected
+    assert (r["n"], r["unique_short"], r["max_tokens"], r["precision"]) == (5, 4, 512, "fp32")
+    assert r["text_encoder"]["path"] == str(tiny_llm_dir.resolve())
     emb = cr.embed_texts(tiny_llm_dir, ["short one", "long one", "short one"], progress=False)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert np.allclose(emb[0], emb[2], atol=1e-2)  # same text, other batch
@@ -105,8 +112,10 @@ def test_cli_text_encoder_json(fake, capsys):
 
 
 def test_cli_needs_a_model_or_a_text_encoder(tmp_path, capsys):
+    from llm2clip_cli.main import main
+
     data = make_set(tmp_path / "d")
-    assert eval_cli.run(parse(["eval", "--data", str(data), "--json"])) == 2
+    assert main(["eval", "--data", str(data), "--json"]) == 2
     err = capsys.readouterr().err
     assert "--text-encoder" in err and "--model" in err
 

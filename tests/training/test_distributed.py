@@ -23,7 +23,7 @@ GLOBAL_BATCH = 8
 
 
 def _cfg(bn_train: bool = False):
-    from training.clip import TrainCfg
+    from training.config import TrainCfg
 
     # fp32 and no stochastic depth: the two runs must be comparable float for float
     return TrainCfg(epochs=2, batch_size=GLOBAL_BATCH, lr=2e-3, layer_decay=0.85, warmup_steps=1, bf16=False,
@@ -34,10 +34,10 @@ def _train(data: Path, emb: Path, out: Path, bn_train: bool = False) -> dict:
     from tiny_models import tiny_cfg
 
     from llm2clip.data import read_dataset
-    from training.clip import train_clip
+    from training.clip import Stage2Run, train_clip
 
-    return train_clip(read_dataset(data), emb, out, _cfg(bn_train), model_cfg=tiny_cfg(), progress=False,
-                      stop_at=STEPS)
+    run = Stage2Run(read_dataset(data), emb, out, model_cfg=tiny_cfg(), progress=False, stop_at=STEPS)
+    return train_clip(run, _cfg(bn_train))
 
 
 def _free_port() -> int:
@@ -83,6 +83,7 @@ def scenes16(tmp_path_factory, tiny_llm_dir):
     return data, emb
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(scenes16, tmp_path):
     from training.checkpoint import load_state
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from llm2clip.data.dataset import Item, write_items
 from training import eval_cli
-from training.eval import evaluate, ranks, recall_at, retrieval_metrics, twin_pairs
+from training.eval import evaluate, evaluate_encoders, ranks, recall_at, retrieval_metrics, twin_pairs
 
 N = 12
 HIGH, OWN = 0.9, 0.5
@@ -78,7 +78,7 @@ def fakes(tmp_path):
 
 def test_recall_matches_hand_computed_values(fakes):
     root, img, txt = fakes
-    result = evaluate(None, root, batch_size=5, progress=False, encoders=(img, txt))
+    result = evaluate_encoders((img, txt), root, batch_size=5, progress=False)
     # t2i ranks [0,0,0,0,1,2,5,10,0,0,0,0]
     assert result["t2i_r1"] == pytest.approx(8 / 12)
     assert result["t2i_r5"] == pytest.approx(10 / 12)
@@ -93,12 +93,18 @@ def test_recall_matches_hand_computed_values(fakes):
     # all short captions tie on every image: a tie is not a hit
     assert result["short"] == dict.fromkeys(result["long"], 0.0)
     assert result["model"] is None and result["dataset"] == str(root)
-    assert result["timing"]["total_s"] >= 0
+    # the parts account for the whole run (each rounded to 1 ms)
+    timing = result["timing"]
+    parts = ("load_s", "encode_images_s", "encode_texts_s", "metrics_s")
+    assert set(timing) == {*parts, "total_s"}
+    assert sum(timing[k] for k in parts) == pytest.approx(timing["total_s"], abs=0.003)
+    # images in batches of 5, each caption set in one call
+    assert txt.calls == [N, N]
 
 
 def test_near_twin_accuracy_matches_hand_computed_values(fakes):
     root, img, txt = fakes
-    result = evaluate(None, root, progress=False, encoders=(img, txt))
+    result = evaluate_encoders((img, txt), root, progress=False)
     twin = result["near_twin"]
     # pairs (0,4) (4,0) (7,8) (8,9); t2i: s[a,a] > s[a,b] -> T F F T; i2t: s[a,a] > s[b,a] -> F T T T
     assert twin["n_pairs"] == 4
@@ -120,7 +126,7 @@ def test_no_twins_no_near_twin_block(tmp_path):
     (root / "items.jsonl").write_text("".join(json.dumps(o) + "\n" for o in lines))
     s = sim_matrix()
     txt = FakeTextEncoder({**{f"long {k}": s[k] for k in range(N)}, **{f"short {k}": s[k] for k in range(N)}})
-    result = evaluate(None, root, progress=False, encoders=(FakeImageEncoder(), txt))
+    result = evaluate_encoders((FakeImageEncoder(), txt), root, progress=False)
     assert result["near_twin"] is None
     assert result["short"] == result["long"]
 
@@ -152,7 +158,7 @@ def test_broken_eval_image_is_an_error_naming_the_item(fakes):
     root, img, txt = fakes
     (root / "img/3.png").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="s03"):
-        evaluate(None, root, progress=False, encoders=(img, txt))
+        evaluate_encoders((img, txt), root, progress=False)
 
 
 def parse(argv):
@@ -174,8 +180,10 @@ def test_cli_json_prints_one_object(tiny_bundle, tmp_path, capsys):
     assert set(result) >= {"t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "n", "long", "short",
                            "near_twin", "model", "dataset", "timing"}
     assert result["n"] == N and result["model"] == load_bundle(tiny_bundle).fingerprint
-    assert all(0.0 <= result[k] <= 1.0 for k in ("t2i_r1", "i2t_r10"))
-    assert result["t2i_r1"] <= result["t2i_r5"] <= result["t2i_r10"]
+    # what the library computes for the same bundle and data
+    direct = evaluate(tiny_bundle, root, batch_size=4, progress=False)
+    assert {k: v for k, v in result.items() if k != "timing"} == json.loads(json.dumps(
+        {k: v for k, v in direct.items() if k != "timing"}))
     assert result["near_twin"]["n_pairs"] == 4
     assert "eval images" in captured.err  # progress went to stderr
 
@@ -187,10 +195,13 @@ def test_cli_json_prints_one_object(tiny_bundle, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["no_dataset", "not_a_bundle"])
 def test_cli_bad_paths_one_line_exit_2(case, tiny_bundle, tmp_path, capsys):
+    from llm2clip_cli.main import main
+
     root = make_eval_set(tmp_path / "e")
     model, data = (tiny_bundle, tmp_path / "missing") if case == "no_dataset" else (root, root)
-    assert eval_cli.run(parse(["eval", "--model", str(model), "--data", str(data), "--json"])) == 2
+    assert main(["eval", "--model", str(model), "--data", str(data), "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("llm2clip eval: error:")
+    assert len(lines) == 1 and lines[0].startswith("llm2clip: error:")
+    assert str(data if case == "no_dataset" else model) in lines[0]

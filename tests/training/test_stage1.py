@@ -1,150 +1,25 @@
-"""Stage 1 (`llm2clip train text`): MNTP masking, the contrastive loss, paraphrases, and a tiny-model run that
-resumes, merges its LoRA and feeds stage 2."""
+"""Stage 1 (`llm2clip train text`) on generated scenes: the caption pools (paraphrases, near twins), and tiny-model
+runs that resume exactly, merge their LoRA and feed stage 2."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from llm2clip.data import read_dataset
-from llm2clip.errors import BundleError, DatasetError
+from llm2clip.errors import BundleError
 from llm2clip.text import LLMEncoder, Tokenizer
-from training.stage1 import (
-    IGNORE,
-    LORA_TARGETS,
-    Stage1Cfg,
-    ViewSampler,
-    _check_recipe,
-    caption_pools,
-    lora_target_names,
-    mntp_mask,
-    mntp_targets,
-    supcon_loss,
-    train_text,
-    twin_pools,
-)
-
-# ---------------------------------------------------------------- MNTP
-
-
-def test_mntp_masks_real_tokens_and_predicts_from_the_previous_position():
-    ids = torch.tensor([[100 * b + p for p in range(6)] for b in range(2)])
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
-    gen = torch.Generator().manual_seed(0)
-    inputs, labels = mntp_mask(ids, mask, mask_id=7, vocab_size=50, generator=gen, probability=1.0,
-                               mask_frac=1.0, random_frac=0.0)
-    # every real token but the first is selected; padding and position 0 never are
-    want = torch.where(mask.bool(), ids, torch.full_like(ids, IGNORE))
-    want[:, 0] = IGNORE
-    assert torch.equal(labels, want)
-    assert torch.equal(inputs[labels != IGNORE], torch.full(((labels != IGNORE).sum(),), 7))
-    assert torch.equal(inputs[labels == IGNORE], ids[labels == IGNORE])
-
-    hidden = ids.float().unsqueeze(-1)  # the state at (b, p) carries the token id at (b, p)
-    h, y = mntp_targets(hidden, labels)
-    assert len(y) == 5 + 3
-    # token p is predicted from the state at p - 1
-    assert torch.equal(y - h[:, 0].long(), torch.ones_like(y))
-
-
-def test_mntp_rate_and_80_10_10_split():
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(100, 200, (64, 50), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[:, 30:] = 0
-    mask[0, 2:] = 0  # a two-token text still gets its one candidate masked
-    inputs, labels = mntp_mask(ids, mask, mask_id=5, vocab_size=100, generator=gen, probability=0.2)
-    sel = labels != IGNORE
-    assert not sel[:, 0].any() and not sel[mask == 0].any()
-    assert sel[0, 1] and sel.any(dim=1).all()
-    assert 0.17 < sel.sum() / (mask[:, 1:].sum()) < 0.23
-    masked = (inputs == 5) & sel
-    unchanged = (inputs == ids) & sel
-    assert 0.75 < masked.sum() / sel.sum() < 0.85
-    assert 0.06 < unchanged.sum() / sel.sum() < 0.14  # 10% kept (+ random draws that hit the same id)
-
-
-# ---------------------------------------------------------------- contrastive loss
-
-
-def test_supcon_prefers_matching_views_and_equals_symmetric_infonce():
-    torch.manual_seed(0)
-    scenes = F.normalize(torch.randn(4, 16), dim=-1)
-    labels = torch.arange(4).repeat_interleave(2)
-    views = scenes.repeat_interleave(2, dim=0)  # both views of a scene embed alike
-    shuffled = views[torch.randperm(8)]
-    assert supcon_loss(views, labels, 0.05) < supcon_loss(shuffled, labels, 0.05) - 1.0
-
-    noisy = views + 0.3 * torch.randn(8, 16)
-    z = F.normalize(noisy, dim=-1)
-    logits = (z @ z.t() / 0.1).masked_fill(torch.eye(8, dtype=torch.bool), float("-inf"))
-    partner = torch.arange(8) ^ 1  # view 2k's positive is 2k + 1 and back
-    assert supcon_loss(noisy, labels, 0.1).item() == pytest.approx(F.cross_entropy(logits, partner).item(), rel=1e-5)
-
-
-def test_supcon_ignores_identical_texts_of_other_scenes():
-    torch.manual_seed(0)
-    emb = torch.randn(6, 8)
-    emb = torch.cat([emb, emb[1:2]])  # view 6: another scene's caption with the very text of view 1
-    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3])
-    ignore = torch.zeros(7, 7, dtype=torch.bool)
-    ignore[1, 6] = ignore[6, 1] = True
-    z = F.normalize(emb, dim=-1)
-    logits = (z @ z.t() / 0.1).masked_fill(torch.eye(7, dtype=torch.bool) | ignore, float("-inf"))
-    # view 6 has no positive, so it is no anchor; it stays a negative of every view but view 1
-    want = F.cross_entropy(logits[:6], torch.arange(6) ^ 1)
-    assert supcon_loss(emb, labels, 0.1, ignore).item() == pytest.approx(want.item(), rel=1e-5)
-    assert supcon_loss(emb, labels, 0.1).item() > want.item()
-
-
-def test_view_sampler_is_a_function_of_the_step():
-    pools = [[f"a{i}", f"b{i}", f"c{i}"] for i in range(10)] + [["alone"]]
-    s = ViewSampler(pools, batch_size=4, seed=3, stream=0)
-    assert s.per_epoch == 2  # the single-caption item has no positive and is left out
-    texts, labels = s(5)
-    assert texts == s(5)[0] and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    for k in range(4):
-        a, b = texts[2 * k], texts[2 * k + 1]
-        assert a != b and a[1:] == b[1:]  # two distinct captions of one scene
-    # within an epoch every scene once
-    epoch = {t[1:] for m in (0, 1) for t in s(m)[0]}
-    assert len(epoch) == 8
-    with pytest.raises(DatasetError, match="batch"):
-        ViewSampler(pools, batch_size=11, seed=0, stream=0)
-
-
-def test_view_sampler_with_twins_pairs_each_scene_with_its_twin():
-    pools = [[f"a{i}", f"b{i}", f"c{i}"] for i in range(10)]
-    twins = [[f"x{i}", f"y{i}"] for i in range(9)] + [[]]  # the last item has no twin: left out
-    s = ViewSampler(pools, batch_size=4, seed=3, stream=0, twins=twins)
-    assert s.per_epoch == 4  # 9 usable scenes, 2 per micro-batch
-    texts, labels = s(1)
-    assert len(texts) == 8 and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    for j in range(2):
-        scene, twin = texts[4 * j : 4 * j + 2], texts[4 * j + 2 : 4 * j + 4]
-        i = scene[0][1:]
-        assert all(t[0] in "abc" and t[1:] == i for t in scene) and scene[0] != scene[1]
-        assert sorted(twin) == [f"x{i}", f"y{i}"]
-    with pytest.raises(DatasetError, match="even"):
-        ViewSampler(pools, batch_size=5, seed=0, stream=0, twins=twins)
-
-
-def test_recipe_check_reads_settings_added_later_as_their_defaults(tmp_path):
-    new = {**asdict(Stage1Cfg()), "lora_targets": list(LORA_TARGETS)}
-    old = {k: v for k, v in new.items() if k not in ("positives", "hard_negatives")}
-    _check_recipe(old, new, tmp_path)  # a run made before the settings existed resumes
-    with pytest.raises(BundleError, match="positives"):
-        _check_recipe(old, {**new, "positives": "long"}, tmp_path)
-    with pytest.raises(BundleError, match="hard_negatives"):
-        _check_recipe(old, {**new, "hard_negatives": True}, tmp_path)
-
+from training.stage1.config import LORA_TARGETS, Stage1Cfg
+from training.stage1.lora import lora_target_names
+from training.stage1.train import train_text
+from training.stage1.views import caption_pools, twin_pools
 
 # ---------------------------------------------------------------- paraphrases
 
@@ -191,8 +66,6 @@ def test_long_positives_leave_the_short_caption_out(scenes):
     for item, a, b in zip(scenes.items, every, long_only, strict=True):
         assert item.short in a and item.short not in b
         assert b[0] == item.long and len(b) == 3 and b[1:] == a[-2:]  # the same paraphrases
-    with pytest.raises(DatasetError, match="positives"):
-        caption_pools(scenes, 2, 0, progress=False, positives="short")
 
 
 def _objects(text: str, item_meta: dict) -> list[bool]:
@@ -220,50 +93,70 @@ def test_twin_captions_change_one_fact_of_one_object(scenes):
             assert not all(_objects(text, item.meta))
 
 
-# ---------------------------------------------------------------- a tiny stage-1 run
+# ---------------------------------------------------------------- tiny stage-1 runs
 
 CFG = {"mntp_steps": 2, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "mntp_lr": 1e-3, "warmup_steps": 1,
        "max_tokens": 64, "paraphrases": 1, "save_every": 2, "seed": 0}
 
 
+def _weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _history(folder) -> dict[str, list[dict]]:
+    """history.json without the step rate, the one value that depends on the machine's speed."""
+    hist = json.loads((folder / "history.json").read_text())
+    return {phase: [{k: v for k, v in h.items() if k != "samples_s"} for h in steps] for phase, steps in hist.items()}
+
+
 @pytest.fixture(scope="module")
 def run(scenes, tiny_llm_dir, tmp_path_factory):
+    """3 contrastive steps after 2 MNTP steps, then the same run extended to 6."""
     out = tmp_path_factory.mktemp("stage1") / "text"
-    val = scenes.root
-    first = train_text(scenes, out, tiny_llm_dir, Stage1Cfg(steps=3, **CFG), val=val, progress=False)
-    hist1 = json.loads((out / "history.json").read_text())
-    second = train_text(scenes, out, tiny_llm_dir, Stage1Cfg(steps=6, **CFG), val=val, progress=False)
-    return out, first, hist1, second
+    first = train_text(scenes, out, tiny_llm_dir, Stage1Cfg(steps=3, **CFG), val=scenes.root, progress=False)
+    first = {"summary": first, "history": _history(out), "weights": _weights(out)}
+    second = train_text(scenes, out, tiny_llm_dir, Stage1Cfg(steps=6, **CFG), val=scenes.root, progress=False)
+    return out, first, second
 
 
-def test_resume_continues_from_the_checkpoint(run):
-    out, first, hist1, second = run
-    assert first["steps_run"] == {"mntp": 2, "contrastive": 3}
+def test_extending_a_run_continues_from_its_checkpoint(run):
+    out, first, second = run
+    assert first["summary"]["steps_run"] == {"mntp": 2, "contrastive": 3}
     assert second["resumed_from"] == {"mntp": 2, "contrastive": 3}
     assert second["steps_run"] == {"mntp": 0, "contrastive": 3}
-    hist = json.loads((out / "history.json").read_text())
+    hist = _history(out)
     assert [h["step"] for h in hist["contrastive"]] == [1, 2, 3, 4, 5, 6]
-    assert [h["step"] for h in hist["mntp"]] == [1, 2]
+    assert hist["mntp"] == first["history"]["mntp"] and [h["step"] for h in hist["mntp"]] == [1, 2]
     # the first three steps are the first run's own (its lr followed a 3-step schedule: no restart)
-    assert hist["contrastive"][:3] == hist1["contrastive"]
+    assert hist["contrastive"][:3] == first["history"]["contrastive"]
     assert hist["contrastive"][2]["lr"] != hist["contrastive"][3]["lr"]
-    assert all(np.isfinite(h["loss"]) for h in hist["contrastive"] + hist["mntp"])
 
 
-def test_rerun_done_is_a_no_op_and_other_recipe_is_refused(run, scenes, tiny_llm_dir):
-    out, _, _, second = run
-    mtime = (out / "model.safetensors").stat().st_mtime_ns
-    again = train_text(scenes, out, tiny_llm_dir, Stage1Cfg(steps=6, **CFG), progress=False)
-    assert again == second and (out / "model.safetensors").stat().st_mtime_ns == mtime
+def test_mntp_starts_at_the_chance_cross_entropy(run, tiny_llm_dir):
+    # the tiny base has no LM head: a fresh one scores every vocabulary entry about alike
+    vocab = json.loads((tiny_llm_dir / "config.json").read_text())["vocab_size"]
+    assert run[1]["history"]["mntp"][0]["loss"] == pytest.approx(math.log(vocab), abs=0.1)
+
+
+def test_rerun_done_is_a_no_op_and_other_recipe_is_refused(run, scenes, tiny_llm_dir, monkeypatch):
+    from training.stage1 import train as stage1_train
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run loads no model")
+
+    monkeypatch.setattr(stage1_train, "load_causal", no_model)
+    monkeypatch.setattr(stage1_train, "load_encoder_base", no_model)
+    out, _, second = run
+    assert train_text(scenes, out, tiny_llm_dir, Stage1Cfg(steps=6, **CFG), progress=False) == second
     with pytest.raises(BundleError, match="lora_r"):
         train_text(scenes, out, tiny_llm_dir, Stage1Cfg(steps=6, **{**CFG, "lora_r": 8}), progress=False)
 
 
 def test_output_is_a_merged_hf_folder(run, tiny_llm_dir):
-    out, _, _, second = run
+    out, _, second = run
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaModel"]
-    assert (out / "tokenizer.json").is_file()
+    assert (out / "tokenizer.json").read_bytes() == (tiny_llm_dir / "tokenizer.json").read_bytes()
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     with safe_open(str(tiny_llm_dir / "model.safetensors"), "pt") as f:
@@ -283,33 +176,119 @@ def test_output_is_a_merged_hf_folder(run, tiny_llm_dir):
     summary = json.loads((out / "stage1.json").read_text())
     assert summary == second and summary["format"] == "llm2clip-stage1"
     assert summary["recipe"]["steps"] == 6 and summary["contrastive"]["steps"] == 6
-    assert summary["mask_token_id"] == Tokenizer(tiny_llm_dir, 8)._tok.token_to_id("_")
-    val = summary["val"]
-    assert 0.0 <= val["before"]["caption_retrieval"] <= 1.0 and 0.0 <= val["after"]["caption_retrieval"] <= 1.0
-    assert val["before"]["text_encoder"]["fingerprint"] != val["after"]["text_encoder"]["fingerprint"]
+    assert summary["mask_token_id"] == Tokenizer(tiny_llm_dir, 8).token_id("_") is not None
     assert summary["train"]["views_per_item"] == pytest.approx(3.0)  # long, short, one paraphrase
 
 
+def test_validation_is_caption_retrieval_before_and_after(run, scenes, tiny_llm_dir):
+    from training.caption_retrieval import caption_retrieval
+
+    out, _, second = run
+
+    def measured(folder):
+        result = caption_retrieval(folder, scenes, max_tokens=64, progress=False)
+        return {k: v for k, v in result.items() if k != "seconds"}
+
+    val = {when: {k: v for k, v in second["val"][when].items() if k != "seconds"} for when in ("before", "after")}
+    assert val["before"] == measured(tiny_llm_dir) and val["after"] == measured(out)
+    assert val["before"]["text_encoder"]["fingerprint"] != val["after"]["text_encoder"]["fingerprint"]
+
+
 def test_output_feeds_stage_2(run, scenes, tmp_path):
-    from training.embed import CaptionEmbeddings, embed_captions
+    from training.config import EmbedCfg
+    from training.embed import embed_captions
 
     out = run[0]
-    manifest = embed_captions(scenes, out, tmp_path / "emb", max_tokens=64, progress=False)
+    manifest = embed_captions(scenes, out, tmp_path / "emb", EmbedCfg(max_tokens=64), progress=False)
     assert manifest["count"] == 2 * len(scenes) and manifest["dim"] == 64
     assert manifest["text_encoder"]["name"].endswith("-llm2clip-cc")
-    assert torch.isfinite(CaptionEmbeddings(tmp_path / "emb").embeddings.float()).all()
 
 
-def test_long_positives_with_hard_negatives_train(scenes, tiny_llm_dir, tmp_path):
-    cfg = Stage1Cfg(steps=2, **{**CFG, "mntp_steps": 0}, positives="long", hard_negatives=True)
-    summary = train_text(scenes, tmp_path / "text", tiny_llm_dir, cfg, progress=False)
+HARD = {**CFG, "mntp_steps": 0, "positives": "long", "hard_negatives": True}
+
+
+@pytest.fixture(scope="module")
+def hard_run(scenes, tiny_llm_dir, tmp_path_factory):
+    """2 contrastive steps, no MNTP, long positives and near twins as hard negatives."""
+    out = tmp_path_factory.mktemp("stage1_hard") / "text"
+    return out, train_text(scenes, out, tiny_llm_dir, Stage1Cfg(steps=2, **HARD), progress=False)
+
+
+def test_long_positives_with_hard_negatives(hard_run, scenes):
+    out, summary = hard_run
     assert summary["recipe"]["positives"] == "long" and summary["recipe"]["hard_negatives"] is True
     assert summary["train"]["views_per_item"] == pytest.approx(2.0)  # long and one paraphrase, no short
-    pools = json.loads((tmp_path / "text" / "checkpoint" / "captions.json").read_text())
+    pools = json.loads((out / "checkpoint" / "captions.json").read_text())
     assert not any(item.short in p for item, p in zip(scenes.items, pools, strict=True))
-    twins = json.loads((tmp_path / "text" / "checkpoint" / "twins.json").read_text())
+    twins = json.loads((out / "checkpoint" / "twins.json").read_text())
     assert twins == twin_pools(scenes, 0, progress=False)
-    assert summary["contrastive"]["steps"] == 2 and np.isfinite(summary["contrastive"]["last_loss"])
+    assert summary["contrastive"]["steps"] == 2 and summary["mntp"] is None and summary["mask_token_id"] is None
+
+
+def test_first_loss_is_the_base_encoders_on_the_first_micro_batches(hard_run, tiny_llm_dir):
+    from transformers import AutoModel
+
+    from training.stage1.batches import encode
+    from training.stage1.losses import same_text, supcon_loss
+    from training.stage1.views import ViewSampler
+
+    out, _ = hard_run
+    pools = json.loads((out / "checkpoint" / "captions.json").read_text())
+    twins = json.loads((out / "checkpoint" / "twins.json").read_text())
+    sampler = ViewSampler(pools, CFG["batch_size"], CFG["seed"], stream=0, twins=twins)
+    enc = LLMEncoder(AutoModel.from_pretrained(str(tiny_llm_dir), dtype=torch.float32, attn_implementation="sdpa"))
+    tok = Tokenizer(tiny_llm_dir, CFG["max_tokens"])
+    losses = []
+    # a fresh LoRA adds exactly zero: step 1 sees the base encoder, micro-batches 0 and 1 (grad_accum 2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for m in range(2):
+            texts, labels = sampler(m)
+            losses.append(float(supcon_loss(encode(enc, tok, texts), labels, 0.05, same_text(texts))))
+    assert _history(out)["contrastive"][0]["loss"] == pytest.approx(float(np.mean(losses)), abs=2e-5)
+
+
+def test_output_is_the_base_with_the_checkpointed_lora_merged(hard_run, tiny_llm_dir):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    out, _ = hard_run
+    base = _weights(tiny_llm_dir)
+    model = AutoModel.from_pretrained(str(tiny_llm_dir), dtype=torch.float32)
+    want = PeftModel.from_pretrained(model, str(out / "checkpoint" / "contrastive")).merge_and_unload().state_dict()
+    got = _weights(out)
+    assert got.keys() == base.keys()
+    assert all(torch.allclose(got[k], want[k], rtol=0, atol=1e-6) for k in got)
+    changed = {k.split(".")[-2] for k in got if not torch.equal(got[k], base[k])}
+    assert changed == set(LORA_TARGETS)  # the LoRA targets, and nothing else
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(hard_run, scenes, tiny_llm_dir, tmp_path, monkeypatch):
+    step, calls = torch.optim.AdamW.step, []
+
+    def killed_in_step_2(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # step 1 done and checkpointed
+            raise Killed
+        return step(self, *args, **kwargs)
+
+    out = tmp_path / "text"
+    # how often a run saves is no part of its result
+    cfg = Stage1Cfg(steps=2, **{**HARD, "save_every": 1})
+    monkeypatch.setattr(torch.optim.AdamW, "step", killed_in_step_2)
+    with pytest.raises(Killed):
+        train_text(scenes, out, tiny_llm_dir, cfg, progress=False)
+    monkeypatch.undo()
+    resumed = train_text(scenes, out, tiny_llm_dir, cfg, progress=False)
+    assert resumed["resumed_from"] == {"mntp": 0, "contrastive": 1}
+    assert resumed["steps_run"] == {"mntp": 0, "contrastive": 1}
+    assert _history(out) == _history(hard_run[0])
+    weights, uninterrupted = _weights(out), _weights(hard_run[0])
+    assert weights.keys() == uninterrupted.keys()
+    assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights)
 
 
 def test_lora_targets_are_the_projections(tiny_llm_dir):
@@ -331,3 +310,26 @@ def test_cli_help(capsys):
     for flag in ("--mntp-steps", "--grad-accum", "--lora-r", "--paraphrases", "--no-grad-checkpointing", "--val",
                  "--positives", "--hard-negatives"):
         assert flag in help_text
+
+
+@pytest.mark.slow
+def test_the_default_base_trains_both_phases(scenes, tmp_path):
+    """SmolLM2 ties its LM head to the embeddings: MNTP predicts with it, and the encoder keeps the embeddings."""
+    from llm2clip.defaults import smollm2_dir
+
+    base, out = smollm2_dir(), tmp_path / "text"
+    cfg = Stage1Cfg(steps=2, mntp_steps=1, batch_size=2, warmup_steps=1, max_tokens=48, paraphrases=1, seed=3)
+    summary = train_text(scenes, out, base, cfg, progress=False)
+    vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+    assert summary["mntp"]["first_loss"] < math.log(vocab) - 2  # a pretrained LM predicts far better than chance
+    assert summary["mask_token_id"] == Tokenizer(base, 8).token_id("_") is not None
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaModel"]
+    weights = _weights(out)
+    assert "embed_tokens.weight" in weights and not any("lm_head" in k for k in weights)
+
+    tok = Tokenizer(out, 48)
+    ids, mask, _ = tok(["A small red sneaker sits in the top left cell, upright."])
+    with torch.no_grad():
+        new = LLMEncoder.from_pretrained(out)(torch.from_numpy(ids), torch.from_numpy(mask))
+        old = LLMEncoder.from_pretrained(base)(torch.from_numpy(ids), torch.from_numpy(mask))
+    assert new.shape == old.shape and (new - old).abs().max() > 1e-4

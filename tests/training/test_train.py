@@ -1,4 +1,4 @@
-"""Stage-2 code path on a tiny random model: embed shards, train, resume, export; the recipe's pieces."""
+"""Stage-2 code path on a tiny random model: embed shards, train, resume; the recipe's pieces and presets."""
 
 import json
 
@@ -8,11 +8,16 @@ import torch
 from tiny_models import tiny_cfg
 
 from llm2clip.data import read_dataset
-from llm2clip.errors import BundleError
+from llm2clip.errors import BundleError, LLM2CLIPError
 from llm2clip.model import LLM2CLIP
 from training.checkpoint import load_checkpoint, load_state
-from training.clip import TrainCfg, clip_loss, layer_ids, lr_factor, param_groups, train_clip
+from training.clip import Stage2Run, train_clip
+from training.clip_recipe import clip_loss, layer_ids, param_groups
+from training.config import EmbedCfg, TrainCfg
 from training.embed import CaptionEmbeddings, embed_captions
+from training.recipes import STAGE2_PRESETS, stage2_preset
+
+SHARDS = EmbedCfg(shard_size=20, max_batch_tokens=256)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shards(scenes, tiny_llm_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("emb")
-    embed_captions(scenes, tiny_llm_dir, out, shard_size=20, progress=False, max_batch_tokens=256)
+    embed_captions(scenes, tiny_llm_dir, out, SHARDS, progress=False)
     return out
 
 
@@ -46,7 +51,7 @@ def test_embed_writes_resumable_shards(scenes, shards, tiny_llm_dir):
     (shards / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="incomplete"):
         CaptionEmbeddings(shards)
-    embed_captions(scenes, tiny_llm_dir, shards, shard_size=20, progress=False, max_batch_tokens=256)
+    embed_captions(scenes, tiny_llm_dir, shards, SHARDS, progress=False)
     assert (shards / "shard-00001.safetensors").stat().st_mtime_ns == before
     again = CaptionEmbeddings(shards)
     assert torch.equal(again.embeddings[:40], caps.embeddings[:40])
@@ -55,17 +60,18 @@ def test_embed_writes_resumable_shards(scenes, shards, tiny_llm_dir):
 
 def test_embed_refuses_other_settings(scenes, shards, tiny_llm_dir):
     with pytest.raises(BundleError, match="other settings"):
-        embed_captions(scenes, tiny_llm_dir, shards, dtype="fp32", shard_size=20, progress=False)
+        embed_captions(scenes, tiny_llm_dir, shards, EmbedCfg(dtype="fp32", shard_size=20), progress=False)
 
 
-def test_train_overfits_resumes_and_exports(scenes, shards, tmp_path):
+@pytest.mark.slow
+def test_train_overfits_validates_and_resumes(scenes, shards, tmp_path):
     ckpt = tmp_path / "ckpt"
     # fp32: on this CPU bf16 autocast makes the 64 px model ~10x slower (the e2e run trains in bf16)
     cfg = TrainCfg(epochs=6, batch_size=8, lr=3e-3, backbone_lr=1e-3, warmup_steps=2, log_every=1, seed=0,
                    bf16=False)
     # the training set doubles as validation set: the point is that recall is measured and recorded
-    first = train_clip(scenes, shards, ckpt, cfg, model_cfg=tiny_cfg(), progress=False, val=scenes,
-                       val_embeddings=shards)
+    first = train_clip(Stage2Run(scenes, shards, ckpt, model_cfg=tiny_cfg(), progress=False, val=scenes,
+                                 val_embeddings=shards), cfg)
     losses = [h["loss"] for h in first["history"]]
     assert first["steps"] == 6 * 3
     assert np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns on the training set
@@ -73,8 +79,15 @@ def test_train_overfits_resumes_and_exports(scenes, shards, tmp_path):
     assert state["step"] == 18
     val = [h for h in first["history"] if "val_t2i_r1" in h]
     assert [h["step"] for h in val] == [3, 6, 9, 12, 15, 18]  # every epoch end
-    assert all(0 <= h[k] <= 1 for h in val for k in ("val_t2i_r1", "val_t2i_r5", "val_i2t_r1", "val_i2t_r5"))
-    assert val[-1]["val_t2i_r5"] >= val[-1]["val_t2i_r1"]
+    # the last entry's recall is that of the checkpoint written at the same step, on the same pairs
+    from training.clip import evaluate_retrieval, load_images
+
+    model = load_checkpoint(ckpt)[0]
+    caps = CaptionEmbeddings(shards)
+    images = torch.from_numpy(load_images(scenes, model.cfg.preprocess, progress=False))
+    text = torch.stack([caps.get(item.id, "long") for item in scenes])
+    recall = evaluate_retrieval(model, images, text, torch.device("cpu"), bf16=False)
+    assert {k: val[-1][f"val_{k}"] for k in recall} == {k: round(v, 4) for k, v in recall.items()}
     assert (ckpt / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # frozen BatchNorm: the pretrained running statistics are untouched, the BN weights trained
@@ -87,13 +100,13 @@ def test_train_overfits_resumes_and_exports(scenes, shards, tmp_path):
     assert not torch.equal(trained[bn + "weight"], fresh[bn + "weight"])
 
     more = TrainCfg(**{**cfg.__dict__, "epochs": 8})
-    second = train_clip(scenes, shards, ckpt, more, progress=False)
+    second = train_clip(Stage2Run(scenes, shards, ckpt, progress=False), more)
     assert second["resumed"] and second["steps"] == 24
     assert [h["step"] for h in second["history"]][:18] == list(range(1, 19))
 
     model, text = load_checkpoint(ckpt)
-    assert text["fingerprint"] and not model.training
-    assert (ckpt / "history.json").is_file()
+    assert text["fingerprint"] == caps.manifest["text_encoder"]["fingerprint"] and not model.training
+    assert json.loads((ckpt / "history.json").read_text()) == second["history"]
 
 
 def test_clip_loss_prefers_matching_pairs():
@@ -103,21 +116,25 @@ def test_clip_loss_prefers_matching_pairs():
 
 
 def test_schedule_warms_up_then_decays():
+    from training.schedule import lr_factor
+
     f = [lr_factor(s, 100, 10) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert f[50] < f[10] and f[99] < 0.01
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(scenes, shards, tmp_path):
     """Captions, permutations and stochastic depth derive from (seed, step): no random state to save, and a
     resumed run continues exactly as if it had never stopped."""
     from safetensors.torch import load_file
 
     cfg = TrainCfg(epochs=1, batch_size=8, lr=3e-3, warmup_steps=1, drop_path=0.2, bf16=False, log_every=1, seed=1)
-    train_clip(scenes, shards, tmp_path / "whole", cfg, model_cfg=tiny_cfg(), progress=False)
-    part = train_clip(scenes, shards, tmp_path / "parts", cfg, model_cfg=tiny_cfg(), progress=False, stop_at=2)
+    train_clip(Stage2Run(scenes, shards, tmp_path / "whole", model_cfg=tiny_cfg(), progress=False), cfg)
+    part = train_clip(Stage2Run(scenes, shards, tmp_path / "parts", model_cfg=tiny_cfg(), progress=False,
+                                stop_at=2), cfg)
     assert part["steps"] == 2 and load_state(tmp_path / "parts")["step"] == 2
-    rest = train_clip(scenes, shards, tmp_path / "parts", cfg, progress=False)  # resumes mid-epoch
+    rest = train_clip(Stage2Run(scenes, shards, tmp_path / "parts", progress=False), cfg)  # resumes mid-epoch
     assert rest["resumed"] and rest["steps"] == 3
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "parts"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -162,10 +179,16 @@ def test_save_curves_writes_a_png(tmp_path):
                for s in range(1, 11)]
     history[4].update(val_t2i_r1=0.2, val_t2i_r5=0.5, val_i2t_r1=0.25, val_i2t_r5=0.6)
     history[9].update(val_t2i_r1=0.4, val_t2i_r5=0.7, val_i2t_r1=0.45, val_i2t_r5=0.8)
+    from PIL import Image
+
     out = save_curves(history, tmp_path / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "curves.png.tmp").exists()
-    save_curves(history[:3], out)  # no validation entries yet: three panels
-    assert out.stat().st_size > 1000
+    with Image.open(out) as im:
+        four = im.size
+    save_curves(history[:3], out)  # no validation entries yet: three panels, in a figure 3/4 as wide
+    with Image.open(out) as im:
+        three = im.size
+    assert three[1] == four[1] and three[0] / four[0] == pytest.approx(3 / 4, abs=0.01)
 
 
 def test_training_sees_a_non_square_image_as_the_service_does(tmp_path):
@@ -194,3 +217,50 @@ def test_training_sees_a_non_square_image_as_the_service_does(tmp_path):
         with Image.open(tmp_path / f"{n}.png") as im:
             served = preprocess_image(im, cfg)
         np.testing.assert_allclose(trained[n], served, atol=1e-5)
+
+
+def test_presets_are_the_recipes_they_replace():
+    # the demo's recipe: one backbone lr, BatchNorm in train mode, no stochastic depth
+    assert stage2_preset("demo", epochs=3, seed=2) == TrainCfg(
+        epochs=3, seed=2, backbone_lr=2e-4, layer_decay=1.0, freeze_bn=False, drop_path=0.0)
+    assert stage2_preset("demo").epochs == 8
+    # the repro's: warmup over 1/20 of the steps and 100 history points, from the training set's size
+    assert stage2_preset("repro", train_items=4000, batch_size=64, lr=5e-4, seed=0) == TrainCfg(
+        epochs=10, batch_size=64, lr=5e-4, seed=0, warmup_steps=31, log_every=6)
+    assert stage2_preset("repro", train_items=24, epochs=1, batch_size=8) == TrainCfg(
+        epochs=1, batch_size=8, warmup_steps=1, log_every=1)
+    assert stage2_preset("repro", train_items=4000, warmup_steps=7).warmup_steps == 7  # an override wins
+    assert stage2_preset("default") == TrainCfg()
+    assert set(STAGE2_PRESETS) == {"default", "demo", "repro"}
+    with pytest.raises(LLM2CLIPError, match="unknown stage-2 preset 'fast'"):
+        stage2_preset("fast")
+    with pytest.raises(TypeError, match="lr_max"):
+        stage2_preset("demo", lr_max=1.0)
+    with pytest.raises(ValueError, match="train_items"):
+        stage2_preset("repro")
+
+
+def test_cli_trains_the_preset_with_the_options_given(scenes, shards, tmp_path, monkeypatch, capsys):
+    import training.clip
+    from llm2clip_cli.main import main
+
+    calls = []
+    monkeypatch.setattr(training.clip, "train_clip",
+                        lambda run, cfg: calls.append((run, cfg)) or {"rank": 0, "steps": 0, "history": []})
+    base = ["train", "clip", "--data", str(scenes.root), "--embeddings", str(shards), "--out", str(tmp_path / "c")]
+    assert main([*base, "--preset", "demo", "--layer-decay", "0.5", "--no-bf16", "--image-size", "64"]) == 0
+    run, cfg = calls[-1]
+    # the preset's values, except the ones given, which win even over the preset's own
+    assert cfg == stage2_preset("demo", layer_decay=0.5, bf16=False)
+    assert run.shape.image_size == 64 and run.shape.embed_dim == 256 and run.embeddings == shards
+    assert main([*base, "--epochs", "2"]) == 0
+    assert calls[-1][1] == TrainCfg(epochs=2)  # no preset: the default one, TrainCfg's defaults
+    assert main([*base, "--preset", "repro", "--batch-size", "8"]) == 0
+    assert calls[-1][1] == stage2_preset("repro", train_items=len(scenes), batch_size=8)
+    assert "checkpoint" in capsys.readouterr().out
+
+
+def test_validation_needs_its_embeddings(scenes, shards, tmp_path):
+    with pytest.raises(LLM2CLIPError, match="validation needs both"):
+        train_clip(Stage2Run(scenes, shards, tmp_path / "c", model_cfg=tiny_cfg(), val=scenes), TrainCfg())
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,97 @@
+"""The pieces of the stage-2 recipe (``training.clip``): the CLIP loss, layer-wise learning rates and AdamW
+groups, frozen BatchNorm, stochastic depth, and the random choices derived from (seed, step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm2clip.model import LLM2CLIP
+from training.config import TrainCfg
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    logits = logit_scale.exp().clamp(max=100.0) * img @ txt.t()
+    labels = torch.arange(len(img), device=img.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def layer_ids(model: LLM2CLIP) -> tuple[dict[str, int], int]:
+    """Layer id of every parameter, and the top id (that of the pool, the adapter and the temperature).
+
+    EfficientNet: stem 0, MBConv block i is i + 1, head conv/bn n_blocks + 1. A backbone of unknown layout is
+    one layer just below the top.
+    """
+    net = getattr(model.visual.backbone, "net", None)
+    blocks = getattr(net, "_blocks", None)
+    n = len(blocks) if blocks is not None else 0
+    top = n + 2
+    ids = {}
+    for name, _ in model.named_parameters():
+        if not name.startswith("visual.backbone."):
+            ids[name] = top
+            continue
+        sub = name.removeprefix("visual.backbone.net.")
+        if blocks is None:
+            ids[name] = top - 1
+        elif sub.startswith(("_conv_stem.", "_bn0.")):
+            ids[name] = 0
+        elif sub.startswith("_blocks."):
+            ids[name] = int(sub.split(".")[1]) + 1
+        elif sub.startswith(("_conv_head.", "_bn1.")):
+            ids[name] = n + 1
+        else:
+            raise ValueError(f"no layer id for backbone parameter {name!r}")
+    return ids, top
+
+
+def layer_lr(layer: int, top: int, cfg: TrainCfg) -> float:
+    if layer == top:
+        return cfg.lr
+    head = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr * cfg.layer_decay
+    return head * cfg.layer_decay ** (top - 1 - layer)
+
+
+def param_groups(model: LLM2CLIP, cfg: TrainCfg) -> list[dict[str, Any]]:
+    """One AdamW group per (layer, decay or not), each with its layer-decayed learning rate."""
+    ids, top = layer_ids(model)
+    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or name == "logit_scale" or name.endswith(".pos")
+        groups.setdefault((ids[name], no_decay), []).append(p)
+    return [
+        {"params": ps, "lr": layer_lr(layer, top, cfg), "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+         "name": f"{'top' if layer == top else f'layer{layer:02d}'}{'_nd' if no_decay else ''}", "layer": layer}
+        for (layer, no_decay), ps in sorted(groups.items())
+    ]
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def set_drop_path(model: LLM2CLIP, rate: float) -> None:
+    # the EfficientNet code reads its stochastic-depth rate from global params at every forward
+    net = getattr(model.visual.backbone, "net", None)
+    if net is not None and hasattr(net, "_global_params"):
+        net._global_params = net._global_params._replace(drop_connect_rate=rate)
+
+
+def step_seed(*parts: int) -> int:
+    """A torch seed from (seed, step, rank): stochastic depth needs no saved random state to resume."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def caption_picks(seed: int, step: int, n: int) -> np.ndarray:
+    """Caption choice numbers of one global batch: the same on every rank and after a resume."""
+    return np.random.default_rng([seed, step, 1]).integers(0, 1 << 30, size=n)

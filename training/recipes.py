@@ -1,0 +1,47 @@
+"""Named stage-2 recipes: what `llm2clip train clip --preset`, the demo and the repro train with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from llm2clip.errors import LLM2CLIPError
+from training.config import TrainCfg
+
+
+@dataclass(frozen=True)
+class Preset:
+    about: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    # warmup over 1/20 of the run's steps and 100 history points, from the training set's size
+    scaled_schedule: bool = False
+
+
+STAGE2_PRESETS: dict[str, Preset] = {
+    "default": Preset("the paper's recipe: layer-wise lr decay, frozen BatchNorm statistics, stochastic depth"),
+    # the recipe the demo's published numbers were measured with
+    "demo": Preset("one backbone lr, BatchNorm in train mode, no stochastic depth",
+                   {"epochs": 8, "backbone_lr": 2e-4, "layer_decay": 1.0, "freeze_bn": False, "drop_path": 0.0}),
+    "repro": Preset("the paper's recipe for 10 epochs, warmup over 1/20 of the steps, 100 history points",
+                    {"epochs": 10}, scaled_schedule=True),
+}
+
+
+def stage2_preset(name: str, train_items: int | None = None, **overrides: Any) -> TrainCfg:
+    """The preset ``name`` with ``overrides`` (TrainCfg fields) on top. A preset with a scaled schedule needs
+    ``train_items``, the training set's size; an override of the warmup or the history interval wins."""
+    if name not in STAGE2_PRESETS:
+        raise LLM2CLIPError(f"unknown stage-2 preset {name!r}: choose among {', '.join(STAGE2_PRESETS)}")
+    unknown = set(overrides) - {f.name for f in fields(TrainCfg)}
+    if unknown:
+        raise TypeError(f"not TrainCfg fields: {sorted(unknown)}")
+    preset = STAGE2_PRESETS[name]
+    cfg = replace(TrainCfg(), **{**preset.values, **overrides})
+    if not preset.scaled_schedule:
+        return cfg
+    if train_items is None:
+        raise ValueError(f"the {name!r} preset scales its schedule to the training set: give train_items")
+    total_steps = max(1, train_items // cfg.batch_size) * cfg.epochs
+    scaled = {"warmup_steps": max(1, total_steps // 20), "log_every": max(1, total_steps // 100)}
+    return replace(cfg, **{k: v for k, v in scaled.items() if k not in overrides})

@@ -1,0 +1,47 @@
+"""Stage 1's recipe: every setting of a run, and the names of the files it writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FORMAT = "llm2clip-stage1"
+SUMMARY = "stage1.json"
+HISTORY = "history.json"
+CHECKPOINT = "checkpoint"
+PHASES = ("mntp", "contrastive")
+POSITIVES = ("all", "long")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class Stage1Cfg:
+    steps: int = 1000  # contrastive optimizer steps
+    mntp_steps: int = 0  # MNTP optimizer steps before it (0: none)
+    batch_size: int = 16  # scenes per micro-batch: 2 x batch_size views, the contrastive problem's size
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4  # LLM2Vec's supervised contrastive learning rate (LoRA r 16)
+    mntp_lr: float = 5e-5  # LLM2Vec's MNTP learning rate
+    warmup_steps: int = 50  # linear warmup, then cosine to 0 (each phase)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    # LLM2Vec uses 0.05; on a CPU drawing the dropout masks costs ~25% of a step, and 2 views drawn among
+    # long, short and paraphrased captions already vary the input
+    lora_dropout: float = 0.0
+    temperature: float = 0.05  # LLM2Vec's scale 20
+    max_tokens: int = 512
+    paraphrases: int = 2  # generator paraphrases of each long caption
+    # which of an item's own captions are views: "all" (long with short, the paper's CC pairs) or "long"
+    # (the long caption and its paraphrases only: no positive pair asks the long embedding to match a
+    # caption that names fewer facts)
+    positives: str = "all"
+    # half of each micro-batch is a generator near twin of the other half (one attribute of one object
+    # changed): its captions are negatives that differ from the scene's in a single fact
+    hard_negatives: bool = False
+    mntp_probability: float = 0.2
+    seed: int = 0
+    bf16: bool = True  # autocast on CPU (AMX) and GPU
+    grad_checkpointing: bool = True
+    save_every: int = 50
+    lora_targets: tuple[str, ...] = field(default_factory=lambda: LORA_TARGETS)

@@ -1,0 +1,106 @@
+"""The optimizer loop of a stage-1 phase: AdamW with warmup and cosine decay, gradient accumulation,
+clipping, a history entry per step and a checkpoint every ``save_every`` steps."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.schedule import lr_factor
+from training.stage1.checkpoint import load_adapter, save_phase
+from training.stage1.config import CHECKPOINT, HISTORY, PHASES, Stage1Cfg
+
+
+@dataclass
+class Run:
+    """One stage-1 run: its recipe, its output folder, and the loss history of each phase so far."""
+
+    cfg: Stage1Cfg
+    out: Path
+    progress: bool = True
+    histories: dict[str, list] = field(default_factory=lambda: {name: [] for name in PHASES})
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out / CHECKPOINT
+
+    def write_histories(self) -> None:
+        (self.out / HISTORY).write_text(json.dumps(self.histories, indent=1))
+
+
+@dataclass
+class Phase:
+    """Optimizer steps up to ``total`` at peak learning rate ``lr``; ``loss(m)`` is micro-batch m's loss."""
+
+    name: str
+    total: int
+    lr: float
+    loss: Callable[[int], torch.Tensor]
+
+
+def _optimizer(run: Run, phase: Phase, peft_model: nn.Module,
+               state: dict[str, Any] | None) -> tuple[torch.optim.AdamW, int]:
+    """AdamW over the trainable (LoRA) parameters, with the adapter, optimizer and RNG of ``state``
+    restored; -> (optimizer, the step to go on from). Sets the phase's history in ``run``."""
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=run.cfg.weight_decay)
+    step, history = 0, []
+    if state is not None:
+        load_adapter(peft_model, state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+    run.histories[phase.name] = history
+    return opt, step
+
+
+def _step(cfg: Stage1Cfg, phase: Phase, opt: torch.optim.AdamW, step: int) -> dict[str, Any]:
+    """Optimizer step ``step`` (from 0) over ``grad_accum`` micro-batches; -> its history entry."""
+    t0 = time.perf_counter()
+    for g in opt.param_groups:
+        g["lr"] = phase.lr * lr_factor(step, phase.total, cfg.warmup_steps)
+    opt.zero_grad(set_to_none=True)
+    losses = []
+    for a in range(cfg.grad_accum):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = phase.loss(step * cfg.grad_accum + a)
+        (loss / cfg.grad_accum).backward()
+        losses.append(float(loss.detach()))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+    opt.step()
+    rate = 2 * cfg.batch_size * cfg.grad_accum / (time.perf_counter() - t0)
+    return {"step": step + 1, "loss": round(float(np.mean(losses)), 5), "lr": opt.param_groups[0]["lr"],
+            "grad_norm": round(grad_norm, 4), "samples_s": round(rate, 2)}
+
+
+def run_phase(run: Run, phase: Phase, peft_model: nn.Module, state: dict[str, Any] | None) -> int:
+    """Optimizer steps ``state.step .. phase.total``, checkpointed in ``run.ckpt / phase.name``; returns the
+    number of steps run."""
+    opt, step = _optimizer(run, phase, peft_model, state)
+    start = step
+    if step >= phase.total:
+        return 0
+    history = run.histories[phase.name]
+    bar = tqdm(total=phase.total, initial=step, desc=f"stage 1 {phase.name}", unit="step", disable=not run.progress)
+    while step < phase.total:
+        entry = _step(run.cfg, phase, opt, step)
+        step += 1
+        history.append(entry)
+        bar.update(1)
+        bar.set_postfix(loss=f"{entry['loss']:.4f}", samples_s=f"{entry['samples_s']:.1f}")
+        if step % run.cfg.save_every == 0 or step == phase.total:
+            save_phase(run.ckpt / phase.name, peft_model, opt, step, history, done=step == phase.total)
+            run.write_histories()
+    bar.close()
+    return step - start
+
