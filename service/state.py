@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from llm2clip.bundle import ModelBundle, load_bundle
-from llm2clip.encoders import ImageEncoder, TextEncoder, load_encoders
+from llm2clip.encoders import BatchLimits, ImageEncoder, TextEncoder, load_encoders
 from llm2clip.errors import BundleError
 from llm2clip.index import IndexBundle, load_index
 from service.batching import Batcher, TextEmbedding, TokenizedText
@@ -129,9 +129,9 @@ def load_resources(settings: Settings) -> Resources:
     indexes = load_indexes(settings, bundle)
     try:
         corpus_root = find_corpus_root(settings, indexes)
-        image_encoder, text_encoder = load_encoders(
-            bundle, settings.precision, providers=settings.providers, threads=settings.threads,
-            max_batch_tokens=settings.batch.max_batch_tokens, max_batch_size=settings.batch.batch_size)
+        limits = BatchLimits(settings.batch.max_batch_tokens, settings.batch.batch_size)
+        image_encoder, text_encoder = load_encoders(bundle, settings.precision, providers=settings.providers,
+                                                    threads=settings.threads, limits=limits)
     except BaseException:
         for index in indexes.values():
             index.close()
