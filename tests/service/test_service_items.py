@@ -79,7 +79,9 @@ def test_no_corpus_root_means_no_items(make_settings, tmp_path):
 
     from service.app import create_app
 
-    with pytest.raises(Exception, match="LLM2CLIP_CORPUS_ROOT"):
+    from llm2clip.errors import SettingError
+
+    with pytest.raises(SettingError, match="LLM2CLIP_CORPUS_ROOT"):
         with TestClient(create_app(make_settings(corpus_root=tmp_path / "nowhere"))):
             pass
     with TestClient(create_app(make_settings(image_index=None, text_index=None))) as c:
