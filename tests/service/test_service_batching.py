@@ -9,7 +9,7 @@ import time
 import pytest
 
 from llm2clip.encoders.base import plan_batches
-from service.batching import BatchHooks, Batcher, Overloaded, QueueLimits, ShuttingDown
+from service.batching import Batcher, BatchHooks, Overloaded, QueueLimits, ShuttingDown
 
 
 class Gate:
