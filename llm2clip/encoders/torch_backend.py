@@ -151,8 +151,8 @@ class TorchTextEncoder(TextEncoder):
         folder = bundle.path / variant["file"]
         # float32 on load (the bf16 linear weights convert exactly); __init__ puts the linears back in bf16
         model = AutoModel.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa")
-        cfg = ModelCfg.from_dict(bundle.manifest["model"])
-        adapter = Adapter(cfg.adapter, cfg.embed_dim)
+        model_cfg = ModelCfg.from_dict(bundle.manifest["model"])
+        adapter = Adapter(model_cfg.adapter, model_cfg.embed_dim)
         adapter.load_state_dict(load_file(str(folder / "adapter.safetensors")))
         cfg = TorchTextCfg(precision=precision, device=device, normalize=True, **kwargs)
         return cls(LLMEncoder(model.eval()), bundle_tokenizer(bundle), cfg, adapter=adapter)

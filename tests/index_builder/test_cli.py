@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from index_builder import cli
-from llm2clip_cli.main import main
 from llm2clip.data.dataset import Item, write_items
+from llm2clip_cli.main import main
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
