@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -165,6 +166,73 @@ def text_encoders(bundle, threads: int, include_torch_fp32: bool):
     return out
 
 
+def text_cases(rng: np.random.Generator, batches: list[int], lengths: list[int]) -> list[tuple[int, int, Any]]:
+    """(batch, length, random token batch) of every size measured."""
+    from llm2clip.encoders.base import TextBatch
+
+    cases = []
+    for length in lengths:
+        for batch in batches:
+            ids = rng.integers(100, 40000, size=(batch, length)).astype(np.int64)
+            cases.append((batch, length, TextBatch(ids, np.ones_like(ids), np.zeros(batch, bool))))
+    return cases
+
+
+def best_seconds(enc, cases: list[tuple[int, int, Any]], repeats: int) -> dict[tuple[int, int], float]:
+    """The best time of each case over ``repeats`` round-robin rounds, after one warm-up call each."""
+    for _, _, tb in cases:  # warm-up: first calls allocate and pick kernels
+        enc.encode_tokens(tb)
+    best: dict[tuple[int, int], float] = {}
+    for _ in range(repeats):  # round-robin: drift of the machine hits every case alike
+        for batch, length, tb in cases:
+            t0 = time.perf_counter()
+            enc.encode_tokens(tb)
+            seconds = time.perf_counter() - t0
+            best[(batch, length)] = min(best.get((batch, length), float("inf")), seconds)
+    return best
+
+
+def text_rows(label: str, precision: str, best: dict[tuple[int, int], float], params: int,
+              peaks: dict[str, float]) -> list[dict[str, Any]]:
+    """One printed and returned row per case: throughput and its share of the matching matmul peak."""
+    rows = []
+    for (batch, length), seconds in best.items():
+        tok_s = batch * length / seconds
+        gflops = 2 * params * tok_s / 1e9
+        row = {"encoder": label, "precision": precision, "batch": batch, "tokens": length,
+               "items_s": batch / seconds, "tok_s": tok_s, "gflops": gflops,
+               "share_of_peak": gflops / peaks[precision],
+               "share_of_bf16_peak": gflops / peaks["bf16"]}
+        rows.append(row)
+        print(f"{label:46} {batch:>5} {length:>6} {row['items_s']:>8.2f} {tok_s:>7.0f} {gflops:>8.1f} "
+              f"{100 * row['share_of_peak']:>7.1f}%", flush=True)
+    return rows
+
+
+def print_batching(rows: list[dict[str, Any]], lengths: list[int], top_batch: int) -> None:
+    print(f"\nbatching: per-item throughput at batch {top_batch} over batch 1")
+    for label in dict.fromkeys(r["encoder"] for r in rows):
+        for length in lengths:
+            one = [r for r in rows if r["encoder"] == label and r["tokens"] == length and r["batch"] == 1]
+            big = [r for r in rows if r["encoder"] == label and r["tokens"] == length and r["batch"] == top_batch]
+            if one and big:
+                print(f"  {label:46} {length:>4} tokens: {big[0]['items_s'] / one[0]['items_s']:.2f}x")
+
+
+def image_rows(bundle, threads: int, repeats: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    from llm2clip.encoders.onnx import OnnxImageEncoder
+
+    img = OnnxImageEncoder(bundle, threads=threads)
+    size = img.preprocess_cfg.size
+    rows = []
+    for batch in (1, 32):
+        pixels = rng.normal(size=(batch, 3, size, size)).astype(np.float32)
+        seconds = best_time(lambda p=pixels: img.encode_pixels(p), repeats, min_seconds=1.0)
+        rows.append({"encoder": "onnxruntime fp32 image", "batch": batch, "items_s": batch / seconds})
+        print(f"image encoder (onnxruntime fp32, {size} px) batch {batch}: {batch / seconds:.1f} images/s")
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, help="model bundle (default: an untrained default model, exported)")
@@ -180,9 +248,7 @@ def main() -> int:
     import os
 
     from llm2clip.bundle import load_bundle
-    from llm2clip.encoders.base import TextBatch
     from llm2clip.encoders.capability import probe
-    from llm2clip.encoders.onnx import OnnxImageEncoder
 
     threads = args.threads or os.cpu_count() or 1
     caps = probe()
@@ -204,54 +270,16 @@ def main() -> int:
     rows = []
     batches = [int(b) for b in args.batches.split(",")]
     lengths = [int(n) for n in args.lengths.split(",")]
-    header = f"{'text encoder':46} {'batch':>5} {'tokens':>6} {'items/s':>8} {'tok/s':>7} {'GFLOP/s':>8} {'of peak':>8}"
-    print(header)
+    print(f"{'text encoder':46} {'batch':>5} {'tokens':>6} {'items/s':>8} {'tok/s':>7} {'GFLOP/s':>8} {'of peak':>8}")
     for label, precision, enc in text_encoders(bundle, threads, not args.no_torch_fp32):
-        cases = []
-        for length in lengths:
-            for batch in batches:
-                ids = rng.integers(100, 40000, size=(batch, length)).astype(np.int64)
-                cases.append((batch, length, TextBatch(ids, np.ones_like(ids), np.zeros(batch, bool))))
-        for _, _, tb in cases:  # warm-up: first calls allocate and pick kernels
-            enc.encode_tokens(tb)
-        best = {}
-        for _ in range(args.repeats):  # round-robin: drift of the machine hits every case alike
-            for batch, length, tb in cases:
-                t0 = time.perf_counter()
-                enc.encode_tokens(tb)
-                seconds = time.perf_counter() - t0
-                best[(batch, length)] = min(best.get((batch, length), float("inf")), seconds)
-        for batch, length, _ in cases:
-            seconds = best[(batch, length)]
-            tok_s = batch * length / seconds
-            gflops = 2 * params * tok_s / 1e9
-            row = {"encoder": label, "precision": precision, "batch": batch, "tokens": length,
-                   "items_s": batch / seconds, "tok_s": tok_s, "gflops": gflops,
-                   "share_of_peak": gflops / peaks[precision],
-                   "share_of_bf16_peak": gflops / peaks["bf16"]}
-            rows.append(row)
-            print(f"{label:46} {batch:>5} {length:>6} {row['items_s']:>8.2f} {tok_s:>7.0f} {gflops:>8.1f} "
-                  f"{100 * row['share_of_peak']:>7.1f}%", flush=True)
+        rows += text_rows(label, precision, best_seconds(enc, text_cases(rng, batches, lengths), args.repeats),
+                          params, peaks)
         del enc
-    print("\nbatching: per-item throughput at batch 32 over batch 1")
-    for label in dict.fromkeys(r["encoder"] for r in rows):
-        for length in lengths:
-            one = [r for r in rows if r["encoder"] == label and r["tokens"] == length and r["batch"] == 1]
-            big = [r for r in rows if r["encoder"] == label and r["tokens"] == length and r["batch"] == max(batches)]
-            if one and big:
-                print(f"  {label:46} {length:>4} tokens: {big[0]['items_s'] / one[0]['items_s']:.2f}x")
-
-    img = OnnxImageEncoder(bundle, threads=threads)
-    size = img.preprocess_cfg.size
-    image_rows = []
-    for batch in (1, 32):
-        pixels = rng.normal(size=(batch, 3, size, size)).astype(np.float32)
-        seconds = best_time(lambda p=pixels: img.encode_pixels(p), args.repeats, min_seconds=1.0)
-        image_rows.append({"encoder": "onnxruntime fp32 image", "batch": batch, "items_s": batch / seconds})
-        print(f"image encoder (onnxruntime fp32, {size} px) batch {batch}: {batch / seconds:.1f} images/s")
+    print_batching(rows, lengths, max(batches))
+    images = image_rows(bundle, threads, args.repeats, rng)
     if args.json:
         args.json.write_text(json.dumps({"machine": caps.summary(), "threads": threads, "peaks": peaks,
-                                         "per_token_params": params, "text": rows, "image": image_rows},
+                                         "per_token_params": params, "text": rows, "image": images},
                                         indent=2))
     if tmp:
         tmp.cleanup()

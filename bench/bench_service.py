@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from loadgen import load_items, run_load  # noqa: E402
+from loadgen import Corpus, load_items, run_load  # noqa: E402
 
 INFINITY = "infinity-emb[server,torch]==0.0.78"
 
@@ -98,16 +99,26 @@ def serve_cmd(bundle: Path, port: int, precision: str, image_index: Path | None 
     return cmd
 
 
-def requests_for(concurrency: int, n1: int, n32: int) -> int:
-    return n1 if concurrency == 1 else n32
+@dataclass(frozen=True)
+class LoadPlan:
+    """The concurrencies to measure, with ``n1`` requests at concurrency 1 and ``n32`` at higher ones."""
+
+    concurrency: list[int]
+    n1: int
+    n32: int
+
+    def requests(self, concurrency: int) -> int:
+        return self.n1 if concurrency == 1 else self.n32
+
+    def times(self, k: int) -> LoadPlan:
+        return LoadPlan(self.concurrency, self.n1 * k, self.n32 * k)
 
 
-def measure(url: str, items: list, root: Path, modes: list[str], concs: list[int], n1: int, n32: int,
-            model: str = "") -> list[dict[str, Any]]:
+def measure(url: str, corpus: Corpus, modes: list[str], plan: LoadPlan, model: str = "") -> list[dict[str, Any]]:
     out = []
     for mode in modes:
-        for conc in concs:
-            r = asyncio.run(run_load(url, items, root, mode, conc, requests_for(conc, n1, n32), model))
+        for conc in plan.concurrency:
+            r = asyncio.run(run_load(url, corpus, mode, conc, plan.requests(conc), model))
             print(f"  {mode:8} conc {conc:>3}: {r['ok_req_s']:7.1f} req/s, p50 {r['p50_ms']:8.1f} ms, "
                   f"p99 {r['p99_ms']:8.1f} ms, codes {r['codes']}", file=sys.stderr, flush=True)
             out.append(r)
@@ -178,6 +189,70 @@ def ratio(rows: list[dict[str, Any]], a: dict, b: dict, key: str) -> float | Non
     return ra[key] / rb[key] if ra and rb and rb[key] else None
 
 
+def measure_demo(workdir: Path, corpus: Corpus, precisions: list[str], plan: LoadPlan) -> list[dict[str, Any]]:
+    """The demo bundle served in each precision in turn: long-caption search and /embed (image search at
+    the first precision only: the image encoder does not change with the text precision)."""
+    rows: list[dict[str, Any]] = []
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    for precision in precisions:
+        port = free_port()
+        cmd = serve_cmd(workdir / "bundle", port, precision, workdir / "indexes" / "image",
+                        workdir / "indexes" / "text", corpus.root)
+        with Server(cmd, "/readyz", port, logs / f"llm2clip-bench-{precision}.log") as srv:
+            chosen = served_precision(srv.url)
+            print(f"llm2clip {precision} -> {chosen} (ready in {srv.start_s:.1f} s)", file=sys.stderr, flush=True)
+            modes = ["search", "embed"] + (["image"] if precision == precisions[0] else [])
+            for r in measure(srv.url, corpus, modes, plan):
+                rows.append({**r, "server": "llm2clip (demo bundle)", "precision": chosen, "start_s": srv.start_s})
+    return rows
+
+
+def measure_peer(workdir: Path, corpus: Corpus, precisions: list[str], plan: LoadPlan,
+                 peer_venv: Path) -> list[dict[str, Any]]:
+    """/embed of a MiniLM bundle in each precision, then Infinity serving the same MiniLM."""
+    rows: list[dict[str, Any]] = []
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    mini = minilm_bundle(workdir / "bench-minilm-bundle")
+    for precision in precisions:
+        port = free_port()
+        with Server(serve_cmd(mini, port, precision), "/readyz", port,
+                    logs / f"llm2clip-bench-minilm-{precision}.log") as srv:
+            chosen = served_precision(srv.url)
+            print(f"llm2clip MiniLM bundle {precision} -> {chosen}", file=sys.stderr, flush=True)
+            for r in measure(srv.url, corpus, ["embed"], plan.times(3)):
+                rows.append({**r, "server": "llm2clip (MiniLM bundle)", "precision": chosen})
+    exe, model_path = infinity_venv(peer_venv)
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    cmd = [str(exe), "v2", "--model-id", model_path, "--port", str(port), "--host", "127.0.0.1", "--engine", "torch"]
+    with Server(cmd, "/health", port, logs / "llm2clip-bench-infinity.log", env=env) as srv:
+        print("Infinity 0.0.78 (torch engine) serving all-MiniLM-L6-v2", file=sys.stderr, flush=True)
+        for r in measure(srv.url, corpus, ["infinity"], plan.times(3), model_path):
+            rows.append({**r, "server": "Infinity 0.0.78", "precision": "fp32 (torch)", "mode": "embed"})
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], top: int, peer: bool) -> dict[str, float | None]:
+    """Ratios at the highest concurrency ``top``: the demo's search over its concurrency-1 fp32 figure,
+    and (``peer``) the MiniLM bundle over Infinity."""
+    demo = [r for r in rows if r["server"] == "llm2clip (demo bundle)" and r["mode"] == "search"]
+    summary: dict[str, float | None] = {}
+    if demo:
+        fp32, last = demo[0]["precision"], demo[-1]["precision"]
+        summary[f"long-caption search: conc {top} ({last}) over conc 1 ({fp32}), req/s"] = ratio(
+            rows, {"server": demo[0]["server"], "mode": "search", "precision": last, "concurrency": top},
+            {"server": demo[0]["server"], "mode": "search", "precision": fp32, "concurrency": 1}, "ok_req_s")
+    if peer:
+        infinity = {"server": "Infinity 0.0.78", "mode": "embed"}
+        for chosen in dict.fromkeys(r["precision"] for r in rows if r["server"] == "llm2clip (MiniLM bundle)"):
+            mine = {"server": "llm2clip (MiniLM bundle)", "mode": "embed", "precision": chosen}
+            summary[f"MiniLM /embed req/s at conc {top}, llm2clip {chosen} over Infinity"] = ratio(
+                rows, {**mine, "concurrency": top}, {**infinity, "concurrency": top}, "ok_req_s")
+            summary[f"MiniLM /embed p50 at conc 1, llm2clip {chosen} over Infinity"] = ratio(
+                rows, {**mine, "concurrency": 1}, {**infinity, "concurrency": 1}, "p50_ms")
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("LLM2CLIP_WORKDIR", "llm2clip-work")))
@@ -190,59 +265,18 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args()
 
-    w = args.workdir
-    bundle, corpus = w / "bundle", w / "data" / "test"
-    items = load_items(corpus / "items.jsonl")
-    concs = [int(c) for c in args.concurrency.split(",")]
-    logs = Path(os.environ.get("TMPDIR", "/tmp"))
-    rows: list[dict[str, Any]] = []
     from llm2clip.encoders.capability import probe
 
+    test = args.workdir / "data" / "test"
+    corpus = Corpus(load_items(test / "items.jsonl"), test)
+    plan = LoadPlan([int(c) for c in args.concurrency.split(",")], args.n1, args.n32)
+    precisions = args.precisions.split(",")
     print(f"machine: {probe().summary()}", file=sys.stderr)
-    for precision in args.precisions.split(","):
-        port = free_port()
-        cmd = serve_cmd(bundle, port, precision, w / "indexes" / "image", w / "indexes" / "text", corpus)
-        with Server(cmd, "/readyz", port, logs / f"llm2clip-bench-{precision}.log") as srv:
-            chosen = served_precision(srv.url)
-            print(f"llm2clip {precision} -> {chosen} (ready in {srv.start_s:.1f} s)", file=sys.stderr, flush=True)
-            modes = ["search", "embed"] + (["image"] if precision == args.precisions.split(",")[0] else [])
-            for r in measure(srv.url, items, corpus, modes, concs, args.n1, args.n32):
-                rows.append({**r, "server": "llm2clip (demo bundle)", "precision": chosen, "start_s": srv.start_s})
+    rows = measure_demo(args.workdir, corpus, precisions, plan)
     if args.peer:
-        mini = minilm_bundle(w / "bench-minilm-bundle")
-        for precision in args.precisions.split(","):
-            port = free_port()
-            with Server(serve_cmd(mini, port, precision), "/readyz", port,
-                        logs / f"llm2clip-bench-minilm-{precision}.log") as srv:
-                chosen = served_precision(srv.url)
-                print(f"llm2clip MiniLM bundle {precision} -> {chosen}", file=sys.stderr, flush=True)
-                for r in measure(srv.url, items, corpus, ["embed"], concs, args.n1 * 3, args.n32 * 3):
-                    rows.append({**r, "server": "llm2clip (MiniLM bundle)", "precision": chosen})
-        exe, model_path = infinity_venv(args.peer_venv)
-        port = free_port()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
-        cmd = [str(exe), "v2", "--model-id", model_path, "--port", str(port), "--host", "127.0.0.1", "--engine", "torch"]
-        with Server(cmd, "/health", port, logs / "llm2clip-bench-infinity.log", env=env) as srv:
-            print("Infinity 0.0.78 (torch engine) serving all-MiniLM-L6-v2", file=sys.stderr, flush=True)
-            for r in measure(srv.url, items, corpus, ["infinity"], concs, args.n1 * 3, args.n32 * 3, model_path):
-                rows.append({**r, "server": "Infinity 0.0.78", "precision": "fp32 (torch)", "mode": "embed"})
-
+        rows += measure_peer(args.workdir, corpus, precisions, plan, args.peer_venv)
     print(table(rows))
-    demo = [r for r in rows if r["server"] == "llm2clip (demo bundle)" and r["mode"] == "search"]
-    summary: dict[str, float | None] = {}
-    if demo:
-        fp32, last = demo[0]["precision"], demo[-1]["precision"]
-        summary[f"long-caption search: conc {max(concs)} ({last}) over conc 1 ({fp32}), req/s"] = ratio(
-            rows, {"server": demo[0]["server"], "mode": "search", "precision": last, "concurrency": max(concs)},
-            {"server": demo[0]["server"], "mode": "search", "precision": fp32, "concurrency": 1}, "ok_req_s")
-    if args.peer:
-        peer = {"server": "Infinity 0.0.78", "mode": "embed"}
-        for chosen in dict.fromkeys(r["precision"] for r in rows if r["server"] == "llm2clip (MiniLM bundle)"):
-            mine = {"server": "llm2clip (MiniLM bundle)", "mode": "embed", "precision": chosen}
-            summary[f"MiniLM /embed req/s at conc {max(concs)}, llm2clip {chosen} over Infinity"] = ratio(
-                rows, {**mine, "concurrency": max(concs)}, {**peer, "concurrency": max(concs)}, "ok_req_s")
-            summary[f"MiniLM /embed p50 at conc 1, llm2clip {chosen} over Infinity"] = ratio(
-                rows, {**mine, "concurrency": 1}, {**peer, "concurrency": 1}, "p50_ms")
+    summary = summarise(rows, max(plan.concurrency), args.peer)
     for k, v in summary.items():
         print(f"- {k}: {v:.2f}x" if v is not None else f"- {k}: n/a")
     if args.json:

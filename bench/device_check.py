@@ -88,7 +88,7 @@ def torch_text_backend() -> dict:
     import torch
 
     from llm2clip.encoders.base import TextBatch
-    from llm2clip.encoders.torch_backend import TorchTextEncoder
+    from llm2clip.encoders.torch_backend import TorchTextCfg, TorchTextEncoder
 
     if not torch.cuda.is_available():
         raise SkipCheck("no CUDA device")
@@ -97,8 +97,8 @@ def torch_text_backend() -> dict:
     except ImportError as exc:
         raise SkipCheck(f"transformers is missing ({exc}): carry its wheel") from None
     params = sum(m.weight.numel() for m in llm.modules() if isinstance(m, torch.nn.Linear))
-    ref = TorchTextEncoder(smollm2_shaped_llm(), tokenizer=None, precision="fp32", device="cuda", normalize=True)
-    enc = TorchTextEncoder(llm, tokenizer=None, precision="bf16", device="cuda", normalize=True)
+    ref = TorchTextEncoder(smollm2_shaped_llm(), None, TorchTextCfg(precision="fp32", device="cuda"))
+    enc = TorchTextEncoder(llm, None, TorchTextCfg(precision="bf16", device="cuda"))
     rng = np.random.default_rng(0)
     out: dict = {"per_token_params_m": round(params / 1e6, 1)}
     for batch in (1, 32, 128):

@@ -14,8 +14,17 @@ import asyncio
 import collections
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Where the queries come from: a dataset's items and the folder their image paths are relative to."""
+
+    items: list[dict[str, Any]]
+    root: Path
 
 
 def load_items(items_jsonl: Path, limit: int = 500) -> list[dict[str, Any]]:
@@ -23,10 +32,11 @@ def load_items(items_jsonl: Path, limit: int = 500) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()][:limit]
 
 
-async def run_load(base: str, items: list[dict[str, Any]], root: Path, mode: str, concurrency: int, n: int,
+async def run_load(base: str, corpus: Corpus, mode: str, concurrency: int, n: int,
                    model: str = "") -> dict[str, Any]:
     import httpx
 
+    items, root = corpus.items, corpus.root
     captions = [it["captions"]["long"] if isinstance(it["captions"], dict) else it["captions"][0] for it in items]
     images = [(root / it["image"]).read_bytes() for it in items[:64]] if mode == "image" else []
     latencies: list[float] = []
@@ -77,8 +87,8 @@ def main() -> int:
     ap.add_argument("n", type=int)
     ap.add_argument("--model", default="", help="model name Infinity expects (mode infinity)")
     args = ap.parse_args()
-    result = asyncio.run(run_load(args.url, load_items(args.items), args.items.parent, args.mode, args.concurrency,
-                                  args.n, args.model))
+    corpus = Corpus(load_items(args.items), args.items.parent)
+    result = asyncio.run(run_load(args.url, corpus, args.mode, args.concurrency, args.n, args.model))
     print(json.dumps(result))  # noqa: T201
     return 0
 

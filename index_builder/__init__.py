@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_index", "build_indexes", "run_pipeline"]
+__all__ = ["BuildCfg", "build_index", "build_indexes", "run_pipeline"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from llm2clip.cliargs import positive_int
 from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
-
-MODALITIES = ("image", "text", "both")
+from llm2clip.index import MODALITIES
 
 
 def _captions(value: str) -> tuple[str, ...]:
@@ -35,7 +33,7 @@ def add_parser(subparsers) -> None:
     b.add_argument("--out", required=True, type=Path,
                    help="output folder; each index bundle is replaced atomically, so a running service "
                         "never reads half an index")
-    b.add_argument("--modality", choices=MODALITIES, default="both",
+    b.add_argument("--modality", choices=(*MODALITIES, "both"), default="both",
                    help="image, text, or both into OUT/image and OUT/text (default both)")
     b.add_argument("--captions", type=_captions, default=("long",), metavar="long|short|all",
                    help="captions of the text index: long, short, all (each caption its own row), or "
@@ -54,7 +52,7 @@ def add_parser(subparsers) -> None:
     b.add_argument("--factory", default=None,
                    help="FAISS index factory string (default: Flat up to 200k rows, HNSW32,Flat beyond)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    index.set_defaults(func=run)
+    b.set_defaults(func=run)
 
 
 def _summary(modality: str, out: Path, manifest: dict) -> str:
@@ -67,48 +65,16 @@ def _summary(modality: str, out: Path, manifest: dict) -> str:
             f"read wait {d['read_wait']:.2f} s, encode {d['encode']:.2f} s, write {d['write']:.2f} s")
 
 
-def _fail(message: str) -> int:
-    print(f"llm2clip index build: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
-    from index_builder.runner import build_index
-    from llm2clip.bundle import load_bundle
-    from llm2clip.data import read_dataset
+    from index_builder.runner import BuildCfg, build_indexes
     from llm2clip.errors import LLM2CLIPError
 
-    if getattr(args, "index_cmd", None) != "build":
-        return _fail("unknown index command; use `llm2clip index build`")
     out: Path = args.out
     if out.exists() and not out.is_dir():
-        return _fail(f"--out {out} is a file: name a folder (it is created, or replaced if it is an index)")
-    try:
-        dataset = read_dataset(args.data)
-        bundle = load_bundle(args.model)
-        if args.factory:
-            import faiss
-
-            try:
-                faiss.index_factory(bundle.embed_dim, args.factory, faiss.METRIC_INNER_PRODUCT)
-            except RuntimeError:
-                return _fail(f"--factory {args.factory!r} is not a FAISS index factory string (e.g. Flat, "
-                             "HNSW32,Flat, IVF256,Flat)")
-        targets = [("image", out / "image"), ("text", out / "text")] if args.modality == "both" \
-            else [(args.modality, out)]
-        for modality, target in targets:
-            try:
-                manifest = build_index(dataset, bundle, target, modality, batch_size=args.batch_size,
-                                       captions=args.captions, workers=args.workers, threads=args.threads,
-                                       progress=not args.no_progress, factory=args.factory,
-                                       precision=args.precision, max_batch_tokens=args.max_batch_tokens)
-            except RuntimeError as exc:
-                if not args.factory:
-                    raise
-                # e.g. an IVF index with more lists than the corpus has rows
-                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                return _fail(f"FAISS could not build {args.factory!r} for this corpus: {first}")
-            print(_summary(modality, target, manifest))
-    except LLM2CLIPError as exc:
-        return _fail(str(exc))
+        raise LLM2CLIPError(f"--out {out} is a file: name a folder (it is created, or replaced if it is an index)")
+    cfg = BuildCfg(batch_size=args.batch_size, captions=args.captions, workers=args.workers, threads=args.threads,
+                   progress=not args.no_progress, factory=args.factory, precision=args.precision,
+                   max_batch_tokens=args.max_batch_tokens)
+    for built in build_indexes(args.data, args.model, out, cfg, args.modality):
+        print(_summary(built.modality, built.path, built.manifest))
     return 0

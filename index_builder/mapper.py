@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from llm2clip.bundle import ModelBundle
-from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS, ImageEncoder, TextEncoder
+from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS, BatchLimits, ImageEncoder, TextEncoder
 
 
 class ImageMapper:
@@ -57,7 +57,7 @@ def make_mapper(
         return ImageMapper(load_image_encoder(bundle, providers=providers, threads=threads))
     if modality == "text":
         return TextMapper(load_text_encoder(bundle, precision, providers=providers, threads=threads,
-                                            max_batch_tokens=max_batch_tokens))
+                                            limits=BatchLimits(max_batch_tokens=max_batch_tokens)))
     raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
 
 

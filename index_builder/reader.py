@@ -113,6 +113,17 @@ def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield seq[start : start + size]
 
 
+@dataclass(frozen=True)
+class ImageReadCfg:
+    """``batch_size`` images a batch, decoded by ``workers`` threads ``prefetch`` batches ahead of the
+    consumer; images over ``max_pixels`` are skipped."""
+
+    batch_size: int = 32
+    workers: int = 2
+    prefetch: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
 class ImageReader:
     """Iterates ``Batch(pixels, rows, skipped)`` over a dataset's images, in dataset order.
 
@@ -123,26 +134,16 @@ class ImageReader:
 
     modality = "image"
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        cfg: PreprocessCfg,
-        batch_size: int = 32,
-        workers: int = 2,
-        prefetch: int = 2,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        loader: Callable[[Path], np.ndarray] | None = None,
-    ) -> None:
-        if batch_size < 1 or workers < 1 or prefetch < 1:
+    def __init__(self, dataset: Dataset, cfg: PreprocessCfg, reading: ImageReadCfg = ImageReadCfg(),
+                 loader: Callable[[Path], np.ndarray] | None = None) -> None:
+        if reading.batch_size < 1 or reading.workers < 1 or reading.prefetch < 1:
             raise ValueError("batch_size, workers and prefetch must be at least 1")
         self.dataset = dataset
         self.cfg = cfg
-        self.batch_size = batch_size
-        self.workers = workers
-        self.prefetch = prefetch
-        self.max_pixels = max_pixels
-        self.loader = loader or (lambda path: load_pixels(path, cfg, max_pixels))
+        self.reading = reading
+        self.loader = loader or (lambda path: load_pixels(path, cfg, reading.max_pixels))
         self.decode_seconds = 0.0  # summed over workers: compare with the runner's read_wait
+        self.clock: Callable[[], float] = time.perf_counter  # what decode_seconds is measured with
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -150,7 +151,7 @@ class ImageReader:
         return len(self.dataset)
 
     def _load(self, item: Item) -> np.ndarray | Skip:
-        start = time.perf_counter()
+        start = self.clock()
         try:
             try:
                 path = self.dataset.image_path(item)
@@ -163,7 +164,7 @@ class ImageReader:
             except Exception as exc:  # an unforeseen decoder failure is one bad item, not a failed build
                 return Skip(item.id, DECODE_ERROR, f"{type(exc).__name__}: {exc}")
         finally:
-            elapsed = time.perf_counter() - start
+            elapsed = self.clock() - start
             with self._lock:
                 self.decode_seconds += elapsed
 
@@ -183,12 +184,12 @@ class ImageReader:
         return Batch(pixels, rows, skipped)
 
     def __iter__(self) -> Iterator[Batch]:
-        chunks = _chunks(self.dataset.items, self.batch_size)
+        chunks = _chunks(self.dataset.items, self.reading.batch_size)
         pending: deque[list[tuple[Item, Future]]] = deque()
-        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="index-reader")
+        pool = ThreadPoolExecutor(max_workers=self.reading.workers, thread_name_prefix="index-reader")
 
         def fill() -> None:
-            while len(pending) < self.prefetch:
+            while len(pending) < self.reading.prefetch:
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
@@ -281,6 +282,7 @@ __all__ = [
     "Batch",
     "CaptionReader",
     "DEFAULT_MAX_PIXELS",
+    "ImageReadCfg",
     "ImageReader",
     "Row",
     "Skip",

@@ -19,12 +19,14 @@ import numpy as np
 from tqdm import tqdm
 
 from index_builder.mapper import make_mapper
-from index_builder.reader import DEFAULT_MAX_PIXELS, Batch, CaptionReader, ImageReader, Skip
+from index_builder.reader import DEFAULT_MAX_PIXELS, Batch, CaptionReader, ImageReadCfg, ImageReader, Skip
 from index_builder.writer import BundleWriter
 from llm2clip import __version__
 from llm2clip.bundle import ModelBundle, load_bundle
 from llm2clip.data.dataset import Dataset, read_dataset
 from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
+from llm2clip.errors import BundleError
+from llm2clip.index import MODALITIES, check_factory
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +85,23 @@ def run_pipeline(
     mapper: Callable[[Any], np.ndarray],
     writer: Writer,
     progress: bool = True,
-    desc: str | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> PipelineStats:
-    """Drive every batch of ``reader`` through ``mapper`` into ``writer`` (not finished here)."""
+    """Drive every batch of ``reader`` through ``mapper`` into ``writer`` (not finished here); ``clock``
+    times the stages."""
     stats = PipelineStats()
     modality = getattr(reader, "modality", "")
     # image progress counts items (skipped ones too, so the bar reaches its total); text counts captions
     unit = "item" if modality == "image" else "caption"
-    bar = tqdm(total=len(reader), unit=unit, desc=desc or f"index {modality}", disable=not progress,
+    bar = tqdm(total=len(reader), unit=unit, desc=f"index {modality}", disable=not progress,
                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-    start = time.perf_counter()
+    start = clock()
     batches: Iterator[Batch] = iter(reader)
     try:
         while True:
-            t0 = time.perf_counter()
+            t0 = clock()
             batch = next(batches, None)
-            t1 = time.perf_counter()
+            t1 = clock()
             stats.read_wait_s += t1 - t0
             if batch is None:
                 break
@@ -108,9 +111,9 @@ def run_pipeline(
                     "skipped item %r: %s %s", skip.id, skip.reason, skip.detail)
                 stats.skipped.append(skip)
             embeddings = mapper(data)
-            t2 = time.perf_counter()
+            t2 = clock()
             writer.add(embeddings, rows)
-            t3 = time.perf_counter()
+            t3 = clock()
             stats.encode_s += t2 - t1
             stats.write_s += t3 - t2
             stats.rows += len(rows)
@@ -121,111 +124,124 @@ def run_pipeline(
         if close is not None:
             close()  # stops the reader's prefetch threads when a stage raised
         bar.close()
-    stats.total_s = time.perf_counter() - start
+    stats.total_s = clock() - start
     stats.decode_s = float(getattr(reader, "decode_seconds", 0.0))
     return stats
 
 
-def _as_dataset(dataset: Dataset | str | Path) -> tuple[Dataset, str]:
-    if isinstance(dataset, Dataset):
-        return dataset, str(dataset.root)
-    return read_dataset(dataset), str(dataset)
+@dataclass(frozen=True)
+class BuildCfg:
+    """How a build reads, embeds and indexes a corpus.
+
+    Images: ``batch_size`` per encoder call, decoded by ``workers`` threads ``prefetch`` batches ahead,
+    larger than ``max_pixels`` skipped. Captions: the ``captions`` named (``long``, ``short``, ``all`` or
+    caption keys), handed to the text encoder ``text_chunk`` at a time, which sorts them into token-budget
+    batches of ``max_batch_tokens``; ``precision`` picks its variant as the service does (``auto``: the
+    best this machine runs). ``factory`` is the FAISS index factory string (None: by corpus size)."""
+
+    batch_size: int = 32
+    captions: tuple[str, ...] = ("long",)
+    workers: int = 2
+    threads: int | None = None
+    progress: bool = True
+    factory: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    prefetch: int = 2
+    providers: tuple[str, ...] | None = None
+    precision: str = "auto"
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    text_chunk: int = TEXT_CHUNK
+
+    def image_reading(self) -> ImageReadCfg:
+        return ImageReadCfg(self.batch_size, self.workers, self.prefetch, self.max_pixels)
 
 
-def _as_bundle(bundle: ModelBundle | str | Path) -> ModelBundle:
-    return bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
+@dataclass(frozen=True)
+class Built:
+    """One index bundle a build wrote: its modality, folder and manifest."""
+
+    modality: str
+    path: Path
+    manifest: dict[str, Any]
 
 
-def build_index(
-    dataset: Dataset | str | Path,
-    bundle: ModelBundle | str | Path,
-    out: str | Path,
-    modality: str,
-    batch_size: int = 32,
-    captions: Sequence[str] = ("long",),
-    workers: int = 2,
-    threads: int | None = None,
-    progress: bool = True,
-    *,
-    factory: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    prefetch: int = 2,
-    providers: Sequence[str] | None = None,
-    mapper: Callable[[Any], np.ndarray] | None = None,
-    precision: str = "auto",
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-    text_chunk: int = TEXT_CHUNK,
-) -> dict[str, Any]:
-    """Embed a dataset's images (``modality="image"``) or captions (``"text"``) into the index bundle
-    ``out``; returns its manifest. Unusable images are skipped and counted in ``build.skipped``.
-
-    ``mapper`` replaces the bundle's ONNX encoder (another runtime, or a test); it must embed into the
-    bundle's space, since the manifest names the bundle's fingerprint. ``precision`` picks the text encoder
-    variant as the service does (``auto``: the best this machine runs); captions go to the encoder
-    ``text_chunk`` at a time, which it sorts into token-budget batches of ``max_batch_tokens``."""
-    if modality not in ("image", "text"):
-        raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
-    if isinstance(captions, str):
-        captions = (captions,)
-    ds, ds_path = _as_dataset(dataset)
-    mb = _as_bundle(bundle)
-    reader: ImageReader | CaptionReader
+def _reader(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg) -> ImageReader | CaptionReader:
     if modality == "image":
-        reader = ImageReader(ds, mb.preprocess, batch_size=batch_size, workers=workers, prefetch=prefetch,
-                             max_pixels=max_pixels)
-    else:
-        reader = CaptionReader(ds, captions=captions, batch_size=text_chunk)
-    if mapper is None:
-        mapper = make_mapper(mb, modality, threads=threads, providers=providers, precision=precision,
-                             max_batch_tokens=max_batch_tokens)
-    encoder = getattr(mapper, "encoder", None)
-    writer = BundleWriter(out, modality, mb.embed_dim, mb.fingerprint, factory=factory)
-    stats = run_pipeline(reader, mapper, writer, progress=progress)
-    build = {
-        "dataset": str(Path(ds_path).absolute()),
+        return ImageReader(ds, mb.preprocess, cfg.image_reading())
+    return CaptionReader(ds, captions=cfg.captions, batch_size=cfg.text_chunk)
+
+
+def _build_record(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg, stats: PipelineStats,
+                  encoder: Any) -> dict[str, Any]:
+    """The manifest's ``build`` section: where the rows came from and how they were made."""
+    image = modality == "image"
+    return {
+        "dataset": str(Path(ds.root).absolute()),
         # the service serves item images from here: uris in items.sqlite are relative to it
         "corpus_root": str(Path(ds.root).resolve()),
         "items": len(ds),
         "rows": stats.rows,
         # an image row stores the item's long caption; a text row stores the caption it embeds
-        "captions": list(captions) if modality == "text" else ["long"],
-        "batch_size": batch_size if modality == "image" else None,
-        "text_encoder": encoder.describe() if modality == "text" and hasattr(encoder, "describe") else None,
-        "workers": workers if modality == "image" else None,
-        "threads": threads,
-        "max_pixels": max_pixels if modality == "image" else None,
+        "captions": ["long"] if image else list(cfg.captions),
+        "batch_size": cfg.batch_size if image else None,
+        "text_encoder": encoder.describe() if not image and hasattr(encoder, "describe") else None,
+        "workers": cfg.workers if image else None,
+        "threads": cfg.threads,
+        "max_pixels": cfg.max_pixels if image else None,
         "model_fingerprint": mb.fingerprint,
         "skipped": stats.skipped_summary(),
         "durations_s": stats.durations(),
         "items_per_s": round(len(ds) / stats.total_s, 2) if stats.total_s > 0 else None,
         "llm2clip_version": __version__,
     }
-    manifest = writer.finish(build)
+
+
+def build_index(dataset: Dataset | str | Path, bundle: ModelBundle | str | Path, out: str | Path,
+                modality: str, cfg: BuildCfg = BuildCfg(),
+                mapper: Callable[[Any], np.ndarray] | None = None) -> dict[str, Any]:
+    """Embed a dataset's images (``modality="image"``) or captions (``"text"``) into the index bundle
+    ``out``; returns its manifest. Unusable images are skipped and counted in ``build.skipped``.
+
+    ``mapper`` replaces the bundle's ONNX encoder (another runtime, or a test); it must embed into the
+    bundle's space, since the manifest names the bundle's fingerprint."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
+    ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
+    mb = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
+    reader = _reader(ds, mb, modality, cfg)
+    if mapper is None:
+        mapper = make_mapper(mb, modality, threads=cfg.threads, providers=cfg.providers,
+                             precision=cfg.precision, max_batch_tokens=cfg.max_batch_tokens)
+    writer = BundleWriter(out, modality, mb.embed_dim, mb.fingerprint, factory=cfg.factory)
+    stats = run_pipeline(reader, mapper, writer, progress=cfg.progress)
+    build = _build_record(ds, mb, modality, cfg, stats, getattr(mapper, "encoder", None))
+    try:
+        manifest = writer.finish(build)
+    except RuntimeError as exc:
+        if not cfg.factory:
+            raise
+        # e.g. an IVF index with more lists than the corpus has rows
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"FAISS could not build {cfg.factory!r} for this corpus: {first}") from None
     log.info("index %s: %d rows, %d skipped -> %s", modality, stats.rows, len(stats.skipped), out)
     return manifest
 
 
-def build_indexes(
-    dataset: Dataset | str | Path,
-    bundle: ModelBundle | str | Path,
-    out: str | Path,
-    batch_size: int = 32,
-    captions: Sequence[str] = ("long",),
-    workers: int = 2,
-    threads: int | None = None,
-    progress: bool = True,
-    **kwargs: Any,
-) -> dict[str, dict[str, Any]]:
-    """Both bundles the service loads: ``out/image`` (answers text queries) and ``out/text`` (answers
-    image queries). The dataset and model bundle are read and verified once."""
-    ds, _ = _as_dataset(dataset)
-    mb = _as_bundle(bundle)
+def build_indexes(dataset: Dataset | str | Path, bundle: ModelBundle | str | Path, out: str | Path,
+                  cfg: BuildCfg = BuildCfg(), modality: str = "both") -> Iterator[Built]:
+    """The index bundles the service loads, each yielded once written: ``modality="both"`` writes
+    ``out/image`` (answers text queries) and ``out/text`` (answers image queries), ``"image"`` or
+    ``"text"`` writes ``out`` itself. The dataset and model bundle are read and verified once."""
+    if modality not in (*MODALITIES, "both"):
+        raise ValueError(f"modality must be 'image', 'text' or 'both', not {modality!r}")
+    ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
+    mb = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
+    if cfg.factory:
+        check_factory(cfg.factory, mb.embed_dim)
     out = Path(out)
-    return {
-        modality: build_index(ds, mb, out / modality, modality, batch_size=batch_size, captions=captions,
-                              workers=workers, threads=threads, progress=progress, **kwargs)
-        for modality in ("image", "text")
-    }
+    targets = [(m, out / m) for m in MODALITIES] if modality == "both" else [(modality, out)]
+    for name, target in targets:
+        yield Built(name, target, build_index(ds, mb, target, name, cfg))
 
 
-__all__ = ["PipelineStats", "build_index", "build_indexes", "run_pipeline"]
+__all__ = ["BuildCfg", "Built", "PipelineStats", "build_index", "build_indexes", "run_pipeline"]

@@ -12,7 +12,7 @@ from index_builder.reader import Row
 from llm2clip.index import IndexWriter, Record
 
 
-def to_record(row: Row, modality: str) -> Record:
+def to_record(row: Row) -> Record:
     """What the service answers for a hit: the item, its image (relative to the corpus root) and the
     caption the row embeds (text index) or the item's long caption (image index)."""
     item = row.item
@@ -32,7 +32,6 @@ class BundleWriter:
     def __init__(self, target: str | Path, modality: str, dim: int, model_fingerprint: str,
                  factory: str | None = None) -> None:
         self.target = Path(target)
-        self.modality = modality
         self.factory = factory
         self._writer = IndexWriter(self.target, modality, dim, model_fingerprint)
 
@@ -42,7 +41,7 @@ class BundleWriter:
     def add(self, embeddings: np.ndarray, rows: Sequence[Row]) -> None:
         if len(rows) == 0:
             return
-        self._writer.add(embeddings, [to_record(r, self.modality) for r in rows])
+        self._writer.add(embeddings, [to_record(r) for r in rows])
 
     def finish(self, build: dict[str, Any]) -> dict[str, Any]:
         """Builds the FAISS index, writes the bundle; returns its manifest."""

@@ -15,3 +15,12 @@ class DatasetError(LLM2CLIPError):
 
 class DefaultModelError(LLM2CLIPError):
     """An offline default model's package is not installed."""
+
+
+class SettingError(LLM2CLIPError):
+    """A setting is missing or wrong. ``setting`` is its name in the settings (``model``, ``text_index``), so
+    that a command line can name the flag that sets it."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting

@@ -50,11 +50,21 @@ def _faiss():
     return faiss
 
 
-def choose_factory(count: int, dim: int) -> str:
+def choose_factory(count: int) -> str:
     """Exact search while it is cheap; HNSW beyond (the service keeps the whole index in memory)."""
     if count <= 200_000:
         return "Flat"
     return "HNSW32,Flat"
+
+
+def check_factory(factory: str, dim: int) -> None:
+    """Raises BundleError unless FAISS can make an index of ``dim`` from the factory string ``factory``."""
+    faiss = _faiss()
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError:
+        raise BundleError(f"{factory!r} is not a FAISS index factory string (e.g. Flat, HNSW32,Flat, "
+                          "IVF256,Flat)") from None
 
 
 @dataclass
@@ -93,8 +103,9 @@ class IndexWriter:
         faiss = _faiss()
         if not self._records:
             raise BundleError("nothing to index: every item was skipped or the corpus is empty")
-        vectors = np.concatenate(self._vectors) if self._vectors else np.zeros((0, self.dim), np.float32)
-        factory = factory or choose_factory(len(vectors), self.dim)
+        # add() keeps vectors and records in step: records present means vectors present
+        vectors = np.concatenate(self._vectors)
+        factory = factory or choose_factory(len(vectors))
         index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
             index.train(vectors)
@@ -264,4 +275,5 @@ def load_index(folder: str | Path, verify: bool = True, device: str = "auto") ->
     return IndexBundle(folder, manifest, index, db, placed)
 
 
-__all__ = ["IndexBundle", "IndexWriter", "Record", "choose_factory", "load_index", "MANIFEST"]
+__all__ = ["MANIFEST", "MODALITIES", "IndexBundle", "IndexWriter", "Record", "check_factory", "choose_factory",
+           "load_index"]

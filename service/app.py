@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 from PIL import Image
@@ -18,7 +19,15 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm2clip import __version__
-from service.batching import Batcher, image_batch_fn, text_batch_fn, text_cost, text_plan
+from service.batching import (
+    Batcher,
+    BatchHooks,
+    QueueLimits,
+    image_batch_fn,
+    text_batch_fn,
+    text_cost,
+    text_plan,
+)
 from service.cache import LRUCache
 from service.errors import CatchAllMiddleware, register_error_handlers
 from service.metrics import HttpMetricsMiddleware, Metrics
@@ -69,7 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             resources = await asyncio.to_thread(load_resources, settings)
         await asyncio.to_thread(resources.warmup)
         text_batcher = _text_batcher(resources, settings, metrics)
-        image_batcher = _batcher("image", image_batch_fn(resources.image_encoder), settings, metrics)
+        image_batcher = _image_batcher(resources, settings, metrics)
         batchers = [text_batcher, image_batcher]
         for batcher in batchers:
             batcher.start()
@@ -91,7 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         Image.MAX_IMAGE_PIXELS = previous_pixels
 
 
-def _batcher(modality: str, fn, settings: Settings, metrics: Metrics, **kwargs) -> Batcher:
+def _hooks(modality: str, metrics: Metrics) -> BatchHooks:
     encode_seconds = metrics.encode_seconds.labels(modality=modality)
     batch_size = metrics.encode_batch_size.labels(modality=modality)
     depth = metrics.queue_depth.labels(modality=modality)
@@ -109,8 +118,17 @@ def _batcher(modality: str, fn, settings: Settings, metrics: Metrics, **kwargs) 
         if text:
             metrics.queue_tokens.set(cost)
 
-    return Batcher(modality, fn, batch_size=settings.batch.batch_size, queue_size=settings.batch.queue_size,
-                   wait_s=settings.batch.wait_ms / 1000, on_batch=on_batch, on_depth=on_depth, **kwargs)
+    return BatchHooks(on_batch, on_depth)
+
+
+def _limits(settings: Settings) -> QueueLimits:
+    b = settings.batch
+    return QueueLimits(batch_size=b.batch_size, queue_size=b.queue_size, wait_s=b.wait_ms / 1000)
+
+
+def _image_batcher(resources: Resources, settings: Settings, metrics: Metrics) -> Batcher:
+    return Batcher("image", image_batch_fn(resources.image_encoder), _limits(settings),
+                   hooks=_hooks("image", metrics))
 
 
 def _text_batcher(resources: Resources, settings: Settings, metrics: Metrics) -> Batcher:
@@ -118,10 +136,11 @@ def _text_batcher(resources: Resources, settings: Settings, metrics: Metrics) ->
     length, so that padding stays small."""
     b = settings.batch
     encoder = resources.text_encoder
+    limits = replace(_limits(settings), batch_cost=b.max_batch_tokens, queue_cost=b.max_queue_tokens)
     # a variant whose embeddings depend on their batch mates lowers the encoder's own batch size
-    return _batcher("text", text_batch_fn(encoder), settings, metrics, cost=text_cost,
-                    batch_cost=b.max_batch_tokens, queue_cost=b.max_queue_tokens,
-                    plan=text_plan(b.max_batch_tokens, min(b.batch_size, encoder.max_batch_size)))
+    return Batcher("text", text_batch_fn(encoder), limits, cost=text_cost,
+                   plan=text_plan(b.max_batch_tokens, min(b.batch_size, encoder.max_batch_size)),
+                   hooks=_hooks("text", metrics))
 
 
 def _cache(settings: Settings, metrics: Metrics) -> LRUCache:

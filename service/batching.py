@@ -52,48 +52,64 @@ def _unit_cost(_item: object) -> int:
     return 1
 
 
+@dataclass(frozen=True)
+class QueueLimits:
+    """How much a round gathers and how much may wait.
+
+    A round takes queued requests up to ``batch_cost`` (default ``batch_size``), waiting at most ``wait_s``
+    for more once one has arrived. A submit is ``Overloaded`` when the pending items would pass
+    ``queue_size`` or their cost ``queue_cost`` (None: no bound)."""
+
+    batch_size: int = 32
+    queue_size: int = 256
+    wait_s: float = 0.002
+    batch_cost: int | None = None
+    queue_cost: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchHooks:
+    """For metrics; neither may raise. ``on_batch(items, seconds, cost)`` runs after each ``fn`` call,
+    ``on_depth(items, cost)`` whenever the pending items change."""
+
+    on_batch: Callable[[int, float, int], None] | None = None
+    on_depth: Callable[[int, int], None] | None = None
+
+
 class Batcher(Generic[T, R]):
     """One worker thread in front of a batch function ``fn(items) -> results`` (same length, same order).
 
-    ``cost(item)`` weighs items (default 1 each); ``batch_cost`` is how much the worker gathers for one round
-    (default ``batch_size``) and ``plan(items)`` cuts a round into encoder calls, as lists of indices
-    (default: consecutive chunks of ``batch_size``). ``queue_size`` bounds the pending items and
-    ``queue_cost`` (default: no bound) their cost.
-
-    ``on_batch(items, seconds, cost)`` is called after each ``fn`` call and ``on_depth(items, cost)``
-    whenever the pending items change; both are for metrics and must not raise.
+    ``cost(item)`` weighs items (default 1 each) against the ``limits``; ``plan(items)`` cuts a round into
+    encoder calls, as lists of indices (default: consecutive chunks of ``batch_size``).
     """
 
     def __init__(
         self,
         name: str,
         fn: Callable[[list[T]], Sequence[R]],
+        limits: QueueLimits = QueueLimits(),
         *,
-        batch_size: int = 32,
-        queue_size: int = 256,
-        wait_s: float = 0.002,
-        on_batch: Callable[[int, float, int], None] | None = None,
-        on_depth: Callable[[int, int], None] | None = None,
         cost: Callable[[T], int] | None = None,
-        batch_cost: int | None = None,
-        queue_cost: int | None = None,
         plan: Callable[[list[T]], list[Sequence[int]]] | None = None,
+        hooks: BatchHooks = BatchHooks(),
     ) -> None:
-        if batch_size < 1 or queue_size < 1 or wait_s < 0:
+        if limits.batch_size < 1 or limits.queue_size < 1 or limits.wait_s < 0:
             raise ValueError("batch_size and queue_size must be >= 1 and wait_s >= 0")
-        if (batch_cost is not None and batch_cost < 1) or (queue_cost is not None and queue_cost < 1):
+        if (limits.batch_cost is not None and limits.batch_cost < 1) or \
+                (limits.queue_cost is not None and limits.queue_cost < 1):
             raise ValueError("batch_cost and queue_cost must be >= 1")
         self.name = name
         self.fn = fn
-        self.batch_size = batch_size
-        self.queue_size = queue_size
-        self.wait_s = wait_s
+        self.batch_size = limits.batch_size
+        self.queue_size = limits.queue_size
+        self.wait_s = limits.wait_s
         self.cost = cost or _unit_cost
-        self.batch_cost = batch_cost or batch_size
-        self.queue_cost = queue_cost
+        self.batch_cost = limits.batch_cost or limits.batch_size
+        self.queue_cost = limits.queue_cost
         self.plan = plan or self._chunks
-        self._on_batch = on_batch
-        self._on_depth = on_depth
+        self._on_batch = hooks.on_batch
+        self._on_depth = hooks.on_depth
+        self.clock: Callable[[], float] = time.perf_counter  # what on_batch's seconds are measured with
         self._jobs: deque[_Job[T, R]] = deque()
         self._pending = 0  # items queued or inside the running round
         self._pending_cost = 0
@@ -236,12 +252,12 @@ class Batcher(Generic[T, R]):
         out: list[R | None] = [None] * len(items)
         for idx in self.plan(items):
             chunk = [items[i] for i in idx]
-            t0 = time.perf_counter()
+            t0 = self.clock()
             results = list(self.fn(chunk))
             if len(results) != len(chunk):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(chunk)} items")
             if self._on_batch is not None:
-                self._on_batch(len(chunk), time.perf_counter() - t0, sum(self.cost(x) for x in chunk))
+                self._on_batch(len(chunk), self.clock() - t0, sum(self.cost(x) for x in chunk))
             for i, r in zip(idx, results, strict=True):
                 out[i] = r
         return out  # type: ignore[return-value]  # every index is in exactly one planned call

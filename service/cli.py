@@ -1,7 +1,8 @@
 """`llm2clip serve`: run the HTTP service with uvicorn.
 
 The port is bound and the bundles are loaded before the server starts, so a port in use or a bad
-bundle is one line on stderr and exit status 2, not a traceback from inside the server.
+bundle is an LLM2CLIPError (one line on stderr and exit status 2 from `llm2clip`), not a traceback from
+inside the server.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import argparse
 import errno
 import logging
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
+from llm2clip.cliargs import positive_int
+from llm2clip.errors import LLM2CLIPError, SettingError
 
 
 def add_parser(subparsers) -> None:
@@ -34,7 +35,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder item images are served from (default: the image index's corpus)")
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads per encoder (default: every core)")
+    p.add_argument("--threads", type=positive_int, help="ONNX Runtime threads per encoder (default: every core)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "fp16"],
                    help="text encoder variant of the bundle (default auto: the fastest this machine runs among "
                         "those that passed their check at export; LLM2CLIP_PRECISION)")
@@ -42,11 +43,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip re-hashing the bundle files at startup (faster start for large bundles)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info)")
-
-
-def _error(message: str) -> int:
-    print(message, file=sys.stderr)  # noqa: T201
-    return EXIT_USAGE
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -68,51 +64,69 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(args: argparse.Namespace) -> int:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {
         "model": args.model, "image_index": args.image_index, "text_index": args.text_index,
         "corpus_root": args.corpus_root, "host": args.host, "port": args.port, "threads": args.threads,
-        "precision": getattr(args, "precision", None),
+        "precision": args.precision,
     }
-    if getattr(args, "no_verify", False):
+    if args.no_verify:
         overrides["verify_bundles"] = False
-    return serve(overrides, getattr(args, "log_level", "info"))
+    return overrides
 
 
-def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
-    """Serve with ``Settings`` from the environment and ``overrides`` (None values left out)."""
+def _settings(overrides: dict[str, Any]) -> Any:
+    """Settings from the environment, the overrides given (None values left out) winning."""
     from pydantic import ValidationError
 
-    from llm2clip.errors import LLM2CLIPError
     from service.settings import Settings
 
     try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors(include_input=False)[0]
         field = ".".join(str(p) for p in first["loc"])
-        return _error(f"llm2clip serve: invalid setting {field}: {first['msg']}")
+        raise LLM2CLIPError(f"invalid setting {field}: {first['msg']}") from None
 
+
+def _listen(host: str, port: int) -> socket.socket:
     try:
-        sock = _bind(settings.host, settings.port)
+        return _bind(host, port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            return _error(f"port {settings.port} on {settings.host} is in use: "
-                          "stop the other server or pass --port")
+            raise LLM2CLIPError(f"port {port} on {host} is in use: stop the other server or pass --port") from None
         if exc.errno == errno.EACCES:
-            return _error(f"port {settings.port} on {settings.host} needs privileges: pass --port above 1023")
-        return _error(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+            raise LLM2CLIPError(f"port {port} on {host} needs privileges: pass --port above 1023") from None
+        raise LLM2CLIPError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _load(settings: Any) -> Any:
+    """The bundles and indexes; a wrong setting's message gains the flag that sets it."""
+    from service.state import load_resources
 
     try:
-        import uvicorn
+        return load_resources(settings)
+    except SettingError as exc:
+        flag = "--" + exc.setting.replace("_", "-")
+        raise LLM2CLIPError(" ".join(f"{exc} (or pass {flag})".split())) from None
+    except LLM2CLIPError as exc:
+        raise LLM2CLIPError(" ".join(str(exc).split())) from None
 
-        from service.app import create_app
-        from service.state import load_resources
 
-        try:
-            resources = load_resources(settings)
-        except LLM2CLIPError as exc:
-            return _error("llm2clip serve: " + " ".join(str(exc).split()))
+def run(args: argparse.Namespace) -> int:
+    return serve(_overrides(args), args.log_level)
+
+
+def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
+    """Serve with ``Settings`` from the environment and ``overrides``; returns the exit code."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(overrides)
+    sock = _listen(settings.host, settings.port)
+    try:
+        resources = _load(settings)
         try:
             app = create_app(settings, resources=resources)
             config = uvicorn.Config(app, host=settings.host, port=settings.port,
@@ -133,17 +147,3 @@ def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
         return 0 if server.started else 1
     finally:
         sock.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m service.cli serve ...`: the same command without the `llm2clip` script."""
-    parser = argparse.ArgumentParser(prog="llm2clip")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

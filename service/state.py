@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from llm2clip.bundle import ModelBundle, load_bundle
-from llm2clip.encoders import ImageEncoder, TextEncoder, load_encoders
-from llm2clip.errors import BundleError
-from llm2clip.index import IndexBundle, load_index
+from llm2clip.encoders import BatchLimits, ImageEncoder, TextEncoder, load_encoders
+from llm2clip.errors import BundleError, SettingError
+from llm2clip.index import MODALITIES, IndexBundle, load_index
 from service.batching import Batcher, TextEmbedding, TokenizedText
 from service.cache import LRUCache
 from service.metrics import Metrics
@@ -20,12 +20,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("image", "text")
-
-
 def index_setting(modality: str) -> str:
-    """How an operator names the index of ``modality``: env variable and CLI flag."""
-    return f"LLM2CLIP_{modality.upper()}_INDEX (or --{modality}-index)"
+    """The environment variable that names the index of ``modality``."""
+    return f"LLM2CLIP_{modality.upper()}_INDEX"
 
 
 @dataclass
@@ -80,10 +77,9 @@ def load_indexes(settings: Settings, bundle: ModelBundle) -> dict[str, IndexBund
             index = load_index(path, verify=settings.verify_bundles, device=settings.index_device)
             indexes[modality] = index
             if index.modality != modality:
-                raise BundleError(
+                raise SettingError(
                     f"{path} is a {index.modality} index, but it was given as the {modality} index: "
-                    f"pass it as {index_setting(index.modality)}"
-                )
+                    f"pass it as {index_setting(index.modality)}", f"{index.modality}_index")
             index.check_model(bundle.fingerprint)
             if index.dim != bundle.embed_dim:
                 raise BundleError(f"index {path} has dim {index.dim}, the model {bundle.embed_dim}: "
@@ -99,8 +95,7 @@ def find_corpus_root(settings: Settings, indexes: dict[str, IndexBundle]) -> Pat
     if settings.corpus_root is not None:
         root = Path(settings.corpus_root).expanduser()
         if not root.is_dir():
-            raise BundleError(f"corpus root {root} is not a folder: "
-                              "fix LLM2CLIP_CORPUS_ROOT (or --corpus-root)")
+            raise SettingError(f"corpus root {root} is not a folder: fix LLM2CLIP_CORPUS_ROOT", "corpus_root")
         return root.resolve()
     for modality in MODALITIES:
         index = indexes.get(modality)
@@ -123,15 +118,15 @@ def find_corpus_root(settings: Settings, indexes: dict[str, IndexBundle]) -> Pat
 def load_resources(settings: Settings) -> Resources:
     """Model bundle, indexes (each checked against the model), encoders. Raises BundleError."""
     if settings.model is None:
-        raise BundleError("no model bundle given: set LLM2CLIP_MODEL or pass --model")
+        raise SettingError("no model bundle given: set LLM2CLIP_MODEL", "model")
     bundle = load_bundle(settings.model, verify=settings.verify_bundles)
     # indexes first: a mismatched index fails in milliseconds, before seconds of ONNX session setup
     indexes = load_indexes(settings, bundle)
     try:
         corpus_root = find_corpus_root(settings, indexes)
-        image_encoder, text_encoder = load_encoders(
-            bundle, settings.precision, providers=settings.providers, threads=settings.threads,
-            max_batch_tokens=settings.batch.max_batch_tokens, max_batch_size=settings.batch.batch_size)
+        limits = BatchLimits(settings.batch.max_batch_tokens, settings.batch.batch_size)
+        image_encoder, text_encoder = load_encoders(bundle, settings.precision, providers=settings.providers,
+                                                    threads=settings.threads, limits=limits)
     except BaseException:
         for index in indexes.values():
             index.close()

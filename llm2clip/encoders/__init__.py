@@ -4,7 +4,7 @@ ONNX Runtime (``onnx``) serves bundles; PyTorch (``torch_backend``) embeds with 
 training and serves a bundle's bf16 variant. ``select`` picks a bundle's text encoder variant for the machine.
 """
 
-from llm2clip.encoders.base import ImageEncoder, TextBatch, TextEncoder, pad_batch, plan_batches
+from llm2clip.encoders.base import BatchLimits, ImageEncoder, TextBatch, TextEncoder, pad_batch, plan_batches
 from llm2clip.encoders.onnx import OnnxImageEncoder, OnnxTextEncoder, load_onnx_encoders
 from llm2clip.encoders.select import (
     choose_text_precision,
@@ -14,6 +14,7 @@ from llm2clip.encoders.select import (
 )
 
 __all__ = [
+    "BatchLimits",
     "ImageEncoder",
     "OnnxImageEncoder",
     "OnnxTextEncoder",

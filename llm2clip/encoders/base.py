@@ -27,6 +27,14 @@ DEFAULT_MAX_BATCH_TOKENS = 4096  # padded tokens per encoder call: larger batche
 DEFAULT_MAX_BATCH_SIZE = 64
 
 
+@dataclass(frozen=True)
+class BatchLimits:
+    """The token-budget batching of ``TextEncoder.encode``: padded tokens and rows per encoder call."""
+
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+
+
 @dataclass
 class TextBatch:
     input_ids: np.ndarray  # int64 (B, L), right padded

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import asdict
 
 from llm2clip.bundle import ModelBundle, load_bundle
-from llm2clip.encoders.base import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, ImageEncoder, TextEncoder
+from llm2clip.encoders.base import BatchLimits, ImageEncoder, TextEncoder
 from llm2clip.encoders.capability import PRECISIONS, Capabilities, preferred_precisions, probe
 from llm2clip.errors import BundleError
 
@@ -26,7 +26,7 @@ def variant_problem(bundle: ModelBundle, precision: str, caps: Capabilities | No
     variant = bundle.text_variants.get(precision)
     if variant is None:
         have = ", ".join(sorted(bundle.text_variants))
-        return f"the bundle has no {precision} text encoder (it has {have}); re-export with --precisions"
+        return f"the bundle has no {precision} text encoder (it has {have}); re-export it with that precision"
     runtime = variant.get("runtime", "onnxruntime")
     if runtime == "torch" and caps is not None and not caps.torch_installed:
         return f"the {precision} text encoder runs on torch, which is not installed (pip install torch)"
@@ -65,26 +65,24 @@ def choose_text_precision(bundle: ModelBundle, precision: str = AUTO, caps: Capa
 
 def load_text_encoder(bundle: ModelBundle | str, precision: str = AUTO, *,
                       providers: Sequence[str] | None = None, threads: int | None = None,
-                      device: str | None = None, caps: Capabilities | None = None,
-                      max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                      max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> TextEncoder:
+                      limits: BatchLimits = BatchLimits()) -> TextEncoder:
     """The bundle's text encoder in ``precision`` (or the best one for this machine), on its runtime."""
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
-    chosen = choose_text_precision(bundle, precision, caps)
+    chosen = choose_text_precision(bundle, precision)
     variant = bundle.text_variants[chosen]
-    batching: dict[str, Any] = {"max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size}
+    batching = asdict(limits)
     encoder: TextEncoder
     if variant.get("runtime", "onnxruntime") == "torch":
         from llm2clip.encoders.torch_backend import TorchTextEncoder
 
-        encoder = TorchTextEncoder.from_bundle(bundle, chosen, device=device, threads=threads, **batching)
+        encoder = TorchTextEncoder.from_bundle(bundle, chosen, threads=threads, **batching)
     else:
         from llm2clip.encoders.onnx import OnnxTextEncoder
 
         encoder = OnnxTextEncoder(bundle, providers, threads, chosen, **batching)
     log.info("text encoder: %s on %s (%s), asked for %s; machine %s", chosen, encoder.backend, encoder.device,
-             precision, (caps or probe()).summary())
+             precision, probe().summary())
     return encoder
 
 
@@ -99,9 +97,9 @@ def load_image_encoder(bundle: ModelBundle | str, *, providers: Sequence[str] | 
 
 def load_encoders(bundle: ModelBundle | str, precision: str = AUTO, *, providers: Sequence[str] | None = None,
                   threads: int | None = None, verify: bool = True,
-                  **kwargs: Any) -> tuple[ImageEncoder, TextEncoder]:
+                  limits: BatchLimits = BatchLimits()) -> tuple[ImageEncoder, TextEncoder]:
     """Both encoders of a bundle: the image encoder (ONNX fp32) and the text encoder in ``precision``."""
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle, verify=verify)
     return (load_image_encoder(bundle, providers=providers, threads=threads),
-            load_text_encoder(bundle, precision, providers=providers, threads=threads, **kwargs))
+            load_text_encoder(bundle, precision, providers=providers, threads=threads, limits=limits))

@@ -12,6 +12,7 @@ float32 whatever the precision.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,20 @@ def torch_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@dataclass(frozen=True)
+class TorchTextCfg:
+    """How a ``TorchTextEncoder`` runs: ``precision`` of the matmuls, ``device`` (None: CUDA when present),
+    torch's intra-op ``threads`` (process-wide; None leaves torch's default), unit-length output
+    (``normalize``), and the token-budget batching of ``encode``."""
+
+    precision: str = "bf16"
+    device: str | None = None
+    threads: int | None = None
+    normalize: bool = True
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+
+
 class TorchTextEncoder(TextEncoder):
     """A Hugging Face LLM folder (or a loaded ``LLMEncoder``) as a ``TextEncoder``.
 
@@ -46,17 +61,16 @@ class TorchTextEncoder(TextEncoder):
 
     backend = "torch"
 
-    def __init__(self, llm: Any, tokenizer: Tokenizer, *, adapter: Any = None, normalize: bool = True,
-                 precision: str = "bf16", device: str | None = None, threads: int | None = None,
-                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
+    def __init__(self, llm: Any, tokenizer: Tokenizer, cfg: TorchTextCfg = TorchTextCfg(), *,
+                 adapter: Any = None) -> None:
         import torch
 
+        precision = cfg.precision
         if precision not in TORCH_DTYPES:
             raise ValueError(f"precision must be one of {sorted(TORCH_DTYPES)}, not {precision!r}")
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = torch_device(device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = torch_device(cfg.device)
         dtype = getattr(torch, TORCH_DTYPES[precision])
         if self.device == "cpu" and precision == "fp16":
             raise ValueError("fp16 is a GPU precision: use bf16 or fp32 on the CPU")
@@ -69,10 +83,10 @@ class TorchTextEncoder(TextEncoder):
         self.adapter = adapter.to(self.device).float().eval() if adapter is not None else None
         self.tokenizer = tokenizer
         self.precision = precision
-        self.normalized = normalize or adapter is not None
+        self.normalized = cfg.normalize or adapter is not None
         self.dim = int(adapter.proj.out_features) if adapter is not None else int(llm.dim)
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = cfg.max_batch_tokens
+        self.max_batch_size = cfg.max_batch_size
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_tokens: int = 512, *, precision: str = "bf16",
@@ -83,7 +97,8 @@ class TorchTextEncoder(TextEncoder):
 
         llm = LLMEncoder.from_pretrained(folder, attn="sdpa")
         tok = Tokenizer(folder, max_tokens, add_special_tokens=uses_special_tokens(folder))
-        return cls(llm, tok, adapter=adapter, normalize=normalize, precision=precision, device=device, **kwargs)
+        cfg = TorchTextCfg(precision=precision, device=device, normalize=normalize, **kwargs)
+        return cls(llm, tok, cfg, adapter=adapter)
 
     # sequence lengths are padded up to a multiple of this: oneDNN builds its bf16 matmul kernels per shape,
     # measured 10-80 ms on the first call of every new length, so queries of any length meet a few dozen
@@ -136,8 +151,8 @@ class TorchTextEncoder(TextEncoder):
         folder = bundle.path / variant["file"]
         # float32 on load (the bf16 linear weights convert exactly); __init__ puts the linears back in bf16
         model = AutoModel.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa")
-        cfg = ModelCfg.from_dict(bundle.manifest["model"])
-        adapter = Adapter(cfg.adapter, cfg.embed_dim)
+        model_cfg = ModelCfg.from_dict(bundle.manifest["model"])
+        adapter = Adapter(model_cfg.adapter, model_cfg.embed_dim)
         adapter.load_state_dict(load_file(str(folder / "adapter.safetensors")))
-        return cls(LLMEncoder(model.eval()), bundle_tokenizer(bundle), adapter=adapter, normalize=True,
-                   precision=precision, device=device, **kwargs)
+        cfg = TorchTextCfg(precision=precision, device=device, normalize=True, **kwargs)
+        return cls(LLMEncoder(model.eval()), bundle_tokenizer(bundle), cfg, adapter=adapter)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from llm2clip.index import MODALITIES
 from service.errors import ApiError
 from service.routes.deps import RuntimeDep, ServiceDep
 from service.schemas import Health, IndexInfo, Info, Readiness, error_responses
-from service.state import MODALITIES
 
 router = APIRouter(tags=["operations"])
 

@@ -15,6 +15,9 @@ import pytest
 
 from llm2clip.data import read_dataset
 
+# the session fixture trains and exports a real bundle (minutes)
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
     with socket.socket() as s:

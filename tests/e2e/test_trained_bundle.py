@@ -2,7 +2,12 @@
 
 import json
 
+import pytest
+
 from llm2clip_cli.main import main as cli
+
+# the session fixture trains and exports a real bundle (minutes)
+pytestmark = pytest.mark.slow
 
 
 def test_eval_of_the_trained_bundle(trained, capsys):

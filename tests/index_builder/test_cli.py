@@ -11,6 +11,7 @@ from PIL import Image
 
 from index_builder import cli
 from llm2clip.data.dataset import Item, write_items
+from llm2clip_cli.main import main
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -71,19 +72,23 @@ def test_errors_are_one_line_and_exit_2(case, tiny_bundle, dataset, tmp_path, ca
     model, data, out, extra = tiny_bundle, dataset, tmp_path / "out", []
     if case == "no_dataset":
         data = tmp_path / "nowhere"
+        fragment = f"dataset folder {data} does not exist"
     elif case == "not_a_bundle":
         model = dataset
+        fragment = f"{dataset} is not a model bundle"
     elif case == "out_is_file":
         out.write_text("x")
+        fragment = f"--out {out} is a file"
     else:
         extra = ["--factory", "NoSuchIndex42"]
-    args = parse(["index", "build", "--model", str(model), "--data", str(data), "--out", str(out),
-                  "--no-progress", *extra])
-    assert cli.run(args) == 2
+        fragment = "'NoSuchIndex42' is not a FAISS index factory string"
+    argv = ["index", "build", "--model", str(model), "--data", str(data), "--out", str(out), "--no-progress",
+            *extra]
+    assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("llm2clip index build: error:")
+    assert len(err) == 1 and err[0].startswith(f"llm2clip: error: {fragment}"), err
     assert "Traceback" not in captured.err
 
 

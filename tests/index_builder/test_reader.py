@@ -18,6 +18,7 @@ from index_builder.reader import (
     TRUNCATED,
     UNREADABLE,
     CaptionReader,
+    ImageReadCfg,
     ImageReader,
     SkipItem,
     caption_keys,
@@ -49,7 +50,7 @@ def make_dataset(root: Path, n: int, captions=None):
 
 def test_batches_in_dataset_order_with_right_pixels(tmp_path):
     ds = make_dataset(tmp_path / "ds", 11)
-    reader = ImageReader(ds, CFG, batch_size=4, workers=3, prefetch=2)
+    reader = ImageReader(ds, CFG, ImageReadCfg(batch_size=4, workers=3, prefetch=2))
     batches = list(reader)
     assert [len(b.rows) for b in batches] == [4, 4, 3]
     assert [r.item.id for b in batches for r in b.rows] == [it.id for it in ds.items]
@@ -59,9 +60,17 @@ def test_batches_in_dataset_order_with_right_pixels(tmp_path):
     # row k holds item k's image, not a neighbour's (out-of-order completion must not reorder rows)
     for k in (0, 5, 10):
         assert np.allclose(pixels[k], load_pixels(ds.image_path(ds.items[k]), CFG))
-    assert reader.decode_seconds > 0
     # a second pass works: the pool belongs to one iteration
     assert sum(len(b.rows) for b in reader) == 11
+
+
+def test_decode_seconds_sum_the_time_spent_in_each_load(tmp_path):
+    ds = make_dataset(tmp_path / "ds", 5)
+    ticks = iter(range(0, 100, 2))  # each load starts and ends on one tick: 2 s apart
+    reader = ImageReader(ds, CFG, ImageReadCfg(batch_size=2, workers=1, prefetch=1))
+    reader.clock = lambda: float(next(ticks))
+    assert sum(len(b.rows) for b in reader) == 5
+    assert reader.decode_seconds == 5 * 2.0
 
 
 def test_prefetch_runs_ahead_of_the_consumer_and_is_bounded(tmp_path):
@@ -80,7 +89,7 @@ def test_prefetch_runs_ahead_of_the_consumer_and_is_bounded(tmp_path):
             second_batch_started.set()
         return np.full((3, 32, 32), order[item_id], np.float32)
 
-    reader = ImageReader(ds, CFG, batch_size=2, workers=2, prefetch=2, loader=loader)
+    reader = ImageReader(ds, CFG, ImageReadCfg(batch_size=2, workers=2, prefetch=2), loader=loader)
     it = iter(reader)
     first = next(it)
     assert [r.item.id for r in first.rows] == ["it000", "it001"]
@@ -100,7 +109,7 @@ def test_prefetch_runs_ahead_of_the_consumer_and_is_bounded(tmp_path):
 def test_abandoned_iteration_stops_the_pool(tmp_path):
     ds = make_dataset(tmp_path / "ds", 20)
     before = threading.active_count()
-    it = iter(ImageReader(ds, CFG, batch_size=2, workers=2, prefetch=2))
+    it = iter(ImageReader(ds, CFG, ImageReadCfg(batch_size=2, workers=2, prefetch=2)))
     next(it)
     it.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("index-reader")]
@@ -123,7 +132,7 @@ def test_bad_images_are_skipped_with_a_reason(tmp_path):
     write_items(root, items)
     ds = read_dataset(root)
 
-    batches = list(ImageReader(ds, CFG, batch_size=3, workers=2))
+    batches = list(ImageReader(ds, CFG, ImageReadCfg(batch_size=3, workers=2)))
     kept = [r.item.id for b in batches for r in b.rows]
     skipped = {s.id: s.reason for b in batches for s in b.skipped}
     assert kept == ["it000", "it001", "it002"]

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from service.batching import Batcher, Overloaded, ShuttingDown
+from llm2clip.encoders.base import plan_batches
+from service.batching import Batcher, BatchHooks, Overloaded, QueueLimits, ShuttingDown
 
 
 class Gate:
@@ -33,8 +34,8 @@ class Gate:
 def make_batcher():
     made = []
 
-    def make(fn, **kw):
-        b = Batcher("test", fn, **kw)
+    def make(fn, cost=None, plan=None, **limits):
+        b = Batcher("test", fn, QueueLimits(**limits), cost=cost, plan=plan)
         b.start()
         made.append(b)
         return b
@@ -66,18 +67,31 @@ def test_batches_never_pass_batch_size(make_batcher):
     big = b.submit_nowait(list(range(100, 110)))  # alone bigger than a batch: split
     assert [f.result(5) for f in futures][2] == [60, 70, 80]
     assert big.result(5) == [x * 10 for x in range(100, 110)]
-    assert max(len(batch) for batch in gate.batches) <= 4
+    assert max(len(batch) for batch in gate.batches) == 4
+    assert sorted(x for batch in gate.batches for x in batch) == [*range(9), *range(100, 110)]
 
 
-def test_wait_gathers_requests_arriving_shortly_after(make_batcher):
+def test_wait_gathers_requests_arriving_after_the_first(make_batcher):
+    """A round waits up to wait_s for more once one request has arrived: with a minute to wait and room for
+    two, the second request joins the first whenever it comes (the round closes as soon as it is full)."""
     gate = Gate()
     gate.open.set()
-    b = make_batcher(gate, batch_size=8, queue_size=100, wait_s=0.5)
+    b = make_batcher(gate, batch_size=2, queue_size=100, wait_s=60)
     f1 = b.submit_nowait([1])
-    time.sleep(0.05)
     f2 = b.submit_nowait([2])
     assert f1.result(5) == [10] and f2.result(5) == [20]
     assert gate.batches == [[1, 2]]
+
+
+def test_without_wait_a_round_takes_only_what_is_queued(make_batcher):
+    gate = Gate()
+    b = make_batcher(gate, batch_size=8, queue_size=100, wait_s=0)
+    f1 = b.submit_nowait([1])
+    assert gate.entered.wait(5)  # the first round has closed on [1] alone
+    f2 = b.submit_nowait([2])
+    gate.open.set()
+    assert f1.result(5) == [10] and f2.result(5) == [20]
+    assert gate.batches == [[1], [2]]
 
 
 def test_full_queue_is_overloaded(make_batcher):
@@ -136,7 +150,7 @@ def test_stop_fails_what_is_still_queued(make_batcher):
     queued = b.submit_nowait([2])
     stopper = threading.Thread(target=b.stop)
     stopper.start()
-    time.sleep(0.05)
+    wait_until(lambda: not b.alive)  # closed while the first batch still runs
     gate.open.set()
     stopper.join(5)
     assert running.result(5) == [10]  # the running batch finishes
@@ -149,40 +163,84 @@ def test_stop_fails_what_is_still_queued(make_batcher):
 
 def test_async_submit_and_metrics_hooks():
     seen, depths = [], []
-    b = Batcher("m", lambda items: [x + 1 for x in items], batch_size=4, queue_size=10, wait_s=0,
-                on_batch=lambda n, s, cost: seen.append((n, s)), on_depth=lambda n, cost: depths.append(n))
+    b = Batcher("m", lambda items: [x + 1 for x in items], QueueLimits(batch_size=4, queue_size=10, wait_s=0),
+                hooks=BatchHooks(on_batch=lambda n, s, cost: seen.append((n, s, cost)),
+                                 on_depth=lambda n, cost: depths.append((n, cost))))
+    ticks = iter(range(100))
+    b.clock = lambda: float(next(ticks))  # every fn call lasts one tick
+    first = b.submit_nowait([1, 2])  # queued before the worker starts: one round, one call
     b.start()
     try:
-        async def main():
-            return await asyncio.gather(b.submit([1, 2]), b.submit([3]), b.submit([]))
+        assert first.result(5) == [2, 3]
 
-        assert asyncio.run(main()) == [[2, 3], [4], []]
+        async def main():
+            return await asyncio.gather(b.submit([3]), b.submit([]))
+
+        assert asyncio.run(main()) == [[4], []]
     finally:
         b.stop()
-    assert sum(n for n, _ in seen) == 3 and all(s >= 0 for _, s in seen)
-    assert depths[-1] == 0 and max(depths) >= 1
+    assert seen == [(2, 1.0, 2), (1, 1.0, 1)]
+    assert depths == [(2, 2), (0, 0), (1, 1), (0, 0)]
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    """Polls ``condition`` until it holds; a test fails only if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.001)
+
+
+def send_in_order(client, texts: list[str], batcher) -> list:
+    """Posts each text from its own thread, each once the one before is queued (``batcher.pending`` has
+    grown), so the queue holds them in this order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        futures = []
+        for text in texts:
+            before = batcher.pending
+            sent = pool.submit(client.post, "/search", json={"text": text, "k": 1})
+            futures.append(sent)
+            # a request answered without queueing (an error) is the caller's to check
+            wait_until(lambda before=before, sent=sent: batcher.pending > before or sent.done())
+        return [f.result(30) for f in futures]
+
+
+def send_while_held(client, texts: list[str], batcher, calls_made, release: threading.Event) -> list:
+    """The first text reaches the encoder alone, which holds it (until ``release``) while the others queue
+    up in order; then the encoder is released. ``calls_made()`` counts the encoder calls so far."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(send_in_order, client, texts[:1], batcher)
+        wait_until(lambda: calls_made() == 1)
+        rest = pool.submit(send_in_order, client, texts[1:], batcher)
+        wait_until(lambda: batcher.pending == len(texts))
+        release.set()
+        return first.result(30) + rest.result(30)
 
 
 def test_concurrent_http_requests_share_encoder_calls(app_client, shared_resources, monkeypatch):
-    from concurrent.futures import ThreadPoolExecutor
-
     encoder = shared_resources.text_encoder
     original = encoder.encode_tokens
     calls: list[int] = []
+    release = threading.Event()
 
-    def slow(batch):
+    def held(batch):
         calls.append(len(batch.input_ids))
-        time.sleep(0.3)  # while the first call runs, the other requests queue up
+        assert release.wait(30)  # the first call holds the worker while the others queue up
         return original(batch)
 
     # no query cache: the check below must encode each text again, alone
     c = app_client(batch={"batch_size": 32, "wait_ms": 0}, query_cache_size=0)
-    monkeypatch.setattr(encoder, "encode_tokens", slow)
+    batcher = c.app.state.service.runtime.text_batcher
+    monkeypatch.setattr(encoder, "encode_tokens", held)
     texts = [f"query number {i}" for i in range(12)]
-    with ThreadPoolExecutor(12) as pool:
-        responses = list(pool.map(lambda t: c.post("/search", json={"text": t, "k": 1}), texts))
-    assert all(r.status_code == 200 for r in responses)
-    assert sum(calls) == 12 and len(calls) <= 4, calls
+    responses = send_while_held(c, texts, batcher, lambda: len(calls), release)
+    assert [r.status_code for r in responses] == [200] * 12
+    # the first text alone, then the other eleven, queued meanwhile, in one call
+    assert calls == [1, 11]
     # each answer is its own query's, not a batch mate's
     monkeypatch.undo()
     for text, r in zip(texts, responses, strict=True):
@@ -229,24 +287,34 @@ def test_queue_cost_bound_answers_overloaded(make_batcher):
 
 
 def test_http_text_calls_respect_the_token_budget(app_client, shared_resources, monkeypatch):
-    from concurrent.futures import ThreadPoolExecutor
-
     encoder = shared_resources.text_encoder
     original = encoder.encode_tokens
     shapes: list[tuple[int, int]] = []
+    release = threading.Event()
 
-    def slow(batch):
+    def held(batch):
         shapes.append(batch.input_ids.shape)
-        time.sleep(0.2)
+        assert release.wait(30)
         return original(batch)
 
-    c = app_client(batch={"batch_size": 32, "wait_ms": 50, "max_batch_tokens": 64}, query_cache_size=0)
-    monkeypatch.setattr(encoder, "encode_tokens", slow)
+    c = app_client(batch={"batch_size": 32, "wait_ms": 0, "max_batch_tokens": 64}, query_cache_size=0)
+    batcher = c.app.state.service.runtime.text_batcher
+    monkeypatch.setattr(encoder, "encode_tokens", held)
     texts = [("a red circle " * n).strip() + f" {n}" for n in (1, 2, 3, 8, 12, 1, 2, 20)]
-    with ThreadPoolExecutor(len(texts)) as pool:
-        responses = list(pool.map(lambda t: c.post("/search", json={"text": t, "k": 1}), texts))
-    assert all(r.status_code == 200 for r in responses)
-    assert sum(rows for rows, _ in shapes) == len(texts)
+    lengths = [len(ids) for ids in encoder.tokenize_each(texts)[0]]
+    responses = send_while_held(c, texts, batcher, lambda: len(shapes), release)
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    # the same calls as planning the rounds by hand: the first text alone (the worker was idle), then
+    # rounds of queued texts in arrival order up to 64 tokens, each cut by length under the same budget
+    expected: list[tuple[int, int]] = [(1, lengths[0])]
+    rnd: list[int] = []
+    for n in [*lengths[1:], None]:
+        if rnd and (n is None or sum(rnd) + n > 64):
+            expected += [(len(idx), max(rnd[i] for i in idx)) for idx in plan_batches(rnd, 64, 32)]
+            rnd = []
+        if n is not None:
+            rnd.append(n)
+    assert shapes == expected
     assert all(rows * length <= 64 or rows == 1 for rows, length in shapes), shapes
     assert len(shapes) < len(texts)  # short ones shared calls
 

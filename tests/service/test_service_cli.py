@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm2clip_cli.main import main
 from service import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_serve_answers_over_http(tiny_bundle, indexes):
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_bundle), "--image-index",
+    cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", "--model", str(tiny_bundle), "--image-index",
            str(indexes[0]), "--text-index", str(indexes[1]), "--port", str(port), "--threads", "1",
            "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -56,7 +57,8 @@ def test_serve_answers_over_http(tiny_bundle, indexes):
         # a second server on the same port is refused in one line, before loading anything
         second = subprocess.run([*cmd[:-2]], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert second.returncode == 2
-        assert second.stderr == f"port {port} on 127.0.0.1 is in use: stop the other server or pass --port\n"
+        assert second.stderr == f"llm2clip: error: port {port} on 127.0.0.1 is in use: stop the other server or " \
+                                "pass --port\n"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -74,27 +76,36 @@ def test_port_in_use_is_one_line_and_exit_2(capsys, tiny_bundle):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert cli.run(parse("--model", str(tiny_bundle), "--port", str(port))) == 2
+        assert main(["serve", "--model", str(tiny_bundle), "--port", str(port)]) == 2
     err = capsys.readouterr().err
-    assert err == f"port {port} on 127.0.0.1 is in use: stop the other server or pass --port\n"
+    assert err == f"llm2clip: error: port {port} on 127.0.0.1 is in use: stop the other server or pass --port\n"
 
 
-@pytest.mark.parametrize("case", ["missing bundle", "foreign index", "bad env"])
+@pytest.mark.parametrize("case", ["missing bundle", "no bundle", "foreign index", "bad env"])
 def test_bad_bundle_or_setting_is_one_line_and_exit_2(case, capsys, monkeypatch, tmp_path, tiny_bundle,
                                                       indexes):
     port = str(free_port())
     if case == "missing bundle":
-        args, fragment = parse("--model", str(tmp_path / "nothing"), "--port", port), "does not exist"
+        argv, fragment = ["--model", str(tmp_path / "nothing")], "does not exist"
+    elif case == "no bundle":
+        argv, fragment = [], "no model bundle given: set LLM2CLIP_MODEL (or pass --model)"
     elif case == "foreign index":
-        # a text index passed as the image index: refused before the server starts
-        args = parse("--model", str(tiny_bundle), "--image-index", str(indexes[1]), "--port", port)
-        fragment = "text index"
+        # a text index passed as the image index: refused before the server starts, naming where it belongs
+        argv = ["--model", str(tiny_bundle), "--image-index", str(indexes[1])]
+        fragment = "is a text index, but it was given as the image index: pass it as LLM2CLIP_TEXT_INDEX (or " \
+                   "pass --text-index)"
     else:
         monkeypatch.setenv("LLM2CLIP_MAX_K", "lots")
-        args, fragment = parse("--model", str(tiny_bundle), "--port", port), "max_k"
-    assert cli.run(args) == 2
+        argv, fragment = ["--model", str(tiny_bundle)], "invalid setting max_k: "
+    assert main(["serve", *argv, "--port", port]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and fragment in err, err
+    assert err.count("\n") == 1 and err.startswith("llm2clip: error: ") and fragment in err, err
     # the port was given back
     with socket.socket() as s:
         s.bind(("127.0.0.1", int(port)))
+
+
+def test_counts_must_be_positive():
+    with pytest.raises(SystemExit):
+        parse("--threads", "0")
+    assert parse("--threads", "2").threads == 2

@@ -77,9 +77,10 @@ def test_resolve_item_unit(corpus, escape_link):
 def test_no_corpus_root_means_no_items(make_settings, tmp_path):
     from fastapi.testclient import TestClient
 
+    from llm2clip.errors import SettingError
     from service.app import create_app
 
-    with pytest.raises(Exception, match="LLM2CLIP_CORPUS_ROOT"):
+    with pytest.raises(SettingError, match="LLM2CLIP_CORPUS_ROOT"):
         with TestClient(create_app(make_settings(corpus_root=tmp_path / "nowhere"))):
             pass
     with TestClient(create_app(make_settings(image_index=None, text_index=None))) as c:

@@ -45,8 +45,8 @@ def test_text_search_returns_k_ranked_image_hits(client, encoders, indexes, tiny
     assert set(body) == {"results", "query", "took_ms", "model"}
     assert body["model"] == load_bundle(tiny_bundle).fingerprint[:12]
     assert body["query"]["modality"] == "text" and body["query"]["target"] == "image"
-    assert body["query"]["truncated"] is False and body["query"]["tokens"] > 0
-    assert body["took_ms"] > 0
+    assert body["query"]["truncated"] is False
+    assert body["query"]["tokens"] == len(encoders[1].tokenize_each([query])[0][0])
     want = encoders[1].encode([query])[0]
     check_ranking(body["results"], expected_scores(indexes[0], want), 5)
     items = {it["id"]: it for it in read_items(corpus)}

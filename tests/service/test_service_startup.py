@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import draw_shape
 
-from llm2clip.errors import BundleError
+from llm2clip.errors import BundleError, SettingError
 from llm2clip.index import IndexWriter, Record
 from service.app import create_app
 from service.settings import Settings
@@ -37,13 +37,15 @@ def test_index_of_another_model_is_refused_with_rebuild(make_settings, foreign_i
 
 
 def test_index_given_as_the_wrong_modality_is_refused(make_settings, indexes):
-    with pytest.raises(BundleError, match="is a text index.*LLM2CLIP_TEXT_INDEX"):
+    with pytest.raises(SettingError, match="is a text index.*LLM2CLIP_TEXT_INDEX") as info:
         start(make_settings(image_index=indexes[1], text_index=None))
+    assert info.value.setting == "text_index"
 
 
 def test_missing_model_names_the_setting(make_settings, tmp_path):
-    with pytest.raises(BundleError, match="LLM2CLIP_MODEL"):
+    with pytest.raises(SettingError, match="LLM2CLIP_MODEL") as info:
         start(make_settings(model=None))
+    assert info.value.setting == "model"
     with pytest.raises(BundleError, match="does not exist"):
         start(make_settings(model=tmp_path / "no-bundle"))
 

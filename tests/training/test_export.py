@@ -147,13 +147,13 @@ def test_torch_and_onnx_runtime_share_tokenisation_pooling_and_adapter(tiny_bund
     """The torch backend in fp32 computes what the fp32 ONNX file computes, truncation included."""
     from llm2clip.encoders import load_text_encoder
     from llm2clip.encoders.onnx import bundle_tokenizer
-    from llm2clip.encoders.torch_backend import TorchTextEncoder
+    from llm2clip.encoders.torch_backend import TorchTextCfg, TorchTextEncoder
 
     model, llm = tiny_model
     bundle = load_bundle(tiny_bundle_variants)
     onnx = load_text_encoder(bundle, "fp32", threads=1)
-    torch_fp32 = TorchTextEncoder(llm, bundle_tokenizer(bundle), adapter=model.adapter, precision="fp32",
-                                  device="cpu")
+    torch_fp32 = TorchTextEncoder(llm, bundle_tokenizer(bundle), TorchTextCfg(precision="fp32", device="cpu"),
+                                  adapter=model.adapter)
     cos = (onnx.encode(TEXTS) * torch_fp32.encode(TEXTS)).sum(1)
     assert cos.min() > 0.9999, cos
 
