@@ -43,9 +43,10 @@ def _run_data(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from index_builder import cli as index_cli
     from llm2clip_cli import demo
+    from research import repro_cli
     from service import cli as service_cli
     from training import cli as train_cli
-    from training import eval_cli, repro_cli
+    from training import eval_cli
 
     parser = argparse.ArgumentParser(
         prog="llm2clip",
