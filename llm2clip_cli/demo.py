@@ -95,8 +95,7 @@ def demo_recipe(epochs: int, seed: int):
 def build(args: argparse.Namespace) -> dict[str, Path]:
     from index_builder.runner import build_index
     from llm2clip.bundle import load_bundle
-    from llm2clip.data import read_dataset
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes, read_dataset
     from llm2clip.defaults import smollm2_dir
     from training.clip import train_clip
     from training.embed import embed_captions

@@ -33,7 +33,7 @@ def _add_data(subparsers) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes
 
     ds = generate_scenes(args.out, args.n, args.split, args.seed)
     print(f"{len(ds)} {args.split} scenes in {args.out}")

@@ -39,7 +39,7 @@ BOUND_GROUPS = LONG_GROUPS  # attributes bound to an object's class
 
 def scene_facts(meta: dict[str, Any]) -> dict[str, bool]:
     """The yes/no facts of one scene graph, keyed ``group:value``."""
-    from llm2clip.data.scenes import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES, TEXTURES
+    from llm2clip.data import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES, TEXTURES
 
     objs, bg = meta["objects"], meta["background"]
     facts = {f"class:{c}": any(o["class"] == c for o in objs) for c in CLASSES}
@@ -60,7 +60,7 @@ def attribute_value(obj: dict[str, Any], group: str) -> str:
 @functools.cache
 def bound_values() -> dict[str, tuple[str, ...]]:
     """Every value each of the ``BOUND_GROUPS`` can take, as ``attribute_value`` writes it."""
-    from llm2clip.data.scenes import COLOURS, COLS, ORIENTATIONS, ROWS, SIZES
+    from llm2clip.data import COLOURS, COLS, ORIENTATIONS, ROWS, SIZES
 
     return {"colour": tuple(COLOURS), "cell": tuple(f"{r}-{c}" for r in ROWS for c in COLS),
             "size": tuple(SIZES), "orientation": tuple(ORIENTATIONS)}
@@ -69,7 +69,7 @@ def bound_values() -> dict[str, tuple[str, ...]]:
 def bound_facts(meta: dict[str, Any]) -> dict[str, tuple[bool, int, int]]:
     """``class:c|group:v`` -> (some c object has v, number of c objects, number of v objects), for every
     class and every value of the ``BOUND_GROUPS``."""
-    from llm2clip.data.scenes import CLASSES
+    from llm2clip.data import CLASSES
 
     objs = meta["objects"]
     classes = [o["class"] for o in objs]

@@ -36,8 +36,7 @@ import torch
 from safetensors.torch import save_file
 
 from llm2clip.config import TextCfg
-from llm2clip.data import Dataset, read_dataset
-from llm2clip.data.scenes import CLASSES, COLOURS, TEXTURES
+from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
 from research.fact_probe import attribute_value, bound_values
 from training.embed import FORMAT, MANIFEST
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from llm2clip.config import AdapterCfg, ClipTextCfg, TextCfg
-from llm2clip.data import Dataset, read_dataset
+from llm2clip.data import Dataset, generate_scenes, read_dataset
 from llm2clip.defaults import minilm_dir, smollm2_dir
 from llm2clip.errors import LLM2CLIPError
 from research.fact_probe import probe_caption_embeddings
@@ -53,8 +53,6 @@ def _cached_json(path: Path, fn: Callable[[], Any]) -> Any:
 
 
 def _data(out: Path, cfg: ReproCfg) -> dict[str, Path]:
-    from llm2clip.data.scenes import generate_scenes
-
     paths = {s: out / "data" / s for s in ("train", "val", "test")}
     sizes = {"train": cfg.train_scenes, "val": cfg.val_scenes, "test": cfg.test_scenes}
     for split, path in paths.items():

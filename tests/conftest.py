@@ -41,7 +41,7 @@ def tiny_bundle(tmp_path_factory, tiny_model, tiny_llm_dir) -> Path:
 @pytest.fixture(scope="session")
 def check_scenes(tmp_path_factory) -> Path:
     """24 held-out scenes: what export checks precision variants on in tests."""
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes
 
     out = tmp_path_factory.mktemp("check") / "val"
     generate_scenes(out, 24, "val", 11, progress=False)

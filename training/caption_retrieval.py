@@ -102,7 +102,7 @@ def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Pat
 
 def paraphrase_twin_texts(dataset: Dataset) -> tuple[list[tuple[int, int]], list[str]]:
     """Near-twin pairs of a test split and, per scene, a generator paraphrase of its long caption."""
-    from llm2clip.data.scenes import paraphrase_long
+    from llm2clip.data import paraphrase_long
     from training.eval import twin_pairs
 
     pairs = twin_pairs(dataset)

@@ -193,7 +193,7 @@ def caption_pools(dataset: Dataset, paraphrases: int, seed: int, progress: bool 
                   positives: str = "all") -> list[list[str]]:
     """Distinct caption texts of every item: its own captions (all, or only the long one), then
     ``paraphrases`` re-phrasings of the long one."""
-    from llm2clip.data.scenes import paraphrase_long
+    from llm2clip.data import paraphrase_long
 
     if positives not in POSITIVES:
         raise DatasetError(f"unknown --positives {positives!r}: choose among {', '.join(POSITIVES)}")
@@ -215,7 +215,7 @@ def caption_pools(dataset: Dataset, paraphrases: int, seed: int, progress: bool 
 def twin_pools(dataset: Dataset, seed: int, progress: bool = True) -> list[list[str]]:
     """Two generator captions of a near twin of every item (one attribute of one object changed); [] for an
     item without a scene graph."""
-    from llm2clip.data.scenes import near_twin_graph, paraphrase_long
+    from llm2clip.data import near_twin_graph, paraphrase_long
 
     pools = []
     for i, item in enumerate(tqdm(dataset.items, desc="near-twin captions", unit="item", disable=not progress)):

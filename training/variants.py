@@ -116,7 +116,7 @@ def check_set(check_data: str | Path | None, work: Path) -> Path:
     """The held-out scene set the variants are checked on: ``check_data``, or a generated one."""
     if check_data is not None:
         return Path(check_data)
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes
 
     folder = work / "check-scenes"
     generate_scenes(folder, CHECK_SCENES, "val", CHECK_SEED, progress=False)
@@ -129,7 +129,7 @@ def calibration_texts(data: str | Path | None, work: Path, n: int = CALIBRATION_
     from llm2clip.data import read_dataset
 
     if data is None:
-        from llm2clip.data.scenes import generate_scenes
+        from llm2clip.data import generate_scenes
 
         data = work / "calibration-scenes"
         generate_scenes(data, n, "train", CHECK_SEED + 1, progress=False)

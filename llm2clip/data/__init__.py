@@ -1,5 +1,56 @@
-"""Dataset formats: the items.jsonl folder of DESIGN.md, and the scene corpus generator."""
+"""Datasets: the items.jsonl folder of DESIGN.md, and the scene corpus of DATASET.md.
 
+The scene corpus, by concern: ``fashion_mnist`` (the photos), ``scene_graph`` (what a scene holds
+and how it is drawn), ``render`` (its picture), ``captions`` (long and short), ``twins`` (one fact
+changed), ``paraphrase`` (another long caption) and ``generator`` (the folder, split by split);
+``streams`` names every random stream they draw from.
+"""
+
+from llm2clip.data.captions import LongCaption, long_caption, short_caption
 from llm2clip.data.dataset import Dataset, Item, read_dataset, write_items
+from llm2clip.data.generator import SPLITS, generate_scenes
+from llm2clip.data.paraphrase import paraphrase_long
+from llm2clip.data.render import CANVAS, render_scene
+from llm2clip.data.scene_graph import (
+    CLASSES,
+    COLOURS,
+    COLS,
+    ORIENTATIONS,
+    PALETTE,
+    ROWS,
+    SIZES,
+    TEXTURES,
+    Background,
+    SceneGraph,
+    SceneObject,
+    relation,
+)
+from llm2clip.data.twins import near_twin_graph
 
-__all__ = ["Dataset", "Item", "read_dataset", "write_items"]
+__all__ = [
+    "CANVAS",
+    "CLASSES",
+    "COLOURS",
+    "COLS",
+    "ORIENTATIONS",
+    "PALETTE",
+    "ROWS",
+    "SIZES",
+    "SPLITS",
+    "TEXTURES",
+    "Background",
+    "Dataset",
+    "Item",
+    "LongCaption",
+    "SceneGraph",
+    "SceneObject",
+    "generate_scenes",
+    "long_caption",
+    "near_twin_graph",
+    "paraphrase_long",
+    "read_dataset",
+    "relation",
+    "render_scene",
+    "short_caption",
+    "write_items",
+]

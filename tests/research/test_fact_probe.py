@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm2clip.data.scenes import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES, TEXTURES
+from llm2clip.data import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES, TEXTURES
 from research.fact_probe import bound_facts, fact_probe, roc_auc, scene_facts
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm2clip.data.scenes import generate_scenes, near_twin_graph
+from llm2clip.data import generate_scenes, near_twin_graph
 from research import oracle_text_side as oracle
 from training.embed import CaptionEmbeddings
 

@@ -126,8 +126,7 @@ def test_cli_reports_both(fake, tmp_path, capsys, monkeypatch):
 
 
 def test_paraphrase_twin_probe_scores_an_oracle_one_and_a_blind_encoder_zero(tmp_path):
-    from llm2clip.data import read_dataset
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes, read_dataset
 
     generate_scenes(tmp_path / "t", 6, "test", 3)
     ds = read_dataset(tmp_path / "t")

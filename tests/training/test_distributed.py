@@ -73,8 +73,7 @@ def compare(single: Path, ddp: Path) -> tuple[list[float], float, float]:
 
 @pytest.fixture(scope="module")
 def scenes16(tmp_path_factory, tiny_llm_dir):
-    from llm2clip.data import read_dataset
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes, read_dataset
     from training.embed import embed_captions
 
     data = tmp_path_factory.mktemp("ddp_scenes") / "train"

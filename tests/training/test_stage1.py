@@ -163,7 +163,7 @@ def describes(sentence: str, obj: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes
 
     out = tmp_path_factory.mktemp("s1") / "train"
     generate_scenes(out, 16, "train", 0, progress=False)
@@ -171,7 +171,7 @@ def scenes(tmp_path_factory):
 
 
 def test_paraphrase_restates_every_object(scenes):
-    from llm2clip.data.scenes import paraphrase_long
+    from llm2clip.data import paraphrase_long
 
     for item in scenes.items[:8]:
         text = paraphrase_long(item.meta, 11, avoid=[item.long])
@@ -201,7 +201,7 @@ def _objects(text: str, item_meta: dict) -> list[bool]:
 
 
 def test_twin_captions_change_one_fact_of_one_object(scenes):
-    from llm2clip.data.scenes import near_twin_graph
+    from llm2clip.data import near_twin_graph
 
     pools = twin_pools(scenes, 0, progress=False)
     assert pools == twin_pools(scenes, 0, progress=False)

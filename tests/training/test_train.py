@@ -17,7 +17,7 @@ from training.embed import CaptionEmbeddings, embed_captions
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from llm2clip.data.scenes import generate_scenes
+    from llm2clip.data import generate_scenes
 
     out = tmp_path_factory.mktemp("scenes") / "train"
     generate_scenes(out, 24, "train", 0, progress=False)
