@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from llm2clip import __version__
-from llm2clip.cliargs import positive_int
+from llm2clip.cliargs import non_negative_int, positive_int
 
 
 def _add_data(subparsers) -> None:
@@ -28,7 +28,7 @@ def _add_data(subparsers) -> None:
     s.add_argument("--n", required=True, type=positive_int, help="number of scenes")
     s.add_argument("--split", required=True, choices=["train", "val", "test"],
                    help="train/val draw Fashion-MNIST train images; test draws test images and near twins")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     s.set_defaults(func=_run_data)
 
 
@@ -43,9 +43,10 @@ def _run_data(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from index_builder import cli as index_cli
     from llm2clip_cli import demo
+    from research import repro_cli
     from service import cli as service_cli
     from training import cli as train_cli
-    from training import eval_cli, repro_cli
+    from training import eval_cli
 
     parser = argparse.ArgumentParser(
         prog="llm2clip",

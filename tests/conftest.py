@@ -15,22 +15,6 @@ from llm2clip.text import LLMEncoder
 
 
 @pytest.fixture(scope="session")
-def load_script():
-    """Import one of scripts/*.py (not a package) as a module: ``load_script("twin_significance")``."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[1] / "scripts"
-
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
-
-
-@pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory) -> Path:
     return make_tiny_llm(tmp_path_factory.mktemp("tiny_llm"))
 

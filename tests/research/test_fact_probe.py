@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llm2clip.data import CLASSES, COLOURS, COLS, ORIENTATIONS, ROWS, SIZES, TEXTURES
-from training.fact_probe import bound_facts, fact_probe, roc_auc, scene_facts
+from research.fact_probe import bound_facts, fact_probe, roc_auc, scene_facts
 
 
 def random_meta(rng: np.random.Generator) -> dict:

@@ -1,6 +1,6 @@
 """Does the stage-1 encoder of a repro run know the training scenes it saw better than the ones it did not?
 
-Usage: python scripts/stage1_memorisation.py --repro DIR [--n 300]
+Usage: python -m research.stage1_memorisation --repro DIR [--n 300]
 
 Stage 1 draws scenes in the order of its view sampler (epoch 0: a seeded permutation), so the scenes it
 saw are the first ``steps x batch`` of that permutation. Caption retrieval accuracy (long <-> short) is
@@ -23,11 +23,11 @@ from training.caption_retrieval import caption_retrieval
 from training.stage1.views import ViewSampler
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder with stage1/")
     ap.add_argument("--n", type=int, default=300, help="scenes per group (default 300)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     stage1 = args.repro / "stage1"
     recipe = json.loads((stage1 / "stage1.json").read_text())["recipe"]
     if recipe.get("hard_negatives") or recipe.get("mntp_steps"):

@@ -1,24 +1,21 @@
-"""scripts/twin_significance.py: the paired statistics, checked by hand."""
+"""research.twin_significance: the paired statistics, checked by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-
-@pytest.fixture(scope="module")
-def sig(load_script):
-    return load_script("twin_significance")
+from research import twin_significance as sig
 
 
-def test_mcnemar_by_hand(sig):
+def test_mcnemar_by_hand():
     assert sig.mcnemar_p(0, 0) == 1.0
     assert sig.mcnemar_p(5, 5) == 1.0
     assert sig.mcnemar_p(6, 0) == pytest.approx(2 / 64)  # 6 discordant pairs, all one way
     assert sig.mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
 
 
-def test_compare_counts_only_the_discordant_pairs(sig):
+def test_compare_counts_only_the_discordant_pairs():
     first = np.array([True] * 60 + [False] * 40)
     other = np.array([True] * 50 + [False] * 50)
     r = sig.compare(first, other)

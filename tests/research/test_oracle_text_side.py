@@ -1,4 +1,4 @@
-"""The oracle text side of scripts/oracle_text_side.py: every binding explicit, readable as caption embeddings."""
+"""The oracle text side of research.oracle_text_side: every binding explicit, readable as caption embeddings."""
 
 from __future__ import annotations
 
@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 
 from llm2clip.data import generate_scenes, near_twin_graph
+from research import oracle_text_side as oracle
 from training.embed import CaptionEmbeddings
-
-
-@pytest.fixture(scope="module")
-def oracle(load_script):
-    return load_script("oracle_text_side")
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +15,7 @@ def scenes(tmp_path_factory):
     return generate_scenes(tmp_path_factory.mktemp("scenes") / "train", 12, "train", 0, progress=False)
 
 
-def test_a_twin_differs_in_the_long_vector_only_by_its_binding(oracle, scenes):
+def test_a_twin_differs_in_the_long_vector_only_by_its_binding(scenes):
     seen = set()
     for i, item in enumerate(scenes.items):
         twin = near_twin_graph(item.meta, seed=i)
@@ -35,7 +31,7 @@ def test_a_twin_differs_in_the_long_vector_only_by_its_binding(oracle, scenes):
     assert len(seen) >= 3  # the twins cover several attributes
 
 
-def test_bound_only_keeps_values_inside_their_bindings(oracle, scenes):
+def test_bound_only_keeps_values_inside_their_bindings(scenes):
     meta = scenes.items[0].meta
     full, bound = oracle.oracle_vector(meta, True), oracle.oracle_vector(meta, True, presence=False)
     unbound = [i for name, i in oracle.LONG.items() if "|" not in name and name.split(":")[0] in oracle.BOUND]
@@ -44,7 +40,7 @@ def test_bound_only_keeps_values_inside_their_bindings(oracle, scenes):
     assert np.array_equal(full[binding] > 0, bound[binding] > 0)
 
 
-def test_embeddings_folder_reads_as_caption_embeddings(oracle, scenes, tmp_path):
+def test_embeddings_folder_reads_as_caption_embeddings(scenes, tmp_path):
     folder = oracle.write_embeddings(scenes, tmp_path / "emb")
     caps = CaptionEmbeddings(folder)
     assert caps.dim == oracle.DIM and len(caps.embeddings) == 2 * len(scenes)

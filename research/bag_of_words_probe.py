@@ -1,8 +1,8 @@
 """What a bag of words keeps: the repro's text-side probes run on word and word-pair counts of the captions.
 
-Usage: python scripts/bag_of_words_probe.py --repro DIR [--ngrams 1,2]
+Usage: python -m research.bag_of_words_probe --repro DIR [--ngrams 1,2]
 
-The reference line for the fact probe and the text-only near-twin probe (training/fact_probe.py,
+The reference line for the fact probe and the text-only near-twin probe (research/fact_probe.py,
 training/caption_retrieval.py): a text side that is no better than counting words. For each n, every
 caption becomes its tf-idf weighted counts of word n-grams up to n (the 3,000 most frequent features).
 Bound facts ("the bag is large") need n >= 2 at least where the caption puts the words side by side; a
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from llm2clip.data import read_dataset
+from research.fact_probe import fact_probe
 from training.caption_retrieval import paraphrase_twin_accuracy
-from training.fact_probe import fact_probe
 
 WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
 MAX_FEATURES = 3000
@@ -50,12 +50,17 @@ def tfidf(x: np.ndarray) -> np.ndarray:
     return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
 
 
-def main() -> None:
+def _fmt(x: float | None) -> str:
+    # a probe on few scenes may find no fact that varies within a stratum
+    return "-" if x is None else f"{x:.3f}"
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder (its data/)")
     ap.add_argument("--ngrams", default="1,2", help="comma-separated n: n-grams up to n (default 1,2)")
     ap.add_argument("--out", type=Path, help="write the full results here as JSON")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     train = read_dataset(args.repro / "data" / "train")
     test = read_dataset(args.repro / "data" / "test")
     items = [it for it in train.items if isinstance(it.meta, dict) and "objects" in it.meta]
@@ -65,8 +70,8 @@ def main() -> None:
         facts = fact_probe(tfidf(x), [it.meta for it in items])
         twins = paraphrase_twin_accuracy(lambda texts, n=n: tfidf(ngram_counts(texts, n)), test)
         out[f"ngrams<={n}"] = {"fact_probe": facts, "text_twins": twins}
-        sys.stdout.write(f"n-grams up to {n}: named in short {facts['named_in_short']:.3f}, long only "
-                         f"{facts['long_only']:.3f}, bound {facts['bound']:.3f} "
+        sys.stdout.write(f"n-grams up to {n}: named in short {_fmt(facts['named_in_short'])}, long only "
+                         f"{_fmt(facts['long_only'])}, bound {_fmt(facts['bound'])} "
                          + json.dumps(facts["bound_by_group"]) + "\n")
         if twins:
             sys.stdout.write(f"  text twins {twins['accuracy']:.3f} "

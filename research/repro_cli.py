@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
-# here, not in training.repro, so that `llm2clip --help` does not import torch
-ROWS = ("clip77", "minilm", "llm_nocc", "llm_cc")
+# research.repro is imported when the command runs, so that `llm2clip --help` does not import torch
+from llm2clip.cliargs import positive_int
+from research.repro_config import ROWS, preset
 
 
 def add_parser(subparsers) -> None:
@@ -19,9 +22,9 @@ def add_parser(subparsers) -> None:
     r.add_argument("--out", required=True, type=Path, help="work and report folder")
     r.add_argument("--quick", action="store_true", help="tiny data and steps: the same code in minutes")
     r.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
-    r.add_argument("--train-scenes", type=int, help="override the preset's training scenes")
-    r.add_argument("--epochs", type=int, help="override the preset's stage-2 epochs")
-    r.add_argument("--stage1-steps", type=int, help="override the preset's stage-1 steps")
+    r.add_argument("--train-scenes", type=positive_int, help="override the preset's training scenes")
+    r.add_argument("--epochs", type=positive_int, help="override the preset's stage-2 epochs")
+    r.add_argument("--stage1-steps", type=positive_int, help="override the preset's stage-1 steps")
     r.add_argument("--stage1-positives", choices=["all", "long"],
                    help="stage-1 positive views: long (the long caption and its paraphrases only; the preset) "
                         "or all (long with short, the paper's pairs)")
@@ -33,14 +36,20 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from training.repro import preset, run_repro
+    from research.repro import run_repro
 
     cfg = preset(args.quick, train_scenes=args.train_scenes, epochs=args.epochs, stage1_steps=args.stage1_steps,
                  stage1_positives=args.stage1_positives,
                  stage1_hard_negatives=args.stage1_hard_negatives, seed=args.seed)
     rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    report = run_repro(args.out, cfg, rows, command=_command(args))
+    summary = {row: {k: r["eval"][k] for k in ("t2i_r1", "i2t_r1")} for row, r in report["rows"].items()}
+    sys.stdout.write(json.dumps({"report": str(args.out / "report.md"), "rows": summary}) + "\n")
+    return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line the report records: DIR for the folder, and only the flags that were given."""
     flags = [("--quick", args.quick), (f"--rows {args.rows}", args.rows != ",".join(ROWS)),
              (f"--train-scenes {args.train_scenes}", args.train_scenes is not None),
              (f"--epochs {args.epochs}", args.epochs is not None),
@@ -49,8 +58,4 @@ def run(args: argparse.Namespace) -> int:
              ("--stage1-hard-negatives" if args.stage1_hard_negatives else "--no-stage1-hard-negatives",
               args.stage1_hard_negatives is not None),
              (f"--seed {args.seed}", args.seed is not None)]
-    command = " ".join(["llm2clip repro --out DIR", *(f for f, on in flags if on)])
-    report = run_repro(args.out, cfg, rows, command=command)
-    summary = {row: {k: r["eval"][k] for k in ("t2i_r1", "i2t_r1")} for row, r in report["rows"].items()}
-    print(json.dumps({"report": str(args.out / "report.md"), "rows": summary}))
-    return 0
+    return " ".join(["llm2clip repro --out DIR", *(f for f, on in flags if on)])

@@ -23,9 +23,14 @@ cannot find is one the adapter has to dig out with its little capacity, from a f
 from __future__ import annotations
 
 import functools
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from llm2clip.data import Dataset
+    from training.embed import CaptionEmbeddings
 
 SHORT_GROUPS = ("class", "background", "texture")
 LONG_GROUPS = ("colour", "cell", "size", "orientation")
@@ -105,6 +110,79 @@ def stratified_auc(score: np.ndarray, positive: np.ndarray, strata: np.ndarray) 
     return total / weight if weight else None
 
 
+@dataclass
+class _Facts:
+    """The facts of a list of scenes as arrays, one row per scene."""
+
+    keys: list[str]  # scene facts, ``group:value``
+    y: np.ndarray  # (scenes, keys) bool
+    bound_keys: list[str]  # bound facts, ``class:c|group:v``
+    bound: np.ndarray  # (scenes, bound_keys) bool: some c object has v
+    n_class: np.ndarray  # (scenes, bound_keys) number of c objects
+    n_value: np.ndarray  # (scenes, bound_keys) number of objects with v
+
+    @classmethod
+    def of(cls, metas: list[dict[str, Any]]) -> _Facts:
+        facts = [scene_facts(m) for m in metas]
+        keys = list(facts[0])
+        bound = [bound_facts(m) for m in metas]
+        bkeys = list(bound[0])
+        return cls(keys, np.array([[f[k] for k in keys] for f in facts], dtype=bool), bkeys,
+                   np.array([[b[k][0] for k in bkeys] for b in bound], dtype=bool),
+                   np.array([[b[k][1] for k in bkeys] for b in bound]),
+                   np.array([[b[k][2] for k in bkeys] for b in bound]))
+
+
+def _ridge_scores(x: np.ndarray, targets: np.ndarray, train: np.ndarray, test: np.ndarray,
+                  ridge: float) -> np.ndarray:
+    """Scores on the test scenes of a ridge classifier per target column, fitted on the train scenes with
+    features standardised on them."""
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+    xs = np.c_[(x - mean) / std, np.ones(len(x))]
+    gram = xs[train].T @ xs[train] + ridge * np.eye(xs.shape[1])
+    w = np.linalg.solve(gram, xs[train].T @ (2.0 * targets[train] - 1.0))
+    return xs[test] @ w
+
+
+def _group_aucs(scores: np.ndarray, facts: _Facts, test: np.ndarray, count: np.ndarray) -> dict[str, list[float]]:
+    """Group -> the AUC of each of its facts that varies among test scenes of the same object count."""
+    # within scenes of the same object count: "some object is red" or "the top-left cell is taken" is
+    # likelier in a scene of six objects, and the count is named in the short caption too
+    by_group: dict[str, list[float]] = {}
+    for j, key in enumerate(facts.keys):
+        auc = stratified_auc(scores[:, j], facts.y[test, j], count)
+        if auc is not None:
+            by_group.setdefault(key.split(":")[0], []).append(auc)
+    return by_group
+
+
+def _bound_aucs(scores: np.ndarray, facts: _Facts, test: np.ndarray, count: np.ndarray) -> dict[str, list[float]]:
+    """Group -> the AUC of each bound fact, among test scenes that hold its class and its value."""
+    by_bound: dict[str, list[float]] = {}
+    for j, key in enumerate(facts.bound_keys):
+        # the class and the value are both in the scene, as often as in the other scenes of the stratum:
+        # only which object carries the value varies
+        nc, nv = facts.n_class[test, j], facts.n_value[test, j]
+        sel = (nc > 0) & (nv > 0)
+        strata = (count * 16 + nc) * 16 + nv
+        auc = stratified_auc(scores[sel, j], facts.bound[test, j][sel], strata[sel]) if sel.any() else None
+        if auc is not None:
+            by_bound.setdefault(key.split("|")[1].split(":")[0], []).append(auc)
+    return by_bound
+
+
+def _summary(by_group: dict[str, list[float]], by_bound: dict[str, list[float]]) -> dict[str, Any]:
+    def mean_of(groups: tuple[str, ...]) -> float | None:
+        vals = [a for g in groups for a in by_group.get(g, [])]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    return {"named_in_short": mean_of(SHORT_GROUPS), "long_only": mean_of(LONG_GROUPS),
+            "by_group": {g: round(float(np.mean(v)), 4) for g, v in by_group.items()},
+            "bound": round(float(np.mean([a for v in by_bound.values() for a in v])), 4) if by_bound else None,
+            "bound_by_group": {g: round(float(np.mean(v)), 4) for g, v in by_bound.items()},
+            "facts": sum(len(v) for v in by_group.values()), "bound_facts": sum(len(v) for v in by_bound.values())}
+
+
 def fact_probe(embeddings: np.ndarray, metas: list[dict[str, Any]], test_fraction: float = 0.25,
                ridge: float = 10.0, seed: int = 0) -> dict[str, Any]:
     """Mean held-out ROC AUC of linear probes for every scene fact, overall and by group, and for every
@@ -117,58 +195,18 @@ def fact_probe(embeddings: np.ndarray, metas: list[dict[str, Any]], test_fractio
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or len(x) != len(metas):
         raise ValueError(f"{len(x)} embeddings for {len(metas)} scenes")
-    facts = [scene_facts(m) for m in metas]
-    keys = list(facts[0])
-    y = np.array([[f[k] for k in keys] for f in facts], dtype=bool)
-    bound = [bound_facts(m) for m in metas]
-    bkeys = list(bound[0])
-    by = np.array([[b[k][0] for k in bkeys] for b in bound], dtype=bool)
-    n_class = np.array([[b[k][1] for k in bkeys] for b in bound])
-    n_value = np.array([[b[k][2] for k in bkeys] for b in bound])
+    facts = _Facts.of(metas)
     perm = np.random.default_rng(seed).permutation(len(x))
     n_test = max(1, int(round(len(x) * test_fraction)))
     test, train = perm[:n_test], perm[n_test:]
-    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
-    xs = np.c_[(x - mean) / std, np.ones(len(x))]
-    gram = xs[train].T @ xs[train] + ridge * np.eye(xs.shape[1])
-    targets = np.c_[y, by]
-    w = np.linalg.solve(gram, xs[train].T @ (2.0 * targets[train] - 1.0))
-    scores = xs[test] @ w
-    bscores = scores[:, len(keys):]
-    # AUC within scenes of the same object count: "some object is red" or "the top-left cell is taken" is
-    # likelier in a scene of six objects, and the count is named in the short caption too
+    scores = _ridge_scores(x, np.c_[facts.y, facts.bound], train, test, ridge)
     count = np.array([len(m["objects"]) for m in metas])[test]
-    by_group: dict[str, list[float]] = {}
-    for j, key in enumerate(keys):
-        pos = y[test, j]
-        auc = stratified_auc(scores[:, j], pos, count)
-        if auc is not None:
-            by_group.setdefault(key.split(":")[0], []).append(auc)
-
-    by_bound: dict[str, list[float]] = {}
-    for j, key in enumerate(bkeys):
-        # the class and the value are both in the scene, as often as in the other scenes of the stratum:
-        # only which object carries the value varies
-        nc, nv = n_class[test, j], n_value[test, j]
-        sel = (nc > 0) & (nv > 0)
-        strata = (count * 16 + nc) * 16 + nv
-        auc = stratified_auc(bscores[sel, j], by[test, j][sel], strata[sel]) if sel.any() else None
-        if auc is not None:
-            by_bound.setdefault(key.split("|")[1].split(":")[0], []).append(auc)
-
-    def mean_of(groups: tuple[str, ...]) -> float | None:
-        vals = [a for g in groups for a in by_group.get(g, [])]
-        return round(float(np.mean(vals)), 4) if vals else None
-
-    return {"named_in_short": mean_of(SHORT_GROUPS), "long_only": mean_of(LONG_GROUPS),
-            "by_group": {g: round(float(np.mean(v)), 4) for g, v in by_group.items()},
-            "bound": round(float(np.mean([a for v in by_bound.values() for a in v])), 4) if by_bound else None,
-            "bound_by_group": {g: round(float(np.mean(v)), 4) for g, v in by_bound.items()},
-            "facts": sum(len(v) for v in by_group.values()), "bound_facts": sum(len(v) for v in by_bound.values()),
-            "train_scenes": len(train), "test_scenes": len(test)}
+    by_group = _group_aucs(scores, facts, test, count)
+    by_bound = _bound_aucs(scores[:, len(facts.keys):], facts, test, count)
+    return {**_summary(by_group, by_bound), "train_scenes": len(train), "test_scenes": len(test)}
 
 
-def probe_caption_embeddings(caps, dataset, **kw: Any) -> dict[str, Any] | None:
+def probe_caption_embeddings(caps: CaptionEmbeddings, dataset: Dataset, **kw: Any) -> dict[str, Any] | None:
     """``fact_probe`` of the long-caption embeddings in ``caps`` (a ``CaptionEmbeddings``, written by
     ``llm2clip train embed``) over the scene-graph items of ``dataset``; None when it has no scene graphs."""
     items = [it for it in dataset.items if "objects" in it.meta and "background" in it.meta

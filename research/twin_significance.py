@@ -1,6 +1,6 @@
 """Is one row's near-twin accuracy really above another's? Paired comparison on the same twin pairs.
 
-Usage: python scripts/twin_significance.py --data TEST --bundle NAME=BUNDLE [--bundle NAME=BUNDLE ...]
+Usage: python -m research.twin_significance --data TEST --bundle NAME=BUNDLE [--bundle NAME=BUNDLE ...]
 
 Every row is scored on the same 500 twin pairs of the test split, so two rows' accuracies are paired:
 the difference's uncertainty comes from the pairs where they disagree. The first bundle against each of
@@ -56,12 +56,12 @@ def compare(first: np.ndarray, other: np.ndarray, seed: int = 0, resamples: int 
             "only_first": only_first, "only_other": only_other, "p_mcnemar": mcnemar_p(only_first, only_other)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, type=Path, help="test split with near twins (a repro's DIR/data/test)")
     ap.add_argument("--bundle", action="append", required=True, metavar="NAME=BUNDLE",
                     help="a row's model bundle; the first is compared with each of the others")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     ds = read_dataset(args.data)
     pairs = twin_pairs(ds)
     if not pairs:

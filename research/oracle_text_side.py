@@ -1,6 +1,6 @@
 """Can the vision side tell the near twins apart when the text side keeps every binding?
 
-Usage: python scripts/oracle_text_side.py --repro DIR --out OUT [--epochs N]
+Usage: python -m research.oracle_text_side --repro DIR --out OUT [--epochs N]
 
 The repro's near twins that differ in an object's cell, size or orientation stay at chance in every row,
 and so does every text side on its own (see docs/results/repro/FINDINGS.md). That leaves open whether the
@@ -9,7 +9,7 @@ vision tower could see them at all. This run replaces the text encoder by an ora
 each colour, cell, size and orientation, and every binding explicit (counts of (class, colour),
 (class, cell), (class, size), (class, orientation)); a short caption's holds only what the short caption
 names: count, classes, background. ``--bound-only`` leaves out the unbound counts. Stage 2 is the repro's own:
-same scenes, vision tower, recipe, steps and seed (``training.repro.ReproCfg``), trained with
+same scenes, vision tower, recipe, steps and seed (``research.repro_config.ReproCfg``), trained with
 ``train_clip`` on these vectors. The test split's near twins are then scored with the trained vision
 tower against the oracle's caption vectors through the trained adapter.
 
@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from llm2clip.config import TextCfg
 from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
+from research.fact_probe import attribute_value, bound_values
 from training.embed import FORMAT, MANIFEST
-from training.fact_probe import attribute_value, bound_values
 
 MAX_OBJECTS = 9
 BOUND = bound_values()
@@ -122,7 +123,7 @@ def evaluate_oracle(ckpt: Path, test: Dataset, presence: bool = True) -> dict[st
                           "long_by": twin_breakdown(txt["long"], img, test, pairs)}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="Uses the scenes of a `llm2clip repro --out DIR` run (DIR/data).")
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder (its data/)")
@@ -131,10 +132,10 @@ def main() -> None:
     ap.add_argument("--bound-only", action="store_true",
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
                          "the vision side must learn every (class, value) conjunction")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    from training.clip import default_model_cfg, train_clip
-    from training.repro import ReproCfg, stage2_cfg
+    from research.repro_config import ReproCfg, stage2_cfg
+    from training.clip import Stage2Run, default_model_cfg, train_clip
 
     cfg = ReproCfg()
     epochs = args.epochs or cfg.epochs
@@ -143,9 +144,9 @@ def main() -> None:
     presence = not args.bound_only
     emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
     tcfg = stage2_cfg(cfg, len(train), epochs)
-    mcfg = default_model_cfg(cfg.embed_dim, DIM, cfg.image_size, "oracle-scene-graph", 512)
-    summary = train_clip(train, emb, args.out / "ckpt", tcfg, model_cfg=mcfg)
-    result = {"command": "python scripts/oracle_text_side.py --repro DIR --out OUT"
+    mcfg = default_model_cfg(cfg.embed_dim, DIM, cfg.image_size, "oracle-scene-graph", TextCfg.max_tokens)
+    summary = train_clip(Stage2Run(train, emb, args.out / "ckpt", model_cfg=mcfg), tcfg)
+    result = {"command": "python -m research.oracle_text_side --repro DIR --out OUT"
               + (f" --epochs {args.epochs}" if args.epochs else "") + (" --bound-only" if args.bound_only else ""),
               "epochs": epochs, "presence": presence, "train_scenes": len(train), "test_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},

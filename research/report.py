@@ -1,0 +1,254 @@
+"""The reproduction's report: DIR/report.json (no machine paths), DIR/report.md and DIR/report.png."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from research.fact_probe import BOUND_GROUPS, LONG_GROUPS, SHORT_GROUPS
+
+log = logging.getLogger(__name__)
+
+REPORT_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
+
+
+def write_report(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write the report's three files into ``out``; returns the report as written to report.json."""
+    report = portable(report, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    (out / "report.md").write_text(render_markdown(report))
+    try:
+        plot(report, out / "report.png")
+    except ImportError:
+        log.warning("matplotlib missing: no report.png")
+    return report
+
+
+def portable(obj: Any, out: Path) -> Any:
+    """The report without this machine's paths: under DIR they become ``DIR/...``, elsewhere (the model
+    cache) only the folder's name is kept, so the report can be committed and compared across machines."""
+    if isinstance(obj, dict):
+        return {k: portable(v, out) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, out) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/"):
+        path = Path(obj)
+        try:
+            return str(Path("DIR") / path.resolve().relative_to(out.resolve()))
+        except ValueError:
+            return path.name
+    return obj
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    lines = _retrieval(report)
+    lines += _direction(rows)
+    lines += _twin_breakdown(rows)
+    lines += _text_twins(report)
+    lines += _fact_probe(rows)
+    lines += _caption_retrieval(report["caption_retrieval"])
+    lines += _stage1(report.get("stage1"))
+    lines += _throughput(report.get("stage2_throughput"))
+    lines += _time(report)
+    return "\n".join(lines)
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _retrieval(report: dict[str, Any]) -> list[str]:
+    """The title, the command and config, and the main table: every row's retrieval on the test split."""
+    lines = ["# LLM2CLIP reproduction on the scene corpus", ""]
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
+    lines += [f"Config: `{json.dumps(report['config'], sort_keys=True)}`", "",
+              "## Retrieval on the test split", "",
+              "Long captions are the main numbers; chance R@1 is 1/test scenes, near-twin chance 0.5 (ties count "
+              "as misses).", "",
+              "| row | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | short t2i R@1 | short i2t R@1 "
+              "| twin t2i (long) | twin i2t (long) | twin t2i (short) |",
+              "|---|" + "---|" * 11]
+    for name, r in report["rows"].items():
+        e = r["eval"]
+        tw = e.get("near_twin") or {}
+        lines.append("| " + " | ".join([name, *(_fmt(e[k]) for k in REPORT_KEYS), _fmt(e["short"]["t2i_r1"]),
+                                         _fmt(e["short"]["i2t_r1"]), _fmt(tw.get("long", {}).get("t2i")),
+                                         _fmt(tw.get("long", {}).get("i2t")), _fmt(tw.get("short", {}).get("t2i"))])
+                     + " |")
+    return lines
+
+
+def _headline(e: dict[str, Any]) -> dict[str, float | None]:
+    """The metrics the paper's claims are about, from one row's eval."""
+    tw = (e.get("near_twin") or {}).get("long") or {}
+    return {"long t2i R@1": e["t2i_r1"], "long i2t R@1": e["i2t_r1"], "long t2i R@5": e["t2i_r5"],
+            "twin t2i (long)": tw.get("t2i"), "twin i2t (long)": tw.get("i2t"),
+            "short t2i R@1": e["short"]["t2i_r1"], "short i2t R@1": e["short"]["i2t_r1"]}
+
+
+def _direction(rows: dict[str, Any]) -> list[str]:
+    """llm_cc minus each other row on the metrics the paper's claims are about."""
+    if "llm_cc" not in rows:
+        return []
+    cc = _headline(rows["llm_cc"]["eval"])
+    others = [r for r in rows if r != "llm_cc"]
+    if not others:
+        return []
+    lines = ["", "## llm_cc minus each row (positive: LLM2CLIP ahead)", "",
+             "| metric | " + " | ".join(f"vs {r}" for r in others) + " |", "|---|" + "---|" * len(others)]
+    for metric, v in cc.items():
+        cells = []
+        for r in others:
+            o = _headline(rows[r]["eval"])[metric]
+            cells.append("n/a" if v is None or o is None else f"{v - o:+.3f}")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _twin_breakdown(rows: dict[str, Any]) -> list[str]:
+    """Near-twin accuracy (long captions) by where the differing object is first named and by attribute."""
+    by = {name: ((r["eval"].get("near_twin") or {}).get("long_by") or {}) for name, r in rows.items()}
+    lines: list[str] = []
+    for kind, title in (("mention", "where the caption first names the differing object (77-token cut)"),
+                        ("attribute", "the attribute that differs")):
+        keys = sorted({k for b in by.values() for k in b.get(kind, {})})
+        if not keys:
+            continue
+        lines += ["", f"## Near twins by {title}", "",
+                  "t2i / i2t accuracy on long captions (pairs in brackets).", "",
+                  "| row | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, b in by.items():
+            cells = []
+            for k in keys:
+                g = b.get(kind, {}).get(k)
+                cells.append("n/a" if g is None else f"{_fmt(g['t2i'])} / {_fmt(g['i2t'])} ({g['n_pairs']})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _accuracy_cell(t: dict[str, Any] | None, key: str | None = None) -> str:
+    if not t:
+        return "n/a"
+    g = t if key is None else t.get(key)
+    return "n/a" if not g else _fmt(g["accuracy"])
+
+
+def _text_twins(report: dict[str, Any]) -> list[str]:
+    """The text side of the near-twin test alone: can the encoder tell a's caption from its twin's?"""
+    lines = ["", "## Near twins, text side only", "",
+             "A fresh paraphrase of scene a's long caption must be closer to a's caption than to its twin's "
+             "(chance 0.5; no image involved). Raw text encoders, then each row's exported text side "
+             "(encoder + adapter, or the 77-token tower).", ""]
+    entries = [(f"{n} (raw)", t) for n, t in (report.get("text_twins") or {}).items()]
+    entries += [(f"{n} (row's bundle)", r.get("text_twins")) for n, r in report["rows"].items()]
+    if not any(t for _, t in entries):
+        return []
+    attrs = sorted({a for _, t in entries for a in ((t or {}).get("by_attribute") or {})})
+    lines += ["| " + " | ".join(["text side", "all", "named early (< 77 tokens)", "named late", *attrs]) + " |",
+              "|---|---|---|---|" + "---|" * len(attrs)]
+    for name, t in entries:
+        by = (t or {}).get("by_attribute") or {}
+        cells = [name, _accuracy_cell(t), _accuracy_cell(t, "early"), _accuracy_cell(t, "late"),
+                 *(_accuracy_cell(by, a) for a in attrs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fact_probe(rows: dict[str, Any]) -> list[str]:
+    """How much of each kind of scene fact the frozen text embedding (train split, long captions) keeps."""
+    probes = {n: r.get("fact_probe") for n, r in rows.items() if r.get("fact_probe")}
+    if not probes:
+        return []
+    groups = SHORT_GROUPS + LONG_GROUPS
+    lines = ["", "## Scene facts kept by the frozen text embedding", "",
+             "Linear probes on the train split's long-caption embeddings (3/4 fit, 1/4 scored): ROC AUC of yes/no "
+             "facts among scenes with the same object count, 0.5 = lost, 1 = kept. The short caption names "
+             f"{', '.join(SHORT_GROUPS)}; only the long caption states {', '.join(LONG_GROUPS)}.", "",
+             "| text side | named in short | long only | " + " | ".join(groups) + " |",
+             "|---|---|---|" + "---|" * len(groups)]
+    for name, p in probes.items():
+        lines.append(f"| {name} | {_fmt(p.get('named_in_short'))} | {_fmt(p.get('long_only'))} | "
+                     + " | ".join(_fmt(p["by_group"].get(g)) for g in groups) + " |")
+    return lines + _bound_facts(probes)
+
+
+def _bound_facts(probes: dict[str, Any]) -> list[str]:
+    bound = {n: p for n, p in probes.items() if p.get("bound") is not None}
+    if not bound:
+        return []
+    lines = ["", "Bound facts: which object carries the value (\"the bag is large\"), scored among scenes that "
+             "hold the class and the value equally often, so that only the binding varies: a bag of words "
+             "scores 0.5. The near twins that differ in cell, size or orientation need these.", "",
+             "| text side | bound | " + " | ".join(f"class + {g}" for g in BOUND_GROUPS) + " |",
+             "|---|---|" + "---|" * len(BOUND_GROUPS)]
+    for name, p in bound.items():
+        lines.append(f"| {name} | {_fmt(p['bound'])} | "
+                     + " | ".join(_fmt(p["bound_by_group"].get(g)) for g in BOUND_GROUPS) + " |")
+    return lines
+
+
+def _caption_retrieval(accuracy: dict[str, Any]) -> list[str]:
+    lines = ["", "## Caption retrieval accuracy (text encoder alone, test split)", "",
+             "| text encoder | long->short | short->long | mean |", "|---|---|---|---|"]
+    for name, c in accuracy.items():
+        lines.append(f"| {name} | {_fmt(c.get('long_to_short'))} | {_fmt(c.get('short_to_long'))} | "
+                     f"{_fmt(c.get('caption_retrieval'))} |")
+    return lines
+
+
+def _stage1(s1: dict[str, Any] | None) -> list[str]:
+    if not s1:
+        return []
+    val = s1.get("val") or {}
+    before = (val.get("before") or {}).get("caption_retrieval")
+    after = (val.get("after") or {}).get("caption_retrieval")
+    cc = s1.get("contrastive") or {}
+    return ["", "## Stage 1", "",
+            f"Caption retrieval on the val split: {_fmt(before)} before, {_fmt(after)} after. "
+            f"Contrastive loss {cc.get('first_loss')} -> {cc.get('last_loss')} over {cc.get('steps')} steps, "
+            f"{cc.get('samples_s')} captions/s; {s1.get('seconds')} s."]
+
+
+def _throughput(t: dict[str, float] | None) -> list[str]:
+    if not t:
+        return []
+    return ["", "## Stage-2 throughput", "",
+            f"Precomputed caption embeddings: {t['precomputed']} samples/s; LLM run online: {t['online']} "
+            f"samples/s ({t['speedup']}x)."]
+
+
+def _time(report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Time", "", "| part | seconds |", "|---|---|"]
+    if report.get("stage1"):
+        lines.append(f"| stage 1 | {report['stage1'].get('seconds')} |")
+    for name, r in report["rows"].items():
+        lines.append(f"| {name} (embeddings, stage 2, export, eval) | {r.get('seconds')} |")
+    return lines + [f"| this invocation (a rerun reuses every cached step) | {report['seconds']} |", ""]
+
+
+def plot(report: dict[str, Any], png: Path) -> None:
+    """Long-caption R@1 both ways and near-twin t2i accuracy of every row, as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["rows"])
+    metrics = [("t2i_r1", "t2i R@1 (long)"), ("i2t_r1", "i2t R@1 (long)")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, title) in zip(axes[:2], metrics, strict=True):
+        ax.bar(names, [report["rows"][n]["eval"][key] for n in names], color="#2458d6")
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+    twins = [((report["rows"][n]["eval"].get("near_twin") or {}).get("long") or {}).get("t2i", 0) for n in names]
+    axes[2].bar(names, twins, color="#d68a24")
+    axes[2].axhline(0.5, color="grey", lw=1, ls="--")
+    axes[2].set_title("near-twin t2i accuracy (long)")
+    axes[2].set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

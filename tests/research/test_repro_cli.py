@@ -1,0 +1,64 @@
+"""`llm2clip repro`'s own part: flags -> preset, rows and the recorded command line; errors a user can cause."""
+
+from __future__ import annotations
+
+import pytest
+
+import research.repro as repro
+from llm2clip_cli.main import main
+from research.repro_config import ReproCfg
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    calls = {}
+
+    def fake_run(out, cfg, rows, command=None):
+        calls.update(out=out, cfg=cfg, rows=rows, command=command)
+        return {"rows": {"llm_cc": {"eval": {"t2i_r1": 0.25, "i2t_r1": 0.5}}}}
+
+    monkeypatch.setattr(repro, "run_repro", fake_run)
+    return calls
+
+
+def test_cli_passes_the_stage1_variant_and_records_it(seen, tmp_path, capsys):
+    # the paper's pairs without hard negatives: both away from the preset, both recorded
+    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc", "--stage1-positives", "all",
+                 "--no-stage1-hard-negatives", "--stage1-steps", "160"]) == 0
+    assert seen["cfg"].stage1_positives == "all" and seen["cfg"].stage1_hard_negatives is False
+    assert seen["cfg"].stage1_steps == 160 and seen["rows"] == ("llm_cc",)
+    assert seen["command"] == ("llm2clip repro --out DIR --rows llm_cc --stage1-steps 160 --stage1-positives all "
+                               "--no-stage1-hard-negatives")
+    assert capsys.readouterr().out == (f'{{"report": "{tmp_path / "report.md"}", '
+                                       '"rows": {"llm_cc": {"t2i_r1": 0.25, "i2t_r1": 0.5}}}\n')
+    # the preset: long positives, hard negatives
+    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc"]) == 0
+    assert seen["cfg"].stage1_positives == "long" and seen["cfg"].stage1_hard_negatives is True
+    assert seen["cfg"] == ReproCfg() and seen["command"] == "llm2clip repro --out DIR --rows llm_cc"
+    assert main(["repro", "--out", str(tmp_path)]) == 0
+    assert seen["cfg"] == ReproCfg() and seen["command"] == "llm2clip repro --out DIR"
+    assert seen["rows"] == ("clip77", "minilm", "llm_nocc", "llm_cc")
+
+
+def test_quick_and_overrides_are_recorded_in_flag_order(seen, tmp_path):
+    assert main(["repro", "--seed", "3", "--epochs", "2", "--quick", "--out", str(tmp_path),
+                 "--train-scenes", "40", "--rows", "minilm, clip77"]) == 0
+    assert (seen["cfg"].seed, seen["cfg"].epochs, seen["cfg"].train_scenes) == (3, 2, 40)
+    assert seen["cfg"].image_size == 64 and seen["rows"] == ("minilm", "clip77")  # the quick preset
+    assert seen["command"] == ("llm2clip repro --out DIR --quick --rows minilm, clip77 --train-scenes 40 --epochs 2 "
+                               "--seed 3")
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--train-scenes", "--stage1-steps"])
+def test_counts_must_be_positive(seen, tmp_path, flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["repro", "--out", str(tmp_path), flag, "0"])
+    assert exc.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    assert seen == {}
+
+
+def test_unknown_rows_are_a_user_error(tmp_path, capsys):
+    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc,clip78"]) == 2
+    err = capsys.readouterr().err
+    assert err == "llm2clip: error: unknown rows ['clip78']: choose among clip77, minilm, llm_nocc, llm_cc\n"
+    assert not (tmp_path / "data").exists()  # rejected before any scene is generated
