@@ -5,22 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from service.errors import ApiError
+from service.routes import inputs
 from service.routes.deps import RuntimeDep
-from service.routes.inputs import (
-    body_kind,
-    check_text,
-    decode_base64_image,
-    finish_texts,
-    form_fields,
-    gather_encoded,
-    pixels_of,
-    prepare_texts,
-    read_form,
-    read_upload,
-    submit_pixels,
-    submit_texts,
-    validate,
-)
 from service.schemas import EmbedRequest, EmbedResponse, error_responses
 from service.state import Runtime
 
@@ -56,19 +42,19 @@ async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
         raise ApiError(422, "invalid_request", "give at least one text or image to embed")
     if total > settings.max_batch:
         raise _too_many(total, settings.max_batch)
-    texts = [check_text(t, f"texts[{i}]", settings) for i, t in enumerate(texts)]
-    prepared = await prepare_texts(runtime, texts)
-    pixels = await pixels_of(images, runtime)
-    text_future = submit_texts(runtime, prepared)
+    texts = [inputs.check_text(t, f"texts[{i}]", settings) for i, t in enumerate(texts)]
+    prepared = await inputs.prepare_texts(runtime, texts)
+    pixels = await inputs.pixels_of(images, runtime)
+    text_future = inputs.submit_texts(runtime, prepared)
     try:
-        image_future = submit_pixels(runtime, pixels)
+        image_future = inputs.submit_pixels(runtime, pixels)
     except BaseException:
         # the texts must not be encoded for a request that is refused
         if text_future is not None:
             text_future.cancel()
         raise
-    text_out, image_out = await gather_encoded(text_future, image_future)
-    text_out = finish_texts(runtime, prepared, text_out)
+    text_out, image_out = await inputs.gather_encoded(text_future, image_future)
+    text_out = inputs.finish_texts(runtime, prepared, text_out)
     return EmbedResponse(
         text_embeddings=[t.vector.tolist() for t in text_out],
         image_embeddings=[v.tolist() for v in image_out],
@@ -85,22 +71,22 @@ def _too_many(count: int, max_batch: int) -> ApiError:
 
 async def _read_inputs(request: Request, runtime: Runtime) -> tuple[list[str], list[tuple[str, bytes]]]:
     settings = runtime.settings
-    if body_kind(request) == "json":
-        req = validate(EmbedRequest, await request.body(), {})
+    if inputs.body_kind(request) == "json":
+        req = inputs.validate(EmbedRequest, await request.body(), {})
         if len(req.texts) + len(req.images_base64) > settings.max_batch:
             # refused before decoding any of them
             raise _too_many(len(req.texts) + len(req.images_base64), settings.max_batch)
-        images = [(f"images_base64[{i}]", decode_base64_image(b64, f"images_base64[{i}]", settings))
+        images = [(f"images_base64[{i}]", inputs.decode_base64_image(b64, f"images_base64[{i}]", settings))
                   for i, b64 in enumerate(req.images_base64)]
         return req.texts, images
-    form = await read_form(request, settings, max_files=settings.max_batch)
+    form = await inputs.read_form(request, settings, max_files=settings.max_batch)
     try:
-        fields, uploads = form_fields(form, files=["images"])
+        fields, uploads = inputs.form_fields(form, files=["images"])
         texts = fields.get("texts", [])
-        req = validate(EmbedRequest, {**fields, "texts": texts if isinstance(texts, list) else [texts]}, {})
+        req = inputs.validate(EmbedRequest, {**fields, "texts": texts if isinstance(texts, list) else [texts]}, {})
         if req.images_base64:
             raise ApiError(422, "invalid_request", "images_base64: send images as `images` file fields")
-        images = [(f"images[{i}]", await read_upload(up, f"images[{i}]", settings))
+        images = [(f"images[{i}]", await inputs.read_upload(up, f"images[{i}]", settings))
                   for i, up in enumerate(uploads["images"])]
         return req.texts, images
     finally:

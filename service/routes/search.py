@@ -12,22 +12,8 @@ from fastapi import APIRouter, Request
 
 from llm2clip.index import IndexBundle, Record
 from service.errors import ApiError
+from service.routes import inputs
 from service.routes.deps import RuntimeDep
-from service.routes.inputs import (
-    body_kind,
-    check_text,
-    decode_base64_image,
-    finish_texts,
-    form_fields,
-    gather_encoded,
-    pixels_of,
-    prepare_texts,
-    read_form,
-    read_upload,
-    submit_pixels,
-    submit_texts,
-    validate,
-)
 from service.schemas import Modality, QueryInfo, SearchHit, SearchRequest, SearchResponse, error_responses
 from service.state import Runtime, index_setting
 
@@ -78,16 +64,16 @@ async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
     tokens: int | None = None
     truncated = False
     if query.text is not None:
-        text = check_text(query.text, "text", settings)
-        prepared = await prepare_texts(runtime, [text])
-        [encoded] = await gather_encoded(submit_texts(runtime, prepared))
-        encoded = finish_texts(runtime, prepared, encoded)
+        text = inputs.check_text(query.text, "text", settings)
+        prepared = await inputs.prepare_texts(runtime, [text])
+        [encoded] = await inputs.gather_encoded(inputs.submit_texts(runtime, prepared))
+        encoded = inputs.finish_texts(runtime, prepared, encoded)
         vector = encoded[0].vector
         tokens, truncated = encoded[0].tokens, encoded[0].truncated
     else:
         assert image is not None
-        pixels = await pixels_of([image], runtime)
-        [encoded] = await gather_encoded(submit_pixels(runtime, pixels))
+        pixels = await inputs.pixels_of([image], runtime)
+        [encoded] = await inputs.gather_encoded(inputs.submit_pixels(runtime, pixels))
         vector = encoded[0]
 
     hits = await asyncio.to_thread(_search, runtime, target, index, vector, query.k)
@@ -110,20 +96,20 @@ async def _read_query(request: Request, runtime: Runtime) -> tuple[SearchRequest
     """-> (the query fields, the image as (field name, bytes) when one was sent)."""
     settings = runtime.settings
     context = {"max_k": settings.max_k}
-    if body_kind(request) == "json":
-        query = validate(SearchRequest, await request.body(), context)
+    if inputs.body_kind(request) == "json":
+        query = inputs.validate(SearchRequest, await request.body(), context)
         if query.image_base64 is None:
             return query, None
-        return query, ("image_base64", decode_base64_image(query.image_base64, "image_base64", settings))
-    form = await read_form(request, settings, max_files=1)
+        return query, ("image_base64", inputs.decode_base64_image(query.image_base64, "image_base64", settings))
+    form = await inputs.read_form(request, settings, max_files=1)
     try:
-        fields, uploads = form_fields(form, files=["image"])
+        fields, uploads = inputs.form_fields(form, files=["image"])
         if "image_base64" in fields:
             raise ApiError(422, "invalid_request", "image_base64: send the image as the `image` file field")
-        query = validate(SearchRequest, fields, context)
+        query = inputs.validate(SearchRequest, fields, context)
         if not uploads["image"]:
             return query, None
-        return query, ("image", await read_upload(uploads["image"][0], "image", settings))
+        return query, ("image", await inputs.read_upload(uploads["image"][0], "image", settings))
     finally:
         await form.close()
 
