@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llm2clip.cliargs import positive_int
+from llm2clip.cliargs import add_command, positive_int
 from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 from llm2clip.index import MODALITIES
 
@@ -23,11 +23,7 @@ def add_parser(subparsers) -> None:
         description="Index bundles: a FAISS index over a corpus embedded with a model bundle, plus the "
                     "items its rows stand for. The service searches them.")
     sub = index.add_subparsers(dest="index_cmd", required=True, metavar="{build}")
-    b = sub.add_parser(
-        "build", help="embed a dataset's images and/or captions into index bundles",
-        description="Embed DATA with the model bundle's ONNX encoders and write index bundles: OUT/image "
-                    "(searched by text queries) and OUT/text (searched by image queries), or OUT itself "
-                    "with --modality image|text. Unreadable images are skipped and counted in the manifest.")
+    b = add_command(sub, "build", run)
     b.add_argument("--model", required=True, type=Path, help="model bundle folder (`llm2clip export`)")
     b.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
     b.add_argument("--out", required=True, type=Path,
@@ -52,7 +48,6 @@ def add_parser(subparsers) -> None:
     b.add_argument("--factory", default=None,
                    help="FAISS index factory string (default: Flat up to 200k rows, HNSW32,Flat beyond)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    b.set_defaults(func=run)
 
 
 def _summary(modality: str, out: Path, manifest: dict) -> str:
@@ -66,6 +61,12 @@ def _summary(modality: str, out: Path, manifest: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """embed a dataset's images and/or captions into index bundles
+
+    Embed DATA with the model bundle's ONNX encoders and write index bundles: OUT/image (searched by text
+    queries) and OUT/text (searched by image queries), or OUT itself with --modality image|text. Unreadable
+    images are skipped and counted in the manifest.
+    """
     from index_builder.runner import BuildCfg, build_indexes
     from llm2clip.errors import LLM2CLIPError
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -103,3 +104,15 @@ def dataclass_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The parsed values of ``cls``'s fields present in ``args``, for ``cls(**...)`` or ``replace``."""
     given = vars(args)
     return {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}
+
+
+def add_command(subparsers: Any, name: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """The subcommand ``name`` that ``run`` carries out. ``run``'s docstring is its text: the first paragraph the
+    one-line help of the command list, the rest the description of its own ``--help``. The text lives with the
+    code it describes, and every command is declared the same way."""
+    summary, _, details = inspect.cleandoc(run.__doc__ or name).partition("\n\n")
+    summary, details = " ".join(summary.split()), " ".join(details.split())
+    # argparse expands %-formats in help texts but not in descriptions
+    parser = subparsers.add_parser(name, help=summary, description=(details or summary).replace("%%", "%"))
+    parser.set_defaults(func=run)
+    return parser

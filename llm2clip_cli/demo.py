@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm2clip.cliargs import add_dataclass_options, dataclass_values, opt, positive_int
+from llm2clip.cliargs import add_command, add_dataclass_options, dataclass_values, opt, positive_int
 from training.recipes import stage2_preset
 
 DEFAULT_WORKDIR = "llm2clip-work"
@@ -44,18 +44,13 @@ class DemoCfg:
 
 
 def add_parser(subparsers) -> None:
-    d = subparsers.add_parser(
-        "demo", help="build everything on the offline defaults and serve it on 127.0.0.1:8000",
-        description="Generate the scene corpus, embed captions with SmolLM2-135M, train the vision side "
-                    "(EfficientNet-Lite0 + adapter), export ONNX encoders, index the test corpus and serve it. "
-                    "Artifacts are cached in --workdir; a second run only starts the service.")
+    d = add_command(subparsers, "demo", run)
     d.add_argument("--workdir", type=Path, default=Path(os.environ.get("LLM2CLIP_WORKDIR", DEFAULT_WORKDIR)),
                    help=f"folder of every artifact (default: ./{DEFAULT_WORKDIR}, or $LLM2CLIP_WORKDIR)")
     add_dataclass_options(d, DemoCfg)
     d.add_argument("--no-serve", action="store_true", help="build the artifacts, then exit")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8000)
-    d.set_defaults(func=run)
 
 
 def _say(msg: str) -> None:
@@ -178,6 +173,12 @@ def _build_indexes(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, index_p: 
 
 
 def run(args: argparse.Namespace) -> int:
+    """build everything on the offline defaults and serve it on 127.0.0.1:8000
+
+    Generate the scene corpus, embed captions with SmolLM2-135M, train the vision side (EfficientNet-Lite0 +
+    adapter), export ONNX encoders, index the test corpus and serve it. Artifacts are cached in --workdir; a
+    second run only starts the service.
+    """
     from llm2clip.errors import LLM2CLIPError
 
     if not args.no_serve and not port_free(args.host, args.port):

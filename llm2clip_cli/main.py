@@ -13,26 +13,27 @@ import sys
 from pathlib import Path
 
 from llm2clip import __version__
-from llm2clip.cliargs import non_negative_int, positive_int
+from llm2clip.cliargs import add_command, non_negative_int, positive_int
 
 
 def _add_data(subparsers) -> None:
     data = subparsers.add_parser("data", help="make datasets (the bundled long-caption scene corpus)",
                                  description="Dataset tools.")
     sub = data.add_subparsers(dest="data_cmd", required=True, metavar="{scenes}")
-    s = sub.add_parser(
-        "scenes", help="generate the scene corpus (long captions, near twins in the test split)",
-        description="Compose scenes of real Fashion-MNIST product photos with exact long captions "
-                    "(see DATASET.md). Same arguments, same bytes.")
+    s = add_command(sub, "scenes", _run_data)
     s.add_argument("--out", required=True, type=Path, help="output folder (items.jsonl + images/)")
     s.add_argument("--n", required=True, type=positive_int, help="number of scenes")
     s.add_argument("--split", required=True, choices=["train", "val", "test"],
                    help="train/val draw Fashion-MNIST train images; test draws test images and near twins")
     s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    s.set_defaults(func=_run_data)
 
 
 def _run_data(args: argparse.Namespace) -> int:
+    """generate the scene corpus (long captions, near twins in the test split)
+
+    Compose scenes of real Fashion-MNIST product photos with exact long captions (see DATASET.md). Same
+    arguments, same bytes.
+    """
     from llm2clip.data import generate_scenes
 
     ds = generate_scenes(args.out, args.n, args.split, args.seed)

@@ -8,17 +8,12 @@ import sys
 from pathlib import Path
 
 # research.repro is imported when the command runs, so that `llm2clip --help` does not import torch
-from llm2clip.cliargs import positive_int
+from llm2clip.cliargs import add_command, positive_int
 from research.repro_config import ROWS, preset
 
 
 def add_parser(subparsers) -> None:
-    r = subparsers.add_parser(
-        "repro", help="reproduce the paper's ablation rows (clip77, minilm, llm_nocc, llm_cc) with a report",
-        description="Train every row with the same vision tower, data, steps and seed; evaluate each on the "
-                    "test split (long/short/near twins), measure caption retrieval accuracy of each text "
-                    "encoder and stage-2 throughput; write DIR/report.md, DIR/report.json, DIR/report.png and "
-                    "one model bundle per row in DIR/<row>/bundle. Every step is cached: a rerun continues.")
+    r = add_command(subparsers, "repro", run)
     r.add_argument("--out", required=True, type=Path, help="work and report folder")
     r.add_argument("--quick", action="store_true", help="tiny data and steps: the same code in minutes")
     r.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
@@ -32,10 +27,16 @@ def add_parser(subparsers) -> None:
                    help="stage 1 with generator near twins as hard negatives, half of each micro-batch (the "
                         "preset; --no-stage1-hard-negatives turns them off)")
     r.add_argument("--seed", type=int)
-    r.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """reproduce the paper's ablation rows (clip77, minilm, llm_nocc, llm_cc) with a report
+
+    Train every row with the same vision tower, data, steps and seed; evaluate each on the test split
+    (long/short/near twins), measure caption retrieval accuracy of each text encoder and stage-2 throughput;
+    write DIR/report.md, DIR/report.json, DIR/report.png and one model bundle per row in DIR/<row>/bundle. Every
+    step is cached: a rerun continues.
+    """
     from research.repro import run_repro
 
     cfg = preset(args.quick, train_scenes=args.train_scenes, epochs=args.epochs, stage1_steps=args.stage1_steps,

@@ -14,17 +14,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from llm2clip.cliargs import positive_int
+from llm2clip.cliargs import add_command, positive_int
 from llm2clip.errors import LLM2CLIPError, SettingError
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "serve", help="run the HTTP search service (search page, /search, /embed, /metrics)",
-        description="Serve a model bundle and its indexes over HTTP. Every flag can also be set in the "
-                    "environment as LLM2CLIP_<NAME> (e.g. LLM2CLIP_MODEL, LLM2CLIP_IMAGE_INDEX); flags win.")
+    p = add_command(subparsers, "serve", run)
     _add_arguments(p)
-    p.set_defaults(func=run)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,6 +110,11 @@ def _load(settings: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """run the HTTP search service (search page, /search, /embed, /metrics)
+
+    Serve a model bundle and its indexes over HTTP. Every flag can also be set in the environment as
+    LLM2CLIP_<NAME> (e.g. LLM2CLIP_MODEL, LLM2CLIP_IMAGE_INDEX); flags win.
+    """
     return serve(_overrides(args), args.log_level)
 
 

@@ -10,7 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
-from llm2clip.cliargs import Opt, add_dataclass_options, dataclass_values, non_negative_int, positive_int
+from llm2clip.cliargs import (
+    Opt,
+    add_command,
+    add_dataclass_options,
+    dataclass_values,
+    non_negative_int,
+    positive_int,
+)
 from llm2clip.errors import LLM2CLIPError
 from training.config import EmbedCfg, ExportCfg, ModelShape, TrainCfg
 from training.recipes import STAGE2_PRESETS
@@ -59,13 +66,7 @@ def add_parser(subparsers) -> None:
 
 
 def _add_text(sub) -> None:
-    t = sub.add_parser(
-        "text", help="stage 1: caption-contrastive LoRA fine-tuning of the LLM text encoder (resumable)",
-        description="Stage 1 of LLM2CLIP: make a decoder LLM (Llama, Mistral, Qwen2, Gemma) bidirectional with "
-                    "mean pooling, optionally adapt it with MNTP, then LoRA-train it with a contrastive loss where "
-                    "two captions of a scene (long, short, generator paraphrases) are positives. OUT becomes a "
-                    "Hugging Face model folder with the LoRA merged (for `train embed --text-encoder OUT`), "
-                    "plus stage1.json; OUT/checkpoint/ lets a rerun resume or extend the run.")
+    t = add_command(sub, "text", _run_text)
     t.add_argument("--data", required=True, type=Path, help="training dataset folder (items.jsonl)")
     t.add_argument("--out", required=True, type=Path, help="output model folder (resumed when it holds a run)")
     t.add_argument("--base", type=Path, default=None,
@@ -73,27 +74,19 @@ def _add_text(sub) -> None:
     t.add_argument("--val", type=Path, default=None,
                    help="held-out dataset: caption retrieval accuracy before and after, in stage1.json")
     add_dataclass_options(t, Stage1Cfg, STAGE1_OPTIONS)
-    t.set_defaults(func=_run_text)
 
 
 def _add_embed(sub) -> None:
-    e = sub.add_parser("embed", help="embed a dataset's captions with a frozen LLM (sharded, resumable)",
-                       description="Embed every caption of DATASET with the text encoder (bidirectional "
-                                   "attention, mean pooling) and write shards to OUT. Re-running resumes.")
+    e = add_command(sub, "embed", _run_embed)
     e.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
     e.add_argument("--out", required=True, type=Path, help="output folder for the embedding shards")
     e.add_argument("--text-encoder", type=Path, default=None,
                    help="Hugging Face model folder of the text encoder (default: SmolLM2-135M-Instruct, offline)")
     add_dataclass_options(e, EmbedCfg)
-    e.set_defaults(func=_run_embed)
 
 
 def _add_clip(sub) -> None:
-    c = sub.add_parser("clip", help="train the vision tower + adapter with the CLIP loss (resumable)",
-                       description="Train a stage-2 checkpoint in OUT from DATASET images and the caption "
-                                   "embeddings of `llm2clip train embed`. An existing checkpoint in OUT is resumed. "
-                                   "Data-parallel: launch under torchrun (`torchrun --nproc_per_node N -m "
-                                   "llm2clip_cli.main train clip ...`); --batch-size stays the global batch.")
+    c = add_command(sub, "clip", _run_clip)
     c.add_argument("--data", required=True, type=Path, help="training dataset folder")
     c.add_argument("--embeddings", required=True, type=Path, help="folder written by `llm2clip train embed`")
     c.add_argument("--out", required=True, type=Path, help="checkpoint folder (resumed when it exists)")
@@ -107,13 +100,10 @@ def _add_clip(sub) -> None:
     add_dataclass_options(c, ModelShape)
     # the preset fills in what is not given; the defaults shown are the default preset's
     add_dataclass_options(c, TrainCfg, suppress=True)
-    c.set_defaults(func=_run_clip)
 
 
 def _add_export(subparsers) -> None:
-    x = subparsers.add_parser("export", help="export a stage-2 checkpoint to a model bundle (ONNX encoders)",
-                              description="Write a model bundle: image_encoder.onnx, text_encoder.onnx (LLM + "
-                                          "pooling + adapter), tokenizer/ and manifest.json with sha256 of every file.")
+    x = add_command(subparsers, "export", _run_export)
     x.add_argument("--checkpoint", required=True, type=Path, help="folder written by `llm2clip train clip`")
     x.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced atomically)")
     x.add_argument("--text-encoder", type=Path, default=None,
@@ -121,10 +111,17 @@ def _add_export(subparsers) -> None:
     x.add_argument("--no-check", action="store_true", help="skip the ONNX-vs-PyTorch agreement check")
     add_dataclass_options(x, ExportCfg)
     add_dataclass_options(x, CheckThresholds)
-    x.set_defaults(func=_run_export)
 
 
 def _run_text(args: argparse.Namespace) -> int:
+    """stage 1: caption-contrastive LoRA fine-tuning of the LLM text encoder (resumable)
+
+    Stage 1 of LLM2CLIP: make a decoder LLM (Llama, Mistral, Qwen2, Gemma) bidirectional with mean pooling,
+    optionally adapt it with MNTP, then LoRA-train it with a contrastive loss where two captions of a scene
+    (long, short, generator paraphrases) are positives. OUT becomes a Hugging Face model folder with the LoRA
+    merged (for `train embed --text-encoder OUT`), plus stage1.json; OUT/checkpoint/ lets a rerun resume or
+    extend the run.
+    """
     from training.stage1.train import train_text
 
     summary = train_text(args.data, args.out, args.base, Stage1Cfg(**dataclass_values(args, Stage1Cfg)),
@@ -140,6 +137,11 @@ def _run_text(args: argparse.Namespace) -> int:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
+    """embed a dataset's captions with a frozen LLM (sharded, resumable)
+
+    Embed every caption of DATASET with the text encoder (bidirectional attention, mean pooling) and write
+    shards to OUT. Re-running resumes.
+    """
     from llm2clip.data import read_dataset
     from llm2clip.defaults import smollm2_dir
     from training.embed import embed_captions
@@ -155,6 +157,12 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _run_clip(args: argparse.Namespace) -> int:
+    """train the vision tower + adapter with the CLIP loss (resumable)
+
+    Train a stage-2 checkpoint in OUT from DATASET images and the caption embeddings of `llm2clip train embed`.
+    An existing checkpoint in OUT is resumed. Data-parallel: launch under torchrun (`torchrun --nproc_per_node N
+    -m llm2clip_cli.main train clip ...`); --batch-size stays the global batch.
+    """
     from llm2clip.data import read_dataset
     from training.clip import Stage2Run, train_clip
     from training.recipes import stage2_preset
@@ -173,6 +181,11 @@ def _run_clip(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    """export a stage-2 checkpoint to a model bundle (ONNX encoders)
+
+    Write a model bundle: image_encoder.onnx, text_encoder.onnx (LLM + pooling + adapter), tokenizer/ and
+    manifest.json with sha256 of every file.
+    """
     from training.export import check_export, export_checkpoint
 
     cfg = ExportCfg(**dataclass_values(args, ExportCfg),

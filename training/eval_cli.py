@@ -7,20 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llm2clip.cliargs import positive_int
+from llm2clip.cliargs import add_command, positive_int
 from training.config import MAX_TOKENS
 from training.variants import ALL_PRECISIONS
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "eval", help="retrieval R@1/5/10 of a model bundle on a dataset (long, short, near twins); caption "
-                     "retrieval of a text encoder",
-        description="Embed DATA's images and captions with the model bundle's ONNX encoders (what the "
-                    "service serves) and report text-to-image and image-to-text recall at 1, 5 and 10, with "
-                    "long and with short captions, and near-twin accuracy on test splits. With --text-encoder, "
-                    "report the caption retrieval accuracy of that LLM alone (long caption -> its short caption "
-                    "and back, top-1; the stage-1 metric); give --model, --text-encoder or both.")
+    p = add_command(subparsers, "eval", run)
     p.add_argument("--model", type=Path, default=None, help="model bundle folder (`llm2clip export`)")
     p.add_argument("--text-encoder", type=Path, default=None,
                    help="Hugging Face text encoder folder (e.g. `llm2clip train text` output): caption retrieval")
@@ -35,7 +28,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="ONNX Runtime intra-op threads (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    p.set_defaults(func=run)
 
 
 def _pct(x: float) -> str:
@@ -79,6 +71,14 @@ def format_caption_table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """retrieval R@1/5/10 of a model bundle on a dataset (long, short, near twins); caption retrieval of a text
+    encoder
+
+    Embed DATA's images and captions with the model bundle's ONNX encoders (what the service serves) and report
+    text-to-image and image-to-text recall at 1, 5 and 10, with long and with short captions, and near-twin
+    accuracy on test splits. With --text-encoder, report the caption retrieval accuracy of that LLM alone (long
+    caption -> its short caption and back, top-1; the stage-1 metric); give --model, --text-encoder or both.
+    """
     from llm2clip.errors import LLM2CLIPError
 
     if args.model is None and args.text_encoder is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llm2clip.cliargs import Opt, add_dataclass_options, dataclass_values, non_negative_int, opt, positive_int
+from llm2clip.cliargs import Opt, add_command, add_dataclass_options, dataclass_values, non_negative_int, opt, positive_int
 
 
 @dataclass
@@ -74,3 +74,21 @@ def test_a_field_without_a_known_type_needs_one():
 
     with pytest.raises(TypeError, match="Opt with a type"):
         parser_for(Odd)
+
+
+def test_add_command_takes_its_texts_from_the_run_function():
+    def run(args):
+        """do the thing, 100%% of it
+
+        The long description: it says what
+        the command writes.
+        """
+        return 7
+
+    parser = argparse.ArgumentParser(prog="x")
+    sub = parser.add_subparsers(dest="cmd")
+    p = add_command(sub, "thing", run)
+    assert p.description == "The long description: it says what the command writes."
+    assert "do the thing, 100% of it" in parser.format_help()
+    args = parser.parse_args(["thing"])
+    assert args.func(args) == 7
