@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llm2clip.cliargs import Opt, add_command, add_dataclass_options, dataclass_values, non_negative_int, opt, positive_int
+from llm2clip.cliargs import (
+    Opt,
+    add_command,
+    add_dataclass_options,
+    dataclass_values,
+    non_negative_int,
+    opt,
+    positive_int,
+)
 
 
 @dataclass
