@@ -19,6 +19,7 @@ from typing import Any
 from llm2clip.config import PreprocessCfg
 from llm2clip.errors import BundleError
 from llm2clip.hashing import fingerprint, hash_tree, sha256_file
+from llm2clip.manifest import ManifestField
 
 FORMAT = "llm2clip-model-bundle"
 FORMAT_VERSION = 1
@@ -33,22 +34,14 @@ class ModelBundle:
     path: Path
     manifest: dict[str, Any]
 
-    @property
-    def fingerprint(self) -> str:
-        return str(self.manifest["fingerprint"])
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.manifest["embed_dim"])
+    fingerprint = ManifestField("fingerprint", kind=str)
+    embed_dim = ManifestField("embed_dim", kind=int)
+    max_tokens = ManifestField("text", "max_tokens", kind=int)
 
     @property
     def preprocess(self) -> PreprocessCfg:
         img = self.manifest["image"]
         return PreprocessCfg(size=int(img["size"]), resize=img["resize"], mean=tuple(img["mean"]), std=tuple(img["std"]))
-
-    @property
-    def max_tokens(self) -> int:
-        return int(self.manifest["text"]["max_tokens"])
 
     @property
     def image_onnx(self) -> Path:

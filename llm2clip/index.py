@@ -19,6 +19,7 @@ import numpy as np
 
 from llm2clip.bundle import MANIFEST, publish, read_manifest, staging_dir, verify_files, write_manifest
 from llm2clip.errors import BundleError
+from llm2clip.manifest import ManifestField
 
 FORMAT = "llm2clip-index-bundle"
 FORMAT_VERSION = 1
@@ -164,21 +165,10 @@ class IndexBundle:
         self._db = db
         self._db_lock = threading.Lock()
 
-    @property
-    def modality(self) -> str:
-        return str(self.manifest["modality"])
-
-    @property
-    def count(self) -> int:
-        return int(self.manifest["count"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def model_fingerprint(self) -> str:
-        return str(self.manifest["model_fingerprint"])
+    modality = ManifestField("modality", kind=str)
+    count = ManifestField("count", kind=int)
+    dim = ManifestField("dim", kind=int)
+    model_fingerprint = ManifestField("model_fingerprint", kind=str)
 
     def check_model(self, model_fingerprint: str) -> None:
         if model_fingerprint != self.model_fingerprint:

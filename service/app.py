@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm2clip import __version__
+from service.asgi import HttpMiddleware
 from service.batching import (
     Batcher,
     BatchHooks,
@@ -151,7 +152,7 @@ def _cache(settings: Settings, metrics: Metrics) -> LRUCache:
     return cache
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Refuses request bodies over ``max_bytes`` (413), whether Content-Length announces one or a streamed
     (chunked) body grows past the limit.
 
@@ -161,13 +162,10 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = 0
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit():

@@ -65,10 +65,15 @@ def add_parser(subparsers) -> None:
     _add_export(subparsers)
 
 
+def _data_and_out(parser: argparse.ArgumentParser, data: str, out: str) -> None:
+    """The two folders every training command takes: the dataset it reads and where it writes (and resumes)."""
+    parser.add_argument("--data", required=True, type=Path, help=data)
+    parser.add_argument("--out", required=True, type=Path, help=out)
+
+
 def _add_text(sub) -> None:
     t = add_command(sub, "text", _run_text)
-    t.add_argument("--data", required=True, type=Path, help="training dataset folder (items.jsonl)")
-    t.add_argument("--out", required=True, type=Path, help="output model folder (resumed when it holds a run)")
+    _data_and_out(t, "training dataset folder (items.jsonl)", "output model folder (resumed when it holds a run)")
     t.add_argument("--base", type=Path, default=None,
                    help="Hugging Face folder of the base LLM (default: SmolLM2-135M-Instruct, offline)")
     t.add_argument("--val", type=Path, default=None,
@@ -78,8 +83,7 @@ def _add_text(sub) -> None:
 
 def _add_embed(sub) -> None:
     e = add_command(sub, "embed", _run_embed)
-    e.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
-    e.add_argument("--out", required=True, type=Path, help="output folder for the embedding shards")
+    _data_and_out(e, "dataset folder (items.jsonl + images)", "output folder for the embedding shards")
     e.add_argument("--text-encoder", type=Path, default=None,
                    help="Hugging Face model folder of the text encoder (default: SmolLM2-135M-Instruct, offline)")
     add_dataclass_options(e, EmbedCfg)
@@ -87,9 +91,8 @@ def _add_embed(sub) -> None:
 
 def _add_clip(sub) -> None:
     c = add_command(sub, "clip", _run_clip)
-    c.add_argument("--data", required=True, type=Path, help="training dataset folder")
+    _data_and_out(c, "training dataset folder", "checkpoint folder (resumed when it exists)")
     c.add_argument("--embeddings", required=True, type=Path, help="folder written by `llm2clip train embed`")
-    c.add_argument("--out", required=True, type=Path, help="checkpoint folder (resumed when it exists)")
     c.add_argument("--preset", choices=list(STAGE2_PRESETS), default="default",
                    help="the recipe the options below change: " + "; ".join(
                        f"{name}: {p.about}" for name, p in STAGE2_PRESETS.items()) + " (default default)")

@@ -20,15 +20,7 @@ _MULTIPART_SCHEMA = {
                    "description": "Image files (repeat the field)."},
     },
 }
-_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": EmbedRequest.model_json_schema()},
-            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-        },
-    }
-}
+_BODY_DOC = inputs.body_doc(EmbedRequest, _MULTIPART_SCHEMA)
 
 
 @router.post("", response_model=EmbedResponse, responses=error_responses(400, 413, 415, 422, 429, 503),

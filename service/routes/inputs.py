@@ -228,3 +228,12 @@ async def gather_encoded(*futures: asyncio.Future[Any] | None) -> list[Any]:
         for f in futures:
             if f is not None and not f.done():
                 f.cancel()
+
+
+def body_doc(json_model: type[BaseModel], multipart_schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI's request body for a route that reads JSON or a multipart form itself (FastAPI cannot infer
+    either from the handler's signature)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": json_model.model_json_schema()},
+        "multipart/form-data": {"schema": multipart_schema},
+    }}}

@@ -28,15 +28,7 @@ _MULTIPART_SCHEMA = {
         "target": {"type": "string", "enum": ["image", "text"]},
     },
 }
-_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": SearchRequest.model_json_schema()},
-            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-        },
-    }
-}
+_BODY_DOC = inputs.body_doc(SearchRequest, _MULTIPART_SCHEMA)
 
 
 @router.post(
