@@ -174,3 +174,39 @@ def test_a_variant_that_fails_its_check_is_never_served(tiny_model, tiny_llm_dir
     with pytest.raises(BundleError, match="int8 text encoder failed its check"):
         load_text_encoder(out, "int8", threads=1)
     assert load_text_encoder(out, "auto", threads=1).precision == "fp32"
+
+
+def test_mcnemar_counts_the_paired_queries():
+    from training.variants import mcnemar_drop_p
+
+    base = np.array([True] * 7 + [False] * 3)
+    assert mcnemar_drop_p(base, base.copy()) == (0, 0, 1.0)
+    worse = base.copy()
+    worse[:5] = False  # five queries lost, none won: 1/32
+    assert mcnemar_drop_p(base, worse) == (5, 0, 1 / 32)
+    worse[7:9] = True  # and two won back: P(X >= 5 | 7 flips) = 29/128
+    assert mcnemar_drop_p(base, worse) == (5, 2, 29 / 128)
+
+
+def test_an_r1_drop_fails_only_when_it_is_over_the_threshold_and_significant():
+    from training.variants import CheckThresholds, _r1_problems
+
+    n = 200
+    fp32 = np.zeros(n, bool)
+    fp32[:60] = True  # R@1 0.300
+
+    def result(hits):
+        return {"r1": {"i2t": float(hits.mean())}, "hits": {"i2t": hits}}
+
+    flips = fp32.copy()
+    flips[:5] = False  # lost 5 ...
+    flips[100:102] = True  # ... won 2: 1.5 points down, as near ties flip both ways (p 0.23)
+    problems, paired = _r1_problems(result(fp32), result(flips), CheckThresholds())
+    assert problems == [] and paired["i2t"] == {"lost": 5, "won": 2, "p": 0.2266}
+    damaged = fp32.copy()
+    damaged[:8] = False  # lost 8, won none: 4 points down, p 1/256
+    problems, _ = _r1_problems(result(fp32), result(damaged), CheckThresholds())
+    assert len(problems) == 1 and "i2t R@1 0.260 is 4.0 points below" in problems[0]
+    small = fp32.copy()
+    small[:2] = False  # 1 point down: within the threshold whatever the test says
+    assert _r1_problems(result(fp32), result(small), CheckThresholds())[0] == []
