@@ -85,10 +85,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             batcher.start()
         for modality, index in resources.indexes.items():
             metrics.index_items.labels(index=modality).set(index.count)
+            metrics.index_info.labels(index=modality, model_fingerprint=index.model_fingerprint[:12]).set(1)
+        metrics.queue_tokens_limit.set(settings.batch.max_queue_tokens)
         text = resources.text_encoder
         metrics.model_info.labels(fingerprint=resources.bundle.fingerprint[:12], precision=text.precision,
                                   backend=text.backend, device=text.device, version=__version__).set(1)
         state.runtime = Runtime(settings, metrics, resources, text_batcher, image_batcher, _cache(settings, metrics))
+        metrics.ready.set_function(lambda: float(state.runtime is not None and state.runtime.alive))
         log.info("ready: model %s, indexes %s", resources.bundle.fingerprint[:12],
                  {m: i.count for m, i in resources.indexes.items()})
         yield

@@ -74,6 +74,15 @@ class Metrics:
             ["fingerprint", "precision", "backend", "device", "version"], registry=r,
         )
         self.index_items = Gauge("llm2clip_index_items", "Rows in each loaded index.", ["index"], registry=r)
+        self.index_info = Gauge(
+            "llm2clip_index_info", "Each loaded index: always 1, the model bundle it was built with as a label.",
+            ["index", "model_fingerprint"], registry=r,
+        )
+        self.ready = Gauge("llm2clip_ready", "1 while /readyz answers ready (model, indexes and encoder workers up).",
+                           registry=r)
+        self.queue_tokens_limit = Gauge(
+            "llm2clip_queue_tokens_limit", "Queued text tokens past which text requests get 429.", registry=r,
+        )
         self.rejected = Counter(
             "llm2clip_rejected_requests", "Requests refused with a 4xx, by error code.", ["reason"],
             registry=r,

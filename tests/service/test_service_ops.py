@@ -78,6 +78,35 @@ def test_metrics_count_requests_stages_and_rejections(client):
     assert value(after, "llm2clip_queue_depth", modality="text") == 0
 
 
+def test_metrics_the_alerts_read(app_client, tiny_bundle, make_settings):
+    # deploy/prometheus/rules.yml pages on these: readiness, the queue's bound, which model built each index
+    model = load_bundle(tiny_bundle).fingerprint[:12]
+    c = app_client(batch={"max_queue_tokens": 5000})
+    snap = samples(c)
+    assert value(snap, "llm2clip_ready") == 1.0
+    assert value(snap, "llm2clip_queue_tokens_limit") == 5000.0
+    assert value(snap, "llm2clip_index_info", index="image", model_fingerprint=model) == 1.0
+    assert value(snap, "llm2clip_index_info", index="text", model_fingerprint=model) == 1.0
+
+
+def test_ready_metric_follows_the_lifespan(make_settings):
+    from fastapi.testclient import TestClient
+    from prometheus_client import generate_latest
+
+    from service.app import create_app
+
+    app = create_app(make_settings())
+
+    def ready() -> float:
+        text = generate_latest(app.state.metrics.registry).decode()
+        return float(next(x for x in text.splitlines() if x.startswith("llm2clip_ready ")).split()[1])
+
+    assert ready() == 0.0  # created, nothing loaded yet
+    with TestClient(app) as c:
+        assert value(samples(c), "llm2clip_ready") == 1.0
+    assert ready() == 0.0  # shut down: the same registry says not ready
+
+
 def test_two_apps_have_their_own_registries(app_client):
     a, b = app_client(), app_client()
     a.post("/search", json={"text": "x"})
