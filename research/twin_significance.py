@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from llm2clip.data import read_dataset
-from training.eval import embed_images, embed_texts, twin_hits, twin_pairs
+from training.eval import embed_images, embed_texts, sign_test_tail, twin_hits, twin_pairs
 
 
 def pair_hits(bundle: Path, dataset, pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
@@ -38,11 +37,8 @@ def pair_hits(bundle: Path, dataset, pairs: list[tuple[int, int]]) -> dict[str, 
 def mcnemar_p(only_first: int, only_second: int) -> float:
     """Exact two-sided sign test on the discordant pairs."""
     n = only_first + only_second
-    if n == 0:
-        return 1.0
-    k = min(only_first, only_second)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    # the smaller count's lower tail equals, by symmetry, the upper tail from the larger count
+    return min(1.0, 2 * sign_test_tail(n, max(only_first, only_second)))
 
 
 def compare(first: np.ndarray, other: np.ndarray, seed: int = 0, resamples: int = 10_000) -> dict[str, Any]:

@@ -9,10 +9,7 @@
 from __future__ import annotations
 
 import ast
-import subprocess
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 400
@@ -22,12 +19,11 @@ PIPELINE = ("llm2clip", "training", "index_builder", "service")
 
 
 def _sources() -> list[Path]:
-    try:
-        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
-                                cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
-    return [ROOT / f for f in listed if not f.startswith("tests/") and (ROOT / f).exists()]
+    """The project's Python files outside tests/: every .py under the repository root but virtual environments,
+    caches and work folders (anything under a dot folder, __pycache__ or a folder git ignores by name here)."""
+    skip = {"tests", "__pycache__", "llm2clip-work", "work", "build", "dist"}
+    return sorted(p for p in ROOT.rglob("*.py")
+                  if not any(part.startswith(".") or part in skip for part in p.relative_to(ROOT).parts[:-1]))
 
 
 def _module_name(path: Path) -> str:

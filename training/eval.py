@@ -8,6 +8,7 @@ the dataset itself: query caption i's right image is image i, image i's right ca
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -64,6 +65,12 @@ def twin_pairs(dataset: Dataset) -> list[tuple[int, int]]:
             if j is not None and j != i:
                 pairs.add((i, j))
     return sorted(pairs)
+
+
+def sign_test_tail(n: int, k: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2): the exact tail of a sign test on n discordant paired outcomes
+    (McNemar's exact test). 1 when there is nothing to test."""
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n if n else 1.0
 
 
 def twin_hits(text_emb: np.ndarray, image_emb: np.ndarray,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -159,9 +158,9 @@ def mcnemar_drop_p(base_hits: np.ndarray, hits: np.ndarray) -> tuple[int, int, f
     only the base gets right, queries only the variant gets right, p-value)."""
     lost = int((base_hits & ~hits).sum())
     won = int((~base_hits & hits).sum())
-    n = lost + won
-    p = sum(math.comb(n, i) for i in range(lost, n + 1)) / 2**n if n else 1.0
-    return lost, won, float(p)
+    from training.eval import sign_test_tail
+
+    return lost, won, sign_test_tail(lost + won, lost)
 
 
 def _r1_problems(base: dict[str, Any], got: dict[str, Any], thresholds: CheckThresholds) -> tuple[list[str], dict]:
