@@ -148,7 +148,8 @@ def calibration_texts(data: str | Path | None, work: Path, n: int = CALIBRATION_
 def _retrieval(long: np.ndarray, short: np.ndarray, image: np.ndarray) -> dict[str, Any]:
     """Each query's top-1 answer, and whether it is right, per direction (row i of each describes item i)."""
     truth = np.arange(len(image))
-    top1 = {"t2i": (long @ image.T).argmax(1), "i2t": (image @ long.T).argmax(1), "t2i_short": (short @ image.T).argmax(1)}
+    sim = long @ image.T  # one product for both directions
+    top1 = {"t2i": sim.argmax(1), "i2t": sim.argmax(0), "t2i_short": (short @ image.T).argmax(1)}
     hits = {k: v == truth for k, v in top1.items()}
     return {"r1": {k: float(h.mean()) for k, h in hits.items()}, "hits": hits, "top1": np.concatenate(list(top1.values()))}
 
