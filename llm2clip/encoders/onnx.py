@@ -18,6 +18,7 @@ from llm2clip.encoders.base import (
     TextEncoder,
     l2_normalize,
 )
+from llm2clip.errors import require_runtime
 from llm2clip.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,7 @@ GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 
 def make_session(path, providers: Sequence[str] | None = None, threads: int | None = None,
                  fp16: bool = False):
-    import onnxruntime as ort
-
+    ort = require_runtime("onnxruntime")
     available = ort.get_available_providers()
     wanted = [p for p in (providers or PROVIDER_PREFERENCE) if p in available] or ["CPUExecutionProvider"]
     provider_args: list = []
