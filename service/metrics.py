@@ -10,10 +10,13 @@ import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,10 +29,19 @@ TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+def _registry() -> CollectorRegistry:
+    """A registry with what the global one carries by default: process_cpu_seconds_total,
+    process_resident_memory_bytes, ... (Linux), python_info, python_gc_*."""
+    r = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=r)
+    for collector in (PLATFORM_COLLECTOR, GC_COLLECTOR):
+        r.register(collector)
+    return r
+
+
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self.registry = r = _registry()
         self.http_requests = Counter(
             "llm2clip_http_requests", "HTTP requests answered, by route template, method and status.",
             ["route", "method", "status"], registry=r,
