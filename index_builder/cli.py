@@ -48,6 +48,27 @@ def add_parser(subparsers) -> None:
     b.add_argument("--factory", default=None,
                    help="FAISS index factory string (default: Flat up to 200k rows, HNSW32,Flat beyond)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_engine_options(b)
+
+
+def _add_engine_options(b: argparse.ArgumentParser) -> None:
+    g = b.add_argument_group(
+        "distributed build (Ray Data)",
+        "--engine ray decodes and encodes on a Ray cluster, in actors that each hold an ONNX encoder; this "
+        "process collects the embeddings in corpus order and writes the same bundle a local build writes. "
+        "Every node must read --model and --data at the same paths (a shared filesystem). Needs "
+        "pip install 'llm2clip-retrieval[ray]'.")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: a Ray cluster")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster: omit to start Ray on this machine, 'auto' to join the cluster this machine "
+                        "is part of (`ray start`), or ray://HEAD:10001 (Ray Client)")
+    g.add_argument("--actors", type=positive_int, default=None,
+                   help="encoder actors (default: the cluster's CPUs / --actor-cpus)")
+    g.add_argument("--actor-cpus", type=positive_int, default=1,
+                   help="CPUs (and ONNX Runtime threads) per actor (default 1)")
+    g.add_argument("--rows-per-task", type=positive_int, default=64,
+                   help="images or captions one actor call encodes (default 64)")
 
 
 def _summary(modality: str, out: Path, manifest: dict) -> str:
@@ -67,15 +88,19 @@ def run(args: argparse.Namespace) -> int:
     queries) and OUT/text (searched by image queries), or OUT itself with --modality image|text. Unreadable
     images are skipped and counted in the manifest.
     """
+    from index_builder.ray_engine import RayCfg
     from index_builder.runner import BuildCfg, build_indexes
     from llm2clip.errors import LLM2CLIPError
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise LLM2CLIPError(f"--out {out} is a file: name a folder (it is created, or replaced if it is an index)")
+    if args.engine != "ray" and (args.address or args.actors):
+        raise LLM2CLIPError("--address and --actors apply to --engine ray only")
+    ray = RayCfg(args.address, args.actors, args.actor_cpus, args.rows_per_task)
     cfg = BuildCfg(batch_size=args.batch_size, captions=args.captions, workers=args.workers, threads=args.threads,
                    progress=not args.no_progress, factory=args.factory, precision=args.precision,
-                   max_batch_tokens=args.max_batch_tokens)
+                   max_batch_tokens=args.max_batch_tokens, engine=args.engine, ray=ray)
     for built in build_indexes(args.data, args.model, out, cfg, args.modality):
         print(_summary(built.modality, built.path, built.manifest))
     return 0

@@ -18,7 +18,9 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from index_builder import ray_engine
 from index_builder.mapper import make_mapper
+from index_builder.ray_engine import Precomputed, RayCfg, RayEncodedReader
 from index_builder.reader import DEFAULT_MAX_PIXELS, Batch, CaptionReader, ImageReadCfg, ImageReader, Skip
 from index_builder.writer import BundleWriter
 from llm2clip import __version__
@@ -137,7 +139,8 @@ class BuildCfg:
     larger than ``max_pixels`` skipped. Captions: the ``captions`` named (``long``, ``short``, ``all`` or
     caption keys), handed to the text encoder ``text_chunk`` at a time, which sorts them into token-budget
     batches of ``max_batch_tokens``; ``precision`` picks its variant as the service does (``auto``: the
-    best this machine runs). ``factory`` is the FAISS index factory string (None: by corpus size)."""
+    best this machine runs). ``factory`` is the FAISS index factory string (None: by corpus size).
+    ``engine``: ``local`` (this process) or ``ray`` (decode and encode on a Ray cluster, ``ray``)."""
 
     batch_size: int = 32
     captions: tuple[str, ...] = ("long",)
@@ -151,6 +154,8 @@ class BuildCfg:
     precision: str = "auto"
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     text_chunk: int = TEXT_CHUNK
+    engine: str = "local"
+    ray: RayCfg = RayCfg()
 
     def image_reading(self) -> ImageReadCfg:
         return ImageReadCfg(self.batch_size, self.workers, self.prefetch, self.max_pixels)
@@ -171,6 +176,20 @@ def _reader(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg) -> Image
     return CaptionReader(ds, captions=cfg.captions, batch_size=cfg.text_chunk)
 
 
+def _ray_stages(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg) -> tuple[Any, Any]:
+    """Reader and mapper of a Ray build: Ray's actors decode and encode, the runner only collects. The text
+    variant is chosen here once, so that every node encodes with the same one."""
+    from llm2clip.encoders.select import choose_text_precision
+
+    if modality == "image":
+        return RayEncodedReader(ds, mb, modality, cfg, cfg.ray), Precomputed(None)
+    precision = choose_text_precision(mb, cfg.precision)
+    runtime = mb.text_variants.get(precision, {}).get("runtime", "onnxruntime")
+    described = {"backend": runtime, "device": "ray", "precision": precision,
+                 "max_batch_tokens": cfg.max_batch_tokens}
+    return RayEncodedReader(ds, mb, modality, cfg, cfg.ray, precision), Precomputed(described)
+
+
 def _build_record(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg, stats: PipelineStats,
                   encoder: Any) -> dict[str, Any]:
     """The manifest's ``build`` section: where the rows came from and how they were made."""
@@ -187,6 +206,7 @@ def _build_record(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg, st
         "text_encoder": encoder.describe() if not image and hasattr(encoder, "describe") else None,
         "workers": cfg.workers if image else None,
         "threads": cfg.threads,
+        "engine": cfg.engine,
         "max_pixels": cfg.max_pixels if image else None,
         "model_fingerprint": mb.fingerprint,
         "skipped": stats.skipped_summary(),
@@ -208,7 +228,10 @@ def build_index(dataset: Dataset | str | Path, bundle: ModelBundle | str | Path,
         raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
     mb = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
-    reader = _reader(ds, mb, modality, cfg)
+    if cfg.engine == "ray":
+        reader, mapper = _ray_stages(ds, mb, modality, cfg)
+    else:
+        reader = _reader(ds, mb, modality, cfg)
     if mapper is None:
         mapper = make_mapper(mb, modality, threads=cfg.threads, providers=cfg.providers,
                              precision=cfg.precision, max_batch_tokens=cfg.max_batch_tokens)
@@ -240,8 +263,13 @@ def build_indexes(dataset: Dataset | str | Path, bundle: ModelBundle | str | Pat
         check_factory(cfg.factory, mb.embed_dim)
     out = Path(out)
     targets = [(m, out / m) for m in MODALITIES] if modality == "both" else [(modality, out)]
-    for name, target in targets:
-        yield Built(name, target, build_index(ds, mb, target, name, cfg))
+    started = cfg.engine == "ray" and ray_engine.connect(cfg.ray)
+    try:
+        for name, target in targets:
+            yield Built(name, target, build_index(ds, mb, target, name, cfg))
+    finally:
+        if started:
+            ray_engine.shutdown()
 
 
 __all__ = ["BuildCfg", "Built", "PipelineStats", "build_index", "build_indexes", "run_pipeline"]
