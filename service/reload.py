@@ -93,7 +93,8 @@ class IndexReloader:
 
     def poll(self) -> list[ReloadOutcome]:
         """The watcher's look: reads only manifests whose stat changed, and does not try again a version it
-        refused (a fixed bundle is a new version; POST /admin/reload retries on demand)."""
+        refused (a fixed bundle is a new version; POST /admin/reload retries on demand). Returns the outcome
+        of each new version tried."""
         outcomes = []
         for modality in self.paths:
             with self._lock:
@@ -125,7 +126,7 @@ class IndexReloader:
         version = read_version(path)
         if version == served.version:
             self._refused.pop(modality, None)
-            return ReloadOutcome(modality, "unchanged", served.version, served.bundle.count)
+            return ReloadOutcome(modality, "unchanged", served.version, served.bundle.count) if retry else None
         if not retry and modality in self._refused and self._refused[modality] == version:
             return None
         try:
