@@ -32,6 +32,7 @@ from service.batching import (
 from service.cache import LRUCache
 from service.errors import CatchAllMiddleware, register_error_handlers
 from service.metrics import HttpMetricsMiddleware, Metrics
+from service.reload import IndexReloader, Watcher, show_index
 from service.routes import api_router
 from service.settings import Settings
 from service.state import Resources, Runtime, ServiceState, load_resources
@@ -74,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     resources = state.preloaded
     owned = resources is None
     batchers: list[Batcher] = []
+    watcher: Watcher | None = None
     try:
         if resources is None:
             resources = await asyncio.to_thread(load_resources, settings)
@@ -83,20 +85,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batchers = [text_batcher, image_batcher]
         for batcher in batchers:
             batcher.start()
-        for modality, index in resources.indexes.items():
-            metrics.index_items.labels(index=modality).set(index.count)
-            metrics.index_info.labels(index=modality, model_fingerprint=index.model_fingerprint[:12]).set(1)
+        for modality in resources.indexes:
+            served = resources.indexes.served(modality)
+            if served is not None:
+                show_index(metrics, modality, served)
+        reloader = IndexReloader(settings, resources.indexes, resources.bundle, metrics)
         metrics.queue_tokens_limit.set(settings.batch.max_queue_tokens)
         text = resources.text_encoder
         metrics.model_info.labels(fingerprint=resources.bundle.fingerprint[:12], precision=text.precision,
                                   backend=text.backend, device=text.device, version=__version__).set(1)
-        state.runtime = Runtime(settings, metrics, resources, text_batcher, image_batcher, _cache(settings, metrics))
+        state.runtime = Runtime(settings, metrics, resources, text_batcher, image_batcher, _cache(settings, metrics),
+                                reloader)
         metrics.ready.set_function(lambda: float(state.runtime is not None and state.runtime.alive))
-        log.info("ready: model %s, indexes %s", resources.bundle.fingerprint[:12],
-                 {m: i.count for m, i in resources.indexes.items()})
+        if reloader.paths and settings.reload_interval_s > 0:
+            watcher = Watcher(reloader, settings.reload_interval_s)
+            watcher.start()
+        log.info("ready: model %s, indexes %s, watched every %ss, admin API %s", resources.bundle.fingerprint[:12],
+                 {m: f"{resources.indexes.version(m)} ({i.count} rows)" for m, i in resources.indexes.items()},
+                 settings.reload_interval_s if watcher else "(off)", "on" if settings.admin_token else "off")
         yield
     finally:
         state.runtime = None
+        if watcher is not None:
+            await asyncio.to_thread(watcher.stop)
         for batcher in batchers:
             await asyncio.to_thread(batcher.stop)
         if owned and resources is not None:

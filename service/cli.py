@@ -36,9 +36,24 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text encoder variant of the bundle (default auto: the fastest this machine runs among "
                         "those that passed their check at export; LLM2CLIP_PRECISION)")
     p.add_argument("--no-verify", action="store_true",
-                   help="skip re-hashing the bundle files at startup (faster start for large bundles)")
+                   help="skip re-hashing the bundle files at startup and on index reloads (faster for large "
+                        "bundles)")
+    p.add_argument("--reload-interval", type=_seconds, metavar="SECONDS",
+                   help="look at each index folder's manifest.json every SECONDS for a new version and swap it in "
+                        "without dropping requests; 0 turns watching off (default 5; LLM2CLIP_RELOAD_INTERVAL_S)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info)")
+
+
+def _seconds(value: str) -> float:
+    """argparse type: a number of seconds, 0 or more."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not seconds >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return seconds
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -64,7 +79,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {
         "model": args.model, "image_index": args.image_index, "text_index": args.text_index,
         "corpus_root": args.corpus_root, "host": args.host, "port": args.port, "threads": args.threads,
-        "precision": args.precision,
+        "precision": args.precision, "reload_interval_s": args.reload_interval,
     }
     if args.no_verify:
         overrides["verify_bundles"] = False
@@ -113,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
     """run the HTTP search service (search page, /search, /embed, /metrics)
 
     Serve a model bundle and its indexes over HTTP. Every flag can also be set in the environment as
-    LLM2CLIP_<NAME> (e.g. LLM2CLIP_MODEL, LLM2CLIP_IMAGE_INDEX); flags win.
+    LLM2CLIP_<NAME> (e.g. LLM2CLIP_MODEL, LLM2CLIP_IMAGE_INDEX); flags win. A rebuilt index published into
+    its folder is swapped in while the service runs (see --reload-interval); the admin API, POST
+    /admin/reload, is on only when LLM2CLIP_ADMIN_TOKEN is set (at least 16 characters; an environment
+    variable only, since a flag would show in the process list) and then needs "Authorization: Bearer
+    <token>".
     """
     return serve(_overrides(args), args.log_level)
 

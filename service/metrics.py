@@ -85,11 +85,7 @@ class Metrics:
             "llm2clip_model_info", "The loaded model bundle: always 1, the facts are labels.",
             ["fingerprint", "precision", "backend", "device", "version"], registry=r,
         )
-        self.index_items = Gauge("llm2clip_index_items", "Rows in each loaded index.", ["index"], registry=r)
-        self.index_info = Gauge(
-            "llm2clip_index_info", "Each loaded index: always 1, the model bundle it was built with as a label.",
-            ["index", "model_fingerprint"], registry=r,
-        )
+        self._add_index_metrics(r)
         self.ready = Gauge("llm2clip_ready", "1 while /readyz answers ready (model, indexes and encoder workers up).",
                            registry=r)
         self.queue_tokens_limit = Gauge(
@@ -98,6 +94,21 @@ class Metrics:
         self.rejected = Counter(
             "llm2clip_rejected_requests", "Requests refused with a 4xx, by error code.", ["reason"],
             registry=r,
+        )
+
+    def _add_index_metrics(self, r: CollectorRegistry) -> None:
+        self.index_items = Gauge("llm2clip_index_items", "Rows in each loaded index.", ["index"], registry=r)
+        self.index_info = Gauge(
+            "llm2clip_index_info",
+            "Each served index: always 1, the model bundle it was built with and its version (a hash of its "
+            "manifest) as labels; one series per index, replaced when a reload swaps the index.",
+            ["index", "model_fingerprint", "version"], registry=r,
+        )
+        self.index_reloads = Counter(
+            "llm2clip_index_reloads",
+            "New index versions found (by the watcher or POST /admin/reload), by result: ok (swapped in) or "
+            "refused (broken or mismatched: the old index keeps serving).",
+            ["index", "result"], registry=r,
         )
 
     def render(self) -> tuple[bytes, str]:

@@ -82,6 +82,10 @@ class SearchResponse(BaseModel):
     query: QueryInfo
     took_ms: float = Field(description="Server time for this request, decoding to response.")
     model: str = Field(description="First 12 characters of the model bundle fingerprint.")
+    index_version: str = Field(
+        description="Version of the index searched (a hash of its manifest, as /readyz and /info show): every "
+                    "result of one response comes from this one version, also across a reload.",
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -109,6 +113,9 @@ class Readiness(BaseModel):
     status: str
     model: str
     indexes: dict[str, int | None] = Field(description="Rows per index; null for an index not configured.")
+    versions: dict[str, str | None] = Field(
+        description="Version served per index (a hash of its manifest.json); null for an index not configured.",
+    )
 
 
 class IndexInfo(BaseModel):
@@ -117,6 +124,30 @@ class IndexInfo(BaseModel):
     factory: str | None
     metric: str | None
     model: str
+    version: str = Field(description="A hash of the index's manifest.json: changes with every rebuild.")
+    created: str | None = Field(default=None, description="When the index bundle was written (UTC, ISO 8601).")
+
+
+class ReloadRequest(BaseModel):
+    """A POST /admin/reload body (optional): which index to look at; default every configured one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: Modality | None = Field(default=None, description="'image' or 'text'; default: both.")
+
+
+class ReloadedIndex(BaseModel):
+    status: Literal["loaded", "unchanged"] = Field(
+        description="loaded: a new version was checked and swapped in; unchanged: the folder holds the version "
+                    "already served.",
+    )
+    version: str = Field(description="The version served now.")
+    count: int = Field(description="Rows of the index served now.")
+    previous: str | None = Field(default=None, description="loaded: the version it replaced.")
+
+
+class ReloadResponse(BaseModel):
+    indexes: dict[str, ReloadedIndex]
 
 
 class Info(BaseModel):

@@ -8,12 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 
 MiB = 1024 * 1024
+MIN_TOKEN_CHARS = 16
+# what templates and tutorials put in a token field: a deploy that kept one must not open the admin API
+PLACEHOLDER_TOKENS = frozenset({"changethis", "changeme", "change-me", "secret", "token", "admin", "password",
+                                "your-token-here", "xxxxxxxxxxxxxxxx"})
 
 
 class BatchSettings(BaseModel):
@@ -68,7 +72,20 @@ class Settings(BaseSettings):
     )
     verify_bundles: bool = Field(
         default=True,
-        description="Re-hash every bundle file at startup (seconds for a large bundle) to catch corruption.",
+        description="Re-hash every bundle file at startup and on each index reload (seconds for a large "
+                    "bundle) to catch corruption.",
+    )
+    reload_interval_s: float = Field(
+        default=5.0, ge=0, le=86_400,
+        description="Seconds between looks at each index folder's manifest.json for a new version (a stat, "
+                    "then its hash when that changed). A new version is loaded in the background, checked "
+                    "(verified, same model, dim and modality) and swapped in without failing a request; a "
+                    "refused one leaves the old serving. 0: no watching (POST /admin/reload still works).",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description=f"Bearer token of the admin API (POST /admin/reload), at least {MIN_TOKEN_CHARS} "
+                    "characters. Unset or empty: the admin API is off and answers 404.",
     )
 
     # server and runtime
@@ -119,3 +136,18 @@ class Settings(BaseSettings):
         default=16 * MiB, ge=1024,
         description="Largest request body in bytes, sent with Content-Length or streamed (413 above).",
     )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _real_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or not token.get_secret_value():
+            return None  # LLM2CLIP_ADMIN_TOKEN= (empty) in a compose file means off
+        value = token.get_secret_value()
+        if value.strip().lower() in PLACEHOLDER_TOKENS or len(set(value)) < 4:
+            raise ValueError("is a placeholder: generate one, e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))'")
+        if len(value) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must have at least {MIN_TOKEN_CHARS} characters")
+        if value != value.strip():
+            raise ValueError("has leading or trailing whitespace")
+        return token

@@ -11,18 +11,18 @@ import numpy as np
 
 from llm2clip.bundle import ModelBundle, load_bundle
 from llm2clip.encoders import BatchLimits, ImageEncoder, TextEncoder, load_encoders
-from llm2clip.errors import BundleError, SettingError
-from llm2clip.index import MODALITIES, IndexBundle, load_index
+from llm2clip.errors import SettingError
+from llm2clip.index import MODALITIES
 from service.batching import Batcher, TextEmbedding, TokenizedText
 from service.cache import LRUCache
+from service.indexes import IndexSet, ServedIndex, index_setting, load_checked
 from service.metrics import Metrics
+from service.reload import IndexReloader
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-def index_setting(modality: str) -> str:
-    """The environment variable that names the index of ``modality``."""
-    return f"LLM2CLIP_{modality.upper()}_INDEX"
+__all__ = ["Resources", "Runtime", "ServiceState", "index_setting", "load_resources"]
 
 
 @dataclass
@@ -32,16 +32,16 @@ class Resources:
     bundle: ModelBundle
     image_encoder: ImageEncoder
     text_encoder: TextEncoder
-    indexes: dict[str, IndexBundle] = field(default_factory=dict)  # by modality: "image", "text"
-    corpus_root: Path | None = None
+    # by modality ("image", "text"); swapped by a reload, each search leasing the one it started with
+    indexes: IndexSet = field(default_factory=IndexSet)
+    corpus_root: Path | None = None  # kept as found at startup: a reload swaps indexes only
 
     def warmup(self) -> None:
         self.image_encoder.warmup()
         self.text_encoder.warmup()
 
     def close(self) -> None:
-        for index in self.indexes.values():
-            index.close()
+        self.indexes.close()
 
 
 @dataclass
@@ -54,6 +54,7 @@ class Runtime:
     text_batcher: Batcher[TokenizedText, TextEmbedding]
     image_batcher: Batcher[np.ndarray, np.ndarray]
     text_cache: LRUCache[TextEmbedding]
+    reloader: IndexReloader | None = None
 
     @property
     def alive(self) -> bool:
@@ -68,30 +69,21 @@ class ServiceState:
     runtime: Runtime | None = None
 
 
-def load_indexes(settings: Settings, bundle: ModelBundle) -> dict[str, IndexBundle]:
-    indexes: dict[str, IndexBundle] = {}
+def load_indexes(settings: Settings, bundle: ModelBundle) -> IndexSet:
+    served: dict[str, ServedIndex] = {}
     try:
         for modality, path in (("image", settings.image_index), ("text", settings.text_index)):
-            if path is None:
-                continue
-            index = load_index(path, verify=settings.verify_bundles, device=settings.index_device)
-            indexes[modality] = index
-            if index.modality != modality:
-                raise SettingError(
-                    f"{path} is a {index.modality} index, but it was given as the {modality} index: "
-                    f"pass it as {index_setting(index.modality)}", f"{index.modality}_index")
-            index.check_model(bundle.fingerprint)
-            if index.dim != bundle.embed_dim:
-                raise BundleError(f"index {path} has dim {index.dim}, the model {bundle.embed_dim}: "
-                                  "rebuild the index")
+            if path is not None:
+                served[modality] = load_checked(Path(path), modality, bundle, settings.verify_bundles,
+                                                settings.index_device)
     except BaseException:
-        for index in indexes.values():
-            index.close()
+        for s in served.values():
+            s.release()
         raise
-    return indexes
+    return IndexSet(served)
 
 
-def find_corpus_root(settings: Settings, indexes: dict[str, IndexBundle]) -> Path | None:
+def find_corpus_root(settings: Settings, indexes: IndexSet) -> Path | None:
     if settings.corpus_root is not None:
         root = Path(settings.corpus_root).expanduser()
         if not root.is_dir():
@@ -128,8 +120,7 @@ def load_resources(settings: Settings) -> Resources:
         image_encoder, text_encoder = load_encoders(bundle, settings.precision, providers=settings.providers,
                                                     threads=settings.threads, limits=limits)
     except BaseException:
-        for index in indexes.values():
-            index.close()
+        indexes.close()
         raise
     log.info("model %s (dim %d), text encoder %s, indexes %s, corpus root %s", bundle.fingerprint[:12],
              bundle.embed_dim, text_encoder.describe(), {m: i.count for m, i in indexes.items()}, corpus_root)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 
 from llm2clip.index import MODALITIES
 from service.errors import ApiError
+from service.indexes import ServedIndex
 from service.routes.deps import RuntimeDep, ServiceDep
 from service.schemas import Health, IndexInfo, Info, Readiness, error_responses
 
@@ -25,8 +26,11 @@ async def readyz(service: ServiceDep) -> Readiness:
     if runtime is None or not runtime.alive:
         raise ApiError(503, "not_ready", "the service is starting or stopping")
     indexes = runtime.resources.indexes
+    # one read of each slot: a count and a version from two sides of a reload would not belong together
+    served = {m: indexes.served(m) for m in MODALITIES}
     return Readiness(status="ready", model=runtime.resources.bundle.fingerprint[:12],
-                     indexes={m: indexes[m].count if m in indexes else None for m in MODALITIES})
+                     indexes={m: s.bundle.count if s else None for m, s in served.items()},
+                     versions={m: s.version if s else None for m, s in served.items()})
 
 
 @router.get("/metrics", response_class=Response)
@@ -42,7 +46,7 @@ async def info(runtime: RuntimeDep) -> Info:
     bundle = runtime.resources.bundle
     manifest = bundle.manifest
     settings = runtime.settings
-    indexes = runtime.resources.indexes
+    served = {m: runtime.resources.indexes.served(m) for m in MODALITIES}
     return Info(
         model={
             "fingerprint": bundle.fingerprint,
@@ -52,13 +56,7 @@ async def info(runtime: RuntimeDep) -> Info:
             "precision": manifest.get("precision"),
             "created": manifest.get("created"),
         },
-        indexes={
-            m: IndexInfo(count=indexes[m].count, dim=indexes[m].dim,
-                         factory=indexes[m].manifest.get("factory"), metric=indexes[m].manifest.get("metric"),
-                         model=indexes[m].model_fingerprint[:12])
-            if m in indexes else None
-            for m in MODALITIES
-        },
+        indexes={m: _index_info(s) if s else None for m, s in served.items()},
         corpus_root=runtime.resources.corpus_root is not None,
         limits={
             "max_k": settings.max_k,
@@ -69,3 +67,10 @@ async def info(runtime: RuntimeDep) -> Info:
             "max_request_bytes": settings.max_request_bytes,
         },
     )
+
+
+def _index_info(served: ServedIndex) -> IndexInfo:
+    index = served.bundle
+    return IndexInfo(count=index.count, dim=index.dim, factory=index.manifest.get("factory"),
+                     metric=index.manifest.get("metric"), model=index.model_fingerprint[:12],
+                     version=served.version, created=index.manifest.get("created"))

@@ -10,12 +10,13 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import APIRouter, Request
 
-from llm2clip.index import IndexBundle, Record
+from llm2clip.index import Record
 from service.errors import ApiError
+from service.indexes import ServedIndex, index_setting
 from service.routes import inputs
 from service.routes.deps import RuntimeDep
 from service.schemas import Modality, QueryInfo, SearchHit, SearchRequest, SearchResponse, error_responses
-from service.state import Runtime, index_setting
+from service.state import Runtime
 
 router = APIRouter(prefix="/search", tags=["search"])
 
@@ -40,7 +41,6 @@ _BODY_DOC = inputs.body_doc(SearchRequest, _MULTIPART_SCHEMA)
 async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
     """Rank indexed items for a text or image query: text searches images, an image searches captions."""
     start = time.perf_counter()
-    settings = runtime.settings
     query, image = await _read_query(request, runtime)
     if query.text is not None and image is not None:
         raise ApiError(422, "invalid_request", "give either text or an image, not both")
@@ -48,27 +48,13 @@ async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
         raise ApiError(422, "invalid_request", "give a text or an image to search with")
     modality: Modality = "text" if query.text is not None else "image"
     target: Modality = query.target or ("image" if modality == "text" else "text")
-    index = runtime.resources.indexes.get(target)
-    if index is None:
-        raise ApiError(503, "index_not_loaded",
-                       f"no {target} index is loaded: set {index_setting(target)} and restart the service")
-
-    tokens: int | None = None
-    truncated = False
-    if query.text is not None:
-        text = inputs.check_text(query.text, "text", settings)
-        prepared = await inputs.prepare_texts(runtime, [text])
-        [encoded] = await inputs.gather_encoded(inputs.submit_texts(runtime, prepared))
-        encoded = inputs.finish_texts(runtime, prepared, encoded)
-        vector = encoded[0].vector
-        tokens, truncated = encoded[0].tokens, encoded[0].truncated
-    else:
-        assert image is not None
-        pixels = await inputs.pixels_of([image], runtime)
-        [encoded] = await inputs.gather_encoded(inputs.submit_pixels(runtime, pixels))
-        vector = encoded[0]
-
-    hits = await asyncio.to_thread(_search, runtime, target, index, vector, query.k)
+    # the index current now answers this request, search and records both, even if a reload swaps it out
+    with runtime.resources.indexes.lease(target) as served:
+        if served is None:
+            raise ApiError(503, "index_not_loaded",
+                           f"no {target} index is loaded: set {index_setting(target)} and restart the service")
+        vector, tokens, truncated = await _encode(runtime, query.text, image)
+        hits = await asyncio.to_thread(_search, runtime, target, served, vector, query.k)
     root_path = request.scope.get("root_path", "")
     results = [
         SearchHit(rank=rank, score=score, id=rec.id, uri=rec.uri, caption=rec.caption,
@@ -81,7 +67,24 @@ async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
         query=QueryInfo(modality=modality, target=target, tokens=tokens, truncated=truncated),
         took_ms=round((time.perf_counter() - start) * 1000, 3),
         model=runtime.resources.bundle.fingerprint[:12],
+        index_version=served.version,
     )
+
+
+async def _encode(
+    runtime: Runtime, text: str | None, image: tuple[str, bytes] | None,
+) -> tuple[np.ndarray, int | None, bool]:
+    """-> (the query's embedding, its tokens and whether it was cut, for a text)."""
+    if text is not None:
+        text = inputs.check_text(text, "text", runtime.settings)
+        prepared = await inputs.prepare_texts(runtime, [text])
+        [encoded] = await inputs.gather_encoded(inputs.submit_texts(runtime, prepared))
+        encoded = inputs.finish_texts(runtime, prepared, encoded)
+        return encoded[0].vector, encoded[0].tokens, encoded[0].truncated
+    assert image is not None
+    pixels = await inputs.pixels_of([image], runtime)
+    [encoded] = await inputs.gather_encoded(inputs.submit_pixels(runtime, pixels))
+    return encoded[0], None, False
 
 
 async def _read_query(request: Request, runtime: Runtime) -> tuple[SearchRequest, tuple[str, bytes] | None]:
@@ -106,15 +109,23 @@ async def _read_query(request: Request, runtime: Runtime) -> tuple[SearchRequest
         await form.close()
 
 
-def _search(
-    runtime: Runtime, name: str, index: IndexBundle, vector: np.ndarray, k: int,
-) -> list[tuple[float, Record]]:
-    """FAISS search and item lookup: blocking, so it runs in a worker thread."""
-    t0 = time.perf_counter()
-    scores, rows = index.search(vector[None, :].astype(np.float32, copy=False), k)
-    found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
-    records = index.records([r for _, r in found])
-    runtime.metrics.search_seconds.labels(index=name).observe(time.perf_counter() - t0)
+def _search(runtime: Runtime, name: str, served: ServedIndex, vector: np.ndarray, k: int) -> list[tuple[float, Record]]:
+    """FAISS search and item lookup in one bundle: blocking, so it runs in a worker thread.
+
+    The thread holds ``served`` itself: a cancelled request (the client went away) leaves its ``with`` block
+    while the thread may still be searching, or before it has started.
+    """
+    if not served.retain():
+        raise RuntimeError("the request ended before its search started")  # nobody waits for this answer
+    try:
+        index = served.bundle
+        t0 = time.perf_counter()
+        scores, rows = index.search(vector[None, :].astype(np.float32, copy=False), k)
+        found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
+        records = index.records([r for _, r in found])
+        runtime.metrics.search_seconds.labels(index=name).observe(time.perf_counter() - t0)
+    finally:
+        served.release()
     if len(records) != len(found):
         raise RuntimeError(f"index {index.path}: rows without items; the index bundle is inconsistent")
     return [(score, rec) for (score, _), rec in zip(found, records, strict=True)]

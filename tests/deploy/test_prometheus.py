@@ -24,7 +24,7 @@ def promtool(*args: str) -> str:
 
 def test_config_and_rules_are_valid():
     assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
-    assert "SUCCESS: 7 rules found" in promtool("check", "rules", "rules.yml")
+    assert "SUCCESS: 8 rules found" in promtool("check", "rules", "rules.yml")
 
 
 def test_every_alert_fires_on_its_case_and_not_on_its_neighbour():
@@ -45,7 +45,8 @@ def test_the_rules_read_series_the_service_exports():
     m.http_requests.labels(route="/search", method="POST", status="200").inc()
     m.http_duration.labels(route="/search", method="POST").observe(0.1)
     m.rejected.labels(reason="overloaded").inc()
-    m.index_info.labels(index="image", model_fingerprint="x").set(1)
+    m.index_info.labels(index="image", model_fingerprint="x", version="v").set(1)
+    m.index_reloads.labels(index="image", result="refused").inc()
     m.model_info.labels(fingerprint="x", precision="fp32", backend="onnxruntime", device="cpu", version="0").set(1)
     exported = {line.split("{")[0].split(" ")[0] for line in generate_latest(m.registry).decode().splitlines()
                 if line and not line.startswith("#")}

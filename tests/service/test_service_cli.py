@@ -109,3 +109,20 @@ def test_counts_must_be_positive():
     with pytest.raises(SystemExit):
         parse("--threads", "0")
     assert parse("--threads", "2").threads == 2
+
+
+def test_reload_interval_flag():
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(SystemExit):
+            parse("--reload-interval", bad)
+    assert cli._overrides(parse("--reload-interval", "0.5"))["reload_interval_s"] == 0.5
+    assert cli._overrides(parse("--reload-interval", "0"))["reload_interval_s"] == 0.0
+    assert cli._overrides(parse())["reload_interval_s"] is None  # the environment's, or the default
+
+
+def test_a_placeholder_admin_token_stops_serve_without_echoing_it(capsys, monkeypatch, tiny_bundle):
+    monkeypatch.setenv("LLM2CLIP_ADMIN_TOKEN", "changethis")
+    assert main(["serve", "--model", str(tiny_bundle), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm2clip: error: invalid setting admin_token: ") and "placeholder" in err, err
+    assert "changethis" not in err

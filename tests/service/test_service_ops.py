@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import draw_shape, png_bytes
 
@@ -22,12 +24,15 @@ def value(snapshot, name: str, **labels) -> float:
     return snapshot.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_healthz_and_readyz(client, tiny_bundle):
+def test_healthz_and_readyz(client, tiny_bundle, indexes):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200
+    # the version of an index is a short hash of its manifest.json
+    versions = {m: hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()[:12]
+                for m, path in zip(("image", "text"), indexes, strict=True)}
     assert r.json() == {"status": "ready", "model": load_bundle(tiny_bundle).fingerprint[:12],
-                        "indexes": {"image": 12, "text": 24}}
+                        "indexes": {"image": 12, "text": 24}, "versions": versions}
 
 
 def test_readyz_is_503_outside_the_lifespan(make_settings):
@@ -85,8 +90,14 @@ def test_metrics_the_alerts_read(app_client, tiny_bundle, make_settings):
     snap = samples(c)
     assert value(snap, "llm2clip_ready") == 1.0
     assert value(snap, "llm2clip_queue_tokens_limit") == 5000.0
-    assert value(snap, "llm2clip_index_info", index="image", model_fingerprint=model) == 1.0
-    assert value(snap, "llm2clip_index_info", index="text", model_fingerprint=model) == 1.0
+    versions = c.get("/readyz").json()["versions"]
+    for index in ("image", "text"):
+        info = {labels: v for (name, labels), v in snap.items() if name == "llm2clip_index_info"
+                and dict(labels)["index"] == index}
+        assert info == {frozenset({"index": index, "model_fingerprint": model,
+                                   "version": versions[index]}.items()): 1.0}
+        for result in ("ok", "refused"):  # present before any reload: alerts read 0, not nothing
+            assert snap[("llm2clip_index_reloads_total", frozenset({"index": index, "result": result}.items()))] == 0
 
 
 def test_ready_metric_follows_the_lifespan(make_settings):
@@ -118,6 +129,8 @@ def test_info(client):
     info = client.get("/info").json()
     assert info["model"]["embed_dim"] == 32
     assert info["indexes"]["image"]["count"] == 12 and info["indexes"]["text"]["count"] == 24
+    versions = client.get("/readyz").json()["versions"]
+    assert {m: info["indexes"][m]["version"] for m in versions} == versions
     assert info["corpus_root"] is True
     assert info["limits"]["max_k"] == 100
     assert "/" not in str(info["indexes"])  # no server paths in a public answer

@@ -42,8 +42,9 @@ def test_text_search_returns_k_ranked_image_hits(client, encoders, indexes, tiny
     r = client.post("/search", json={"text": query, "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"results", "query", "took_ms", "model"}
+    assert set(body) == {"results", "query", "took_ms", "model", "index_version"}
     assert body["model"] == load_bundle(tiny_bundle).fingerprint[:12]
+    assert body["index_version"] == client.get("/readyz").json()["versions"]["image"]
     assert body["query"]["modality"] == "text" and body["query"]["target"] == "image"
     assert body["query"]["truncated"] is False
     assert body["query"]["tokens"] == len(encoders[1].tokenize_each([query])[0][0])
