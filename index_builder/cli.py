@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from index_builder.runner import DEFAULT_SHARD_SIZE
 from llm2clip.cliargs import add_command, positive_int
 from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 from llm2clip.index import MODALITIES
@@ -47,6 +48,10 @@ def add_parser(subparsers) -> None:
                    help="ONNX Runtime intra-op threads (default: every core)")
     b.add_argument("--factory", default=None,
                    help="FAISS index factory string (default: Flat up to 200k rows, HNSW32,Flat beyond)")
+    b.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE,
+                   help="items embedded and saved at a time in OUT.partial/ (OUT/image.partial, OUT/text.partial "
+                        "with both): a build killed at any point resumes from its last saved shard when run again "
+                        f"with the same arguments (default {DEFAULT_SHARD_SIZE})")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -65,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     Embed DATA with the model bundle's ONNX encoders and write index bundles: OUT/image (searched by text
     queries) and OUT/text (searched by image queries), or OUT itself with --modality image|text. Unreadable
-    images are skipped and counted in the manifest.
+    images are skipped and counted in the manifest. Resumable: the embeddings are saved a shard at a time beside
+    each index (OUT.partial/) until it is written, so a build killed at any point, run again with the same
+    arguments, embeds only what it had not saved and writes the index a clean build writes.
     """
     from index_builder.runner import BuildCfg, build_indexes
     from llm2clip.errors import LLM2CLIPError
@@ -75,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise LLM2CLIPError(f"--out {out} is a file: name a folder (it is created, or replaced if it is an index)")
     cfg = BuildCfg(batch_size=args.batch_size, captions=args.captions, workers=args.workers, threads=args.threads,
                    progress=not args.no_progress, factory=args.factory, precision=args.precision,
-                   max_batch_tokens=args.max_batch_tokens)
+                   max_batch_tokens=args.max_batch_tokens, shard_size=args.shard_size)
     for built in build_indexes(args.data, args.model, out, cfg, args.modality):
         print(_summary(built.modality, built.path, built.manifest))
     return 0

@@ -99,3 +99,6 @@ def test_flags_are_validated_by_the_parser():
         parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--modality", "audio"])
     args = parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--captions", "long,short"])
     assert args.captions == ("long", "short") and args.modality == "both" and args.workers == 2
+    assert args.shard_size == 4096
+    with pytest.raises(SystemExit):
+        parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--shard-size", "0"])
