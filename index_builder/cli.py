@@ -20,10 +20,10 @@ def _captions(value: str) -> tuple[str, ...]:
 
 def add_parser(subparsers) -> None:
     index = subparsers.add_parser(
-        "index", help="build FAISS index bundles of a corpus (images and captions)",
+        "index", help="build FAISS index bundles of a corpus (images and captions), or add items to them",
         description="Index bundles: a FAISS index over a corpus embedded with a model bundle, plus the "
                     "items its rows stand for. The service searches them.")
-    sub = index.add_subparsers(dest="index_cmd", required=True, metavar="{build}")
+    sub = index.add_subparsers(dest="index_cmd", required=True, metavar="{build,add}")
     b = add_command(sub, "build", run)
     b.add_argument("--model", required=True, type=Path, help="model bundle folder (`llm2clip export`)")
     b.add_argument("--data", required=True, type=Path, help="dataset folder (items.jsonl + images)")
@@ -53,6 +53,31 @@ def add_parser(subparsers) -> None:
                         "with both): a build killed at any point resumes from its last saved shard when run again "
                         f"with the same arguments (default {DEFAULT_SHARD_SIZE})")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_add(sub)
+
+
+def _add_add(sub) -> None:
+    a = add_command(sub, "add", run_add)
+    a.add_argument("--index", required=True, type=Path,
+                   help="index bundle to add to, or a folder holding image/ and text/ bundles (both get the items)")
+    a.add_argument("--data", required=True, type=Path,
+                   help="dataset folder (items.jsonl + images), under the index's corpus root: its items whose id "
+                        "the index lacks are added")
+    a.add_argument("--model", type=Path, default=None,
+                   help="model bundle the index was built with (refused if its fingerprint differs: vectors of two "
+                        "models are not comparable). Default: the bundle the build recorded, if it is still there "
+                        "with the same fingerprint")
+    a.add_argument("--modality", choices=MODALITIES, default=None,
+                   help="refuse unless the index is of this modality (default: the index's)")
+    a.add_argument("--captions", type=_captions, default=None, metavar="long|short|all",
+                   help="refuse unless the index embeds these captions (default: the index's)")
+    a.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "int8", "fp16"],
+                   help="text encoder variant (default: the one the index was built with)")
+    a.add_argument("--batch-size", type=positive_int, default=32, help="images per encoder call (default 32)")
+    a.add_argument("--workers", type=positive_int, default=2, help="image decode threads (default 2)")
+    a.add_argument("--threads", type=positive_int, default=None,
+                   help="ONNX Runtime intra-op threads (default: every core)")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def _summary(modality: str, out: Path, manifest: dict) -> str:
@@ -85,4 +110,45 @@ def run(args: argparse.Namespace) -> int:
                    max_batch_tokens=args.max_batch_tokens, shard_size=args.shard_size)
     for built in build_indexes(args.data, args.model, out, cfg, args.modality):
         print(_summary(built.modality, built.path, built.manifest))
+    return 0
+
+
+def _add_targets(folder: Path) -> list[Path]:
+    from llm2clip.bundle import MANIFEST
+    from llm2clip.errors import BundleError
+
+    if (folder / MANIFEST).is_file() or not folder.is_dir():
+        return [folder]  # an index bundle, or a path load errors explain
+    found = [folder / m for m in MODALITIES if (folder / m / MANIFEST).is_file()]
+    if not found:
+        raise BundleError(f"{folder} is no index bundle and holds none (image/, text/): name an index bundle, or "
+                          "build one with `llm2clip index build`")
+    return found
+
+
+def run_add(args: argparse.Namespace) -> int:
+    """add a dataset's new items to index bundles, without rebuilding them
+
+    Embed the items of DATA whose id the index lacks and append them: existing rows keep their row numbers, new
+    rows follow, and a second add of the same data adds nothing. Each index is published as a new version in one
+    rename (a running service never reads half of it; the old version stays whole if the add fails). Refuses an
+    index built with another model, modality or captions. An IVF index warns when the added items have drifted
+    from what it was trained on, or it has grown past twice that: rebuild it then (`llm2clip index build`).
+    """
+    import sys
+
+    from index_builder.append import AddCfg, add_dataset
+
+    cfg = AddCfg(modality=args.modality, captions=args.captions, precision=args.precision,
+                 batch_size=args.batch_size, workers=args.workers, threads=args.threads,
+                 progress=not args.no_progress)
+    for target in _add_targets(args.index):
+        res = add_dataset(target, args.data, args.model, cfg)
+        skipped = f"; skipped {res.skipped['count']}" if res.skipped.get("count") else ""
+        print(f"{res.modality} index: added {res.items_added} items ({res.rows_added} rows) -> {res.path}: "
+              f"{res.manifest['count']} rows; {res.already} already there{skipped}")
+        drift = res.drift or {}
+        if drift.get("needs_retrain"):
+            print(f"llm2clip: warning: {res.path} needs retraining: {drift['reason']}; rebuild it with "
+                  "`llm2clip index build`", file=sys.stderr)
     return 0
