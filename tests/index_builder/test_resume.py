@@ -112,7 +112,7 @@ class FailingMapper(PixelMapper):
         return super().__call__(pixels)
 
 
-def test_a_build_that_died_resumes_and_equals_a_clean_build(tiny_bundle, tmp_path, caplog):
+def test_a_build_that_died_resumes_and_equals_a_clean_build(tiny_bundle, tmp_path, caplog, capsys):
     ds = make_dataset(tmp_path / "ds", 18)
     size = load_bundle(tiny_bundle).preprocess.size
     cfg = BuildCfg(batch_size=2, shard_size=4, progress=False)
@@ -129,8 +129,10 @@ def test_a_build_that_died_resumes_and_equals_a_clean_build(tiny_bundle, tmp_pat
 
     mapper = FailingMapper(size, fail_at=-1)
     with caplog.at_level(logging.WARNING, logger="index_builder.runner"):
-        resumed = build_index(ds, tiny_bundle, target, "image", cfg, mapper=mapper)
+        resumed = build_index(ds, tiny_bundle, target, "image", replace(cfg, progress=True), mapper=mapper)
     assert "resuming: 2 of 5 shards done" in caplog.text
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    assert "| 8/18 " in bar[0] and "| 18/18 " in bar[-1]  # the bar starts at the items of the shards done
     assert mapper.calls == 5  # shards 2, 3 and 4: 2 + 2 + 1 batches
     assert resumed["build"]["shards"] == {"size": 4, "count": 5, "resumed": 2}
     assert not work_dir(target).exists()
