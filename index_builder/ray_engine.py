@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,33 @@ class _Described:
         return self.description
 
 
+def stages(mb: ModelBundle, modality: str, cfg: Any) -> tuple[Any, Precomputed]:
+    """A Ray build's config and mapper: Ray's actors decode and encode, the runner only collects. The text
+    variant is chosen here, once, so that every node encodes with the same one (and the shards' key names it)."""
+    from dataclasses import replace
+
+    from llm2clip.encoders.select import choose_text_precision
+
+    if modality == "image":
+        return cfg, Precomputed({"engine": "ray", "batch": cfg.ray.rows_per_task})
+    precision = choose_text_precision(mb, cfg.precision)
+    runtime = mb.text_variants.get(precision, {}).get("runtime", "onnxruntime")
+    described = {"backend": runtime, "device": "ray", "precision": precision,
+                 "max_batch_tokens": cfg.max_batch_tokens, "batch": cfg.ray.rows_per_task}
+    return replace(cfg, precision=precision), Precomputed(described)
+
+
+@contextmanager
+def session(ray_cfg: RayCfg, wanted: bool = True) -> Iterator[None]:
+    """Ray connected for the duration (when ``wanted``); shut down after only if this started it."""
+    started = wanted and connect(ray_cfg)
+    try:
+        yield
+    finally:
+        if started:
+            shutdown()
+
+
 def connect(ray_cfg: RayCfg) -> bool:
     """Start or join Ray; True when this call started it (the caller shuts it down)."""
     ray = _ray()
@@ -256,4 +284,4 @@ def shutdown() -> None:
     _ray().shutdown()
 
 
-__all__ = ["Precomputed", "RayCfg", "RayEncodedReader", "connect", "shutdown"]
+__all__ = ["Precomputed", "RayCfg", "RayEncodedReader", "connect", "session", "shutdown", "stages"]

@@ -7,11 +7,12 @@ The timings tell where a build spends its time: a large ``read_wait`` means deco
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,9 +21,26 @@ from tqdm import tqdm
 
 from index_builder import ray_engine
 from index_builder.mapper import make_mapper
-from index_builder.ray_engine import Precomputed, RayCfg, RayEncodedReader
-from index_builder.reader import DEFAULT_MAX_PIXELS, Batch, CaptionReader, ImageReadCfg, ImageReader, Skip
-from index_builder.writer import BundleWriter
+from index_builder.ray_engine import RayCfg
+from index_builder.reader import (
+    DEFAULT_MAX_PIXELS,
+    Batch,
+    CaptionReader,
+    ImageReadCfg,
+    ImageReader,
+    Row,
+    Skip,
+)
+from index_builder.shards import (
+    Shard,
+    ShardStore,
+    image_signature,
+    items_digest,
+    shard_plan,
+    target_lock,
+    work_dir,
+)
+from index_builder.writer import BundleWriter, RowCollector
 from llm2clip import __version__
 from llm2clip.bundle import ModelBundle, load_bundle
 from llm2clip.data.dataset import Dataset, read_dataset
@@ -36,6 +54,9 @@ SKIP_EXAMPLES = 10
 # captions handed to the text encoder at a time: it sorts them by length into token-budget batches, so a
 # larger chunk wastes less padding; the progress bar moves a chunk at a time
 TEXT_CHUNK = 512  # item ids kept in the manifest: enough to find the bad files, bounded for huge corpora
+# items a shard: the unit a killed build resumes from. A multiple of the batch sizes, so that a sharded build
+# batches as an unsharded one would; large enough that the reader's pause at each shard's start is noise.
+DEFAULT_SHARD_SIZE = 4096
 
 
 class Reader(Protocol):
@@ -50,8 +71,6 @@ class Reader(Protocol):
 class Writer(Protocol):
     def add(self, embeddings: np.ndarray, rows: Sequence[Any]) -> None: ...
 
-    def finish(self, build: dict[str, Any]) -> dict[str, Any]: ...
-
 
 @dataclass
 class PipelineStats:
@@ -63,6 +82,8 @@ class PipelineStats:
     write_s: float = 0.0
     decode_s: float = 0.0  # decode + preprocess, summed over reader workers (overlaps the others)
     total_s: float = 0.0
+    items: int = 0  # items embedded by this run (a resumed build skips those of the shards already done)
+    resumed: int = 0  # shards a previous run had done
 
     def skipped_summary(self) -> dict[str, Any]:
         reasons = Counter(s.reason for s in self.skipped)
@@ -82,21 +103,28 @@ class PipelineStats:
         }
 
 
+def progress_bar(total: int, modality: str, enabled: bool = True, initial: int = 0) -> tqdm:
+    # image progress counts items (skipped ones too, so the bar reaches its total); text counts captions
+    unit = "item" if modality == "image" else "caption"
+    return tqdm(total=total, initial=initial, unit=unit, desc=f"index {modality}", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
 def run_pipeline(
     reader: Reader,
     mapper: Callable[[Any], np.ndarray],
     writer: Writer,
-    progress: bool = True,
+    progress: bool | tqdm = True,
     clock: Callable[[], float] = time.perf_counter,
+    stats: PipelineStats | None = None,
 ) -> PipelineStats:
     """Drive every batch of ``reader`` through ``mapper`` into ``writer`` (not finished here); ``clock``
-    times the stages."""
-    stats = PipelineStats()
+    times the stages. ``progress``: a bar of its own, none, or a bar shared with other runs; ``stats``: totals
+    to add to (one per build, over its shards), a new one when None."""
+    stats = stats if stats is not None else PipelineStats()
     modality = getattr(reader, "modality", "")
-    # image progress counts items (skipped ones too, so the bar reaches its total); text counts captions
-    unit = "item" if modality == "image" else "caption"
-    bar = tqdm(total=len(reader), unit=unit, desc=f"index {modality}", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    own_bar = isinstance(progress, bool)
+    bar = progress_bar(len(reader), modality, progress) if isinstance(progress, bool) else progress
     start = clock()
     batches: Iterator[Batch] = iter(reader)
     try:
@@ -125,9 +153,10 @@ def run_pipeline(
         close = getattr(batches, "close", None)
         if close is not None:
             close()  # stops the reader's prefetch threads when a stage raised
-        bar.close()
-    stats.total_s = clock() - start
-    stats.decode_s = float(getattr(reader, "decode_seconds", 0.0))
+        if own_bar:
+            bar.close()
+    stats.total_s += clock() - start
+    stats.decode_s += float(getattr(reader, "decode_seconds", 0.0))
     return stats
 
 
@@ -139,8 +168,8 @@ class BuildCfg:
     larger than ``max_pixels`` skipped. Captions: the ``captions`` named (``long``, ``short``, ``all`` or
     caption keys), handed to the text encoder ``text_chunk`` at a time, which sorts them into token-budget
     batches of ``max_batch_tokens``; ``precision`` picks its variant as the service does (``auto``: the
-    best this machine runs). ``factory`` is the FAISS index factory string (None: by corpus size).
-    ``engine``: ``local`` (this process) or ``ray`` (decode and encode on a Ray cluster, ``ray``)."""
+    best this machine runs). ``factory`` is the FAISS index factory string (None: by corpus size). The corpus
+    is embedded ``shard_size`` items at a time, each shard saved beside the target (see shards.py)."""
 
     batch_size: int = 32
     captions: tuple[str, ...] = ("long",)
@@ -154,7 +183,9 @@ class BuildCfg:
     precision: str = "auto"
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     text_chunk: int = TEXT_CHUNK
-    engine: str = "local"
+    shard_size: int = DEFAULT_SHARD_SIZE  # items a shard in the work folder: what a killed build resumes from
+    keep_shards: bool = False  # leave the work folder once the bundle is written (build_indexes: until the last)
+    engine: str = "local"  # or "ray": shards decoded and encoded on a Ray cluster (ray_engine.py)
     ray: RayCfg = RayCfg()
 
     def image_reading(self) -> ImageReadCfg:
@@ -170,30 +201,114 @@ class Built:
     manifest: dict[str, Any]
 
 
-def _reader(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg) -> ImageReader | CaptionReader:
+def make_reader(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg) -> Reader:
+    if cfg.engine == "ray":
+        return ray_engine.RayEncodedReader(ds, mb, modality, cfg, cfg.ray, cfg.precision)
     if modality == "image":
         return ImageReader(ds, mb.preprocess, cfg.image_reading())
     return CaptionReader(ds, captions=cfg.captions, batch_size=cfg.text_chunk)
 
 
-def _ray_stages(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg) -> tuple[Any, Any]:
-    """Reader and mapper of a Ray build: Ray's actors decode and encode, the runner only collects. The text
-    variant is chosen here once, so that every node encodes with the same one."""
-    from llm2clip.encoders.select import choose_text_precision
+@dataclass
+class _Job:
+    """One index build: its inputs, the shards it embeds the corpus in, and where they are kept."""
 
-    if modality == "image":
-        return RayEncodedReader(ds, mb, modality, cfg, cfg.ray), Precomputed(None)
-    precision = choose_text_precision(mb, cfg.precision)
-    runtime = mb.text_variants.get(precision, {}).get("runtime", "onnxruntime")
-    described = {"backend": runtime, "device": "ray", "precision": precision,
-                 "max_batch_tokens": cfg.max_batch_tokens}
-    return RayEncodedReader(ds, mb, modality, cfg, cfg.ray, precision), Precomputed(described)
+    ds: Dataset
+    mb: ModelBundle
+    modality: str
+    cfg: BuildCfg
+    mapper: Callable[[Any], np.ndarray]
+    target: Path
+
+    def __post_init__(self) -> None:
+        self.plan = shard_plan(len(self.ds), self.cfg.shard_size)
+        self.store: ShardStore | None = None
+
+    def shard(self, n: int) -> Dataset:
+        start, end = self.plan[n]
+        return Dataset(self.ds.root, self.ds.items[start:end])
+
+    def sources(self, part: Dataset) -> str:
+        """What a shard depends on beyond the key: the image files (captions are in the items, so in the key)."""
+        return image_signature(part.root, part.items) if self.modality == "image" else ""
+
+    def key(self) -> dict[str, Any]:
+        """What the shards are made from: a build with another key must not reuse them."""
+        image = self.modality == "image"
+        encoder = getattr(self.mapper, "encoder", None)
+        cfg = self.cfg
+        return {
+            "dataset": str(Path(self.ds.root).resolve()),
+            "items": {"count": len(self.ds), "sha256": items_digest(self.ds.items)},
+            "model_fingerprint": self.mb.fingerprint,
+            "modality": self.modality,
+            "captions": ["long"] if image else list(cfg.captions),
+            # the variant, runtime and device the vectors come from (the precision `auto` resolved to)
+            "encoder": encoder.describe() if hasattr(encoder, "describe") else {"mapper": type(self.mapper).__qualname__},
+            # batch composition moves the last bits of a vector; max_pixels decides which images are skipped
+            "batching": ({"batch_size": cfg.batch_size, "max_pixels": cfg.max_pixels} if image
+                         else {"text_chunk": cfg.text_chunk}),
+            "shard_size": cfg.shard_size,
+        }
 
 
-def _build_record(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg, stats: PipelineStats,
-                  encoder: Any) -> dict[str, Any]:
+def _encode_shards(job: _Job, store: ShardStore) -> PipelineStats:
+    """Embed every shard not on disk yet, saving each as it is done; the bar starts at the shards done."""
+    parts = [job.shard(n) for n in range(len(job.plan))]
+    sources = [job.sources(part) for part in parts]
+    todo = [n for n, src in enumerate(sources) if not store.done(n, src)]
+    readers = [make_reader(part, job.mb, job.modality, job.cfg) for part in parts]
+    stats = PipelineStats(resumed=len(job.plan) - len(todo))
+    if stats.resumed:
+        log.warning("resuming: %d of %d shards done (%s)", stats.resumed, len(job.plan), store.folder)
+    total = sum(len(r) for r in readers)
+    bar = progress_bar(total, job.modality, job.cfg.progress, total - sum(len(readers[n]) for n in todo))
+    try:
+        for n in todo:
+            collector = RowCollector(job.mb.embed_dim)
+            before = len(stats.skipped)
+            run_pipeline(readers[n], job.mapper, collector, progress=bar, stats=stats)
+            rows = [(row.item.id, row.caption_key) for row in collector.rows]
+            store.save(n, Shard(collector.embeddings(), rows, stats.skipped[before:]), sources[n])
+            stats.items += len(parts[n])
+    finally:
+        bar.close()
+    return stats
+
+
+def _assemble(job: _Job, store: ShardStore, stats: PipelineStats) -> dict[str, Any]:
+    """Every shard's rows, in item order, through the bundle writer (the FAISS index is chosen there)."""
+    t0 = time.perf_counter()
+    writer = BundleWriter(job.target, job.modality, job.mb.embed_dim, job.mb.fingerprint, factory=job.cfg.factory)
+    skipped: list[Skip] = []
+    for n in range(len(job.plan)):
+        shard = store.load(n)
+        items = {item.id: item for item in job.shard(n).items}
+        try:
+            rows = [Row(items[item_id], key) for item_id, key in shard.rows]
+        except KeyError:
+            raise BundleError(f"shard {n} in {store.folder} names items the dataset lacks: delete that folder "
+                              "and build again") from None
+        writer.add(shard.embeddings, rows)
+        skipped.extend(shard.skipped)
+    stats.skipped, stats.rows = skipped, len(writer)
+    stats.write_s += time.perf_counter() - t0
+    build = _build_record(job, stats)
+    try:
+        return writer.finish(build)
+    except RuntimeError as exc:
+        if not job.cfg.factory:
+            raise
+        # e.g. an IVF index with more lists than the corpus has rows
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"FAISS could not build {job.cfg.factory!r} for this corpus: {first}") from None
+
+
+def _build_record(job: _Job, stats: PipelineStats) -> dict[str, Any]:
     """The manifest's ``build`` section: where the rows came from and how they were made."""
-    image = modality == "image"
+    ds, mb, cfg = job.ds, job.mb, job.cfg
+    image = job.modality == "image"
+    encoder = getattr(job.mapper, "encoder", None)
     return {
         "dataset": str(Path(ds.root).absolute()),
         # the service serves item images from here: uris in items.sqlite are relative to it
@@ -209,9 +324,12 @@ def _build_record(ds: Dataset, mb: ModelBundle, modality: str, cfg: BuildCfg, st
         "engine": cfg.engine,
         "max_pixels": cfg.max_pixels if image else None,
         "model_fingerprint": mb.fingerprint,
+        # where `llm2clip index add` finds the model when not told (used only while its fingerprint matches)
+        "model_bundle": str(Path(mb.path).resolve()),
+        "shards": {"size": cfg.shard_size, "count": len(job.plan), "resumed": stats.resumed},
         "skipped": stats.skipped_summary(),
         "durations_s": stats.durations(),
-        "items_per_s": round(len(ds) / stats.total_s, 2) if stats.total_s > 0 else None,
+        "items_per_s": round(stats.items / stats.total_s, 2) if stats.total_s > 0 else None,
         "llm2clip_version": __version__,
     }
 
@@ -222,30 +340,32 @@ def build_index(dataset: Dataset | str | Path, bundle: ModelBundle | str | Path,
     """Embed a dataset's images (``modality="image"``) or captions (``"text"``) into the index bundle
     ``out``; returns its manifest. Unusable images are skipped and counted in ``build.skipped``.
 
-    ``mapper`` replaces the bundle's ONNX encoder (another runtime, or a test); it must embed into the
-    bundle's space, since the manifest names the bundle's fingerprint."""
+    Resumable: the corpus is embedded ``cfg.shard_size`` items at a time into ``<out>.partial/``; a build
+    killed at any point and run again with the same inputs embeds only the shards not saved yet and writes the
+    bundle a clean build writes. ``mapper`` replaces the bundle's ONNX encoder (another runtime, or a test); it
+    must embed into the bundle's space, since the manifest names the bundle's fingerprint."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
     mb = bundle if isinstance(bundle, ModelBundle) else load_bundle(bundle)
     if cfg.engine == "ray":
-        reader, mapper = _ray_stages(ds, mb, modality, cfg)
-    else:
-        reader = _reader(ds, mb, modality, cfg)
+        cfg, mapper = ray_engine.stages(mb, modality, cfg)
     if mapper is None:
         mapper = make_mapper(mb, modality, threads=cfg.threads, providers=cfg.providers,
                              precision=cfg.precision, max_batch_tokens=cfg.max_batch_tokens)
-    writer = BundleWriter(out, modality, mb.embed_dim, mb.fingerprint, factory=cfg.factory)
-    stats = run_pipeline(reader, mapper, writer, progress=cfg.progress)
-    build = _build_record(ds, mb, modality, cfg, stats, getattr(mapper, "encoder", None))
-    try:
-        manifest = writer.finish(build)
-    except RuntimeError as exc:
-        if not cfg.factory:
+    job = _Job(ds, mb, modality, cfg, mapper, Path(out))
+    t0 = time.perf_counter()
+    with target_lock(job.target):
+        store = ShardStore(work_dir(job.target), job.key())
+        stats = _encode_shards(job, store)
+        stats.total_s = time.perf_counter() - t0
+        try:
+            manifest = _assemble(job, store, stats)
+        except Exception:
+            log.warning("the embedded shards stay in %s: a rerun writes the index from them", store.folder)
             raise
-        # e.g. an IVF index with more lists than the corpus has rows
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"FAISS could not build {cfg.factory!r} for this corpus: {first}") from None
+        if not cfg.keep_shards:
+            store.remove()
     log.info("index %s: %d rows, %d skipped -> %s", modality, stats.rows, len(stats.skipped), out)
     return manifest
 
@@ -254,7 +374,9 @@ def build_indexes(dataset: Dataset | str | Path, bundle: ModelBundle | str | Pat
                   cfg: BuildCfg = BuildCfg(), modality: str = "both") -> Iterator[Built]:
     """The index bundles the service loads, each yielded once written: ``modality="both"`` writes
     ``out/image`` (answers text queries) and ``out/text`` (answers image queries), ``"image"`` or
-    ``"text"`` writes ``out`` itself. The dataset and model bundle are read and verified once."""
+    ``"text"`` writes ``out`` itself. The dataset and model bundle are read and verified once. The shards of
+    each are kept until the last is written, so that a build killed during the text index does not embed the
+    images again."""
     if modality not in (*MODALITIES, "both"):
         raise ValueError(f"modality must be 'image', 'text' or 'both', not {modality!r}")
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
@@ -263,13 +385,14 @@ def build_indexes(dataset: Dataset | str | Path, bundle: ModelBundle | str | Pat
         check_factory(cfg.factory, mb.embed_dim)
     out = Path(out)
     targets = [(m, out / m) for m in MODALITIES] if modality == "both" else [(modality, out)]
-    started = cfg.engine == "ray" and ray_engine.connect(cfg.ray)
-    try:
-        for name, target in targets:
-            yield Built(name, target, build_index(ds, mb, target, name, cfg))
-    finally:
-        if started:
-            ray_engine.shutdown()
+    with ray_engine.session(cfg.ray, cfg.engine == "ray"):
+        for n, (name, target) in enumerate(targets):
+            last = n == len(targets) - 1
+            yield Built(name, target, build_index(ds, mb, target, name, cfg if last else replace(cfg, keep_shards=True)))
+    if not cfg.keep_shards:
+        for _, target in targets[:-1]:
+            shutil.rmtree(work_dir(target), ignore_errors=True)
 
 
-__all__ = ["BuildCfg", "Built", "PipelineStats", "build_index", "build_indexes", "run_pipeline"]
+__all__ = ["DEFAULT_SHARD_SIZE", "BuildCfg", "Built", "PipelineStats", "build_index", "build_indexes",
+           "make_reader", "progress_bar", "run_pipeline"]

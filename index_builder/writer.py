@@ -25,6 +25,28 @@ def to_record(row: Row) -> Record:
     )
 
 
+class RowCollector:
+    """A writer stage that keeps what it is given: the rows of one shard, or of one incremental add."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._embeddings: list[np.ndarray] = []
+        self.rows: list[Row] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, embeddings: np.ndarray, rows: Sequence[Row]) -> None:
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.shape != (len(rows), self.dim):
+            raise ValueError(f"expected ({len(rows)}, {self.dim}) embeddings, got {embeddings.shape}")
+        self._embeddings.append(embeddings)
+        self.rows.extend(rows)
+
+    def embeddings(self) -> np.ndarray:
+        return np.concatenate(self._embeddings) if self._embeddings else np.zeros((0, self.dim), np.float32)
+
+
 class BundleWriter:
     """Adds rows batch by batch; ``finish`` writes the index bundle atomically (a half-built index is
     never visible at ``target``)."""
@@ -48,4 +70,4 @@ class BundleWriter:
         return self._writer.write(build=build, factory=self.factory)
 
 
-__all__ = ["BundleWriter", "to_record"]
+__all__ = ["BundleWriter", "RowCollector", "to_record"]

@@ -99,3 +99,27 @@ def test_flags_are_validated_by_the_parser():
         parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--modality", "audio"])
     args = parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--captions", "long,short"])
     assert args.captions == ("long", "short") and args.modality == "both" and args.workers == 2
+    assert args.shard_size == 4096
+    with pytest.raises(SystemExit):
+        parse(["index", "build", "--model", "m", "--data", "d", "--out", "o", "--shard-size", "0"])
+
+
+def test_add_flags(capsys):
+    args = parse(["index", "add", "--index", "i", "--data", "d"])
+    assert (args.model, args.modality, args.captions, args.precision) == (None, None, None, None)
+    assert args.func is cli.run_add
+    args = parse(["index", "add", "--index", "i", "--data", "d", "--captions", "long,short", "--modality", "text"])
+    assert args.captions == ("long", "short") and args.modality == "text"
+    with pytest.raises(SystemExit):
+        parse(["index", "add", "--index", "i", "--data", "d", "--modality", "both"])
+    with pytest.raises(SystemExit):
+        main(["index", "add", "--help"])
+    assert "whose id the index lacks" in capsys.readouterr().out
+
+
+def test_add_to_a_folder_without_indexes_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["index", "add", "--index", str(tmp_path / "empty"), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"llm2clip: error: {tmp_path / 'empty'} is no index bundle and holds none (image/, text/): name an "
+                   "index bundle, or build one with `llm2clip index build`"]

@@ -3,42 +3,22 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from index_builder_helpers import N, PixelMapper, db_rows, make_dataset
+from PIL import Image
 
 from index_builder.mapper import make_mapper
 from index_builder.reader import CaptionReader, ImageReadCfg, ImageReader, Row
 from index_builder.runner import BuildCfg, build_index, build_indexes, run_pipeline
 from index_builder.writer import BundleWriter
 from llm2clip.bundle import load_bundle
-from llm2clip.data.dataset import Item, read_dataset, write_items
+from llm2clip.data.dataset import Item, write_items
 from llm2clip.encoders.onnx import load_onnx_encoders
 from llm2clip.hashing import sha256_file
 from llm2clip.index import load_index
-
-N = 9
-
-
-def make_dataset(root: Path, n: int = N):
-    rng = np.random.default_rng(7)
-    items = []
-    for i in range(n):
-        rel = f"img/{i}.png"
-        # random textures: a random tiny model still tells them apart, so "own embedding first" is meaningful
-        arr = rng.integers(0, 256, (56, 72, 3), dtype=np.uint8)
-        im = Image.fromarray(arr)
-        ImageDraw.Draw(im).ellipse([4 * i, 5, 4 * i + 20, 30], fill=(250, 20 * i, 10))
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        im.save(root / rel)
-        long = f"scene {i}: " + "a red sneaker above a blue bag, " * (1 + i % 3)
-        caps = {"long": long, "short": f"item {i}"}
-        items.append(Item(id=f"s{i}", image=rel, captions=caps, meta={"n": i, "tags": ["a", "b"]}))
-    write_items(root, items)
-    return read_dataset(root)
 
 
 @pytest.fixture(scope="module")
@@ -49,24 +29,6 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoders(tiny_bundle):
     return load_onnx_encoders(tiny_bundle, threads=1)
-
-
-def db_rows(folder: Path) -> list[tuple]:
-    with sqlite3.connect(folder / "items.sqlite") as db:
-        sql = "SELECT row, id, uri, caption, caption_key, meta FROM items ORDER BY row"
-        return db.execute(sql).fetchall()
-
-
-class PixelMapper:
-    """Embeds preprocessed pixels by a fixed random projection: unlike the tiny random vision tower (whose
-    output does not depend on its input), it tells images apart, so a search can find the right row."""
-
-    def __init__(self, size: int, dim: int = 32) -> None:
-        self.proj = np.random.default_rng(0).normal(size=(3 * size * size, dim)).astype(np.float32)
-
-    def __call__(self, pixels):
-        emb = pixels.reshape(len(pixels), -1) @ self.proj
-        return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
 def test_image_index_bundle(tiny_bundle, corpus, tmp_path):
@@ -197,7 +159,13 @@ def test_build_indexes_refuses_a_bad_factory_before_embedding(tiny_bundle, corpu
         list(build_indexes(corpus, tiny_bundle, tmp_path / "out", BuildCfg(factory="NoSuchIndex42")))
     with pytest.raises(BundleError, match="FAISS could not build 'IVF64,Flat' for this corpus: .*clusters"):
         list(build_indexes(corpus, tiny_bundle, tmp_path / "out", BuildCfg(factory="IVF64,Flat", progress=False)))
-    assert not (tmp_path / "out").exists()
+    out = tmp_path / "out"
+    # no index, but the embeddings are kept: the factory is no part of their key, so a rerun with one that fits
+    # the corpus embeds nothing again
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["image.partial"]
+    manifest = build_index(corpus, tiny_bundle, out / "image", "image", BuildCfg(factory="Flat", progress=False))
+    assert manifest["build"]["shards"] == {"size": 4096, "count": 1, "resumed": 1}
+    assert manifest["count"] == N and not (out / "image.partial").exists()
 
 
 def test_mappers_alone(tiny_bundle, corpus, encoders):

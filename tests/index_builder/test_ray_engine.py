@@ -9,7 +9,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from test_pipeline import make_dataset
+from index_builder_helpers import make_dataset
 
 from index_builder.ray_engine import RayCfg
 from index_builder.runner import BuildCfg, build_indexes
@@ -51,7 +51,9 @@ def test_ray_build_equals_the_local_build(cluster, tiny_bundle, corpus_with_bad_
     ds = read_dataset(corpus_with_bad_items)
     local = {b.modality: b for b in build_indexes(ds, tiny_bundle, tmp_path / "local",
                                                    BuildCfg(progress=False, captions=("all",), threads=1))}
-    cfg = BuildCfg(progress=False, captions=("all",), engine="ray", ray=RayCfg(actors=2, rows_per_task=4))
+    # five items a shard: several Ray jobs, collected shard by shard as a local build does
+    cfg = BuildCfg(progress=False, captions=("all",), engine="ray", shard_size=5,
+                   ray=RayCfg(actors=2, rows_per_task=4))
     distributed = {b.modality: b for b in build_indexes(ds, tiny_bundle, tmp_path / "ray", cfg)}
     for modality in ("image", "text"):
         rows_l, vecs_l = contents(local[modality].path)
@@ -63,6 +65,7 @@ def test_ray_build_equals_the_local_build(cluster, tiny_bundle, corpus_with_bad_
         assert (m_r["count"], m_r["factory"], m_r["model_fingerprint"]) == (m_l["count"], m_l["factory"],
                                                                              m_l["model_fingerprint"])
         assert m_r["build"]["engine"] == "ray" and m_l["build"]["engine"] == "local"
+        assert m_r["build"]["shards"]["count"] == 3
     assert local["image"].manifest["build"]["skipped"]["reasons"] == {"decode_error": 1, "outside_root": 1}
     assert distributed["text"].manifest["build"]["text_encoder"]["precision"] == \
         local["text"].manifest["build"]["text_encoder"]["precision"]
