@@ -137,6 +137,16 @@ def run(args: argparse.Namespace) -> int:
     return serve(_overrides(args), args.log_level)
 
 
+def _warn_unknown_variables() -> None:
+    import os
+    import sys
+
+    from service.settings import unknown_variables
+
+    for warning in unknown_variables(os.environ):
+        print(f"llm2clip: warning: {warning}", file=sys.stderr)
+
+
 def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
     """Serve with ``Settings`` from the environment and ``overrides``; returns the exit code."""
     import uvicorn
@@ -144,6 +154,7 @@ def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
     from service.app import create_app
 
     settings = _settings(overrides)
+    _warn_unknown_variables()
     sock = _listen(settings.host, settings.port)
     try:
         resources = _load(settings)

@@ -5,6 +5,7 @@ Nested groups use ``__``: ``LLM2CLIP_BATCH__QUEUE_SIZE=512``. CLI flags override
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -151,3 +152,34 @@ class Settings(BaseSettings):
         if value != value.strip():
             raise ValueError("has leading or trailing whitespace")
         return token
+
+
+# LLM2CLIP_* variables read outside these settings (the model cache, the Fashion-MNIST folder, TensorRT's engine
+# cache, the demo's work folder): not settings, but not typos either
+OTHER_VARIABLES = frozenset({"LLM2CLIP_CACHE", "LLM2CLIP_FASHION_MNIST", "LLM2CLIP_TRT_CACHE", "LLM2CLIP_WORKDIR"})
+
+
+def setting_variables() -> frozenset[str]:
+    """Every LLM2CLIP_* variable Settings reads (nested groups joined with ``__``)."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            names |= {f"LLM2CLIP_{name}__{n}".upper() for n in sub.model_fields}
+        else:
+            names.add(f"LLM2CLIP_{name}".upper())
+    return frozenset(names)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each LLM2CLIP_* variable in ``environ`` that nothing reads (Settings ignores them, so a
+    misspelt one would silently keep its default), with the closest real name."""
+    import difflib
+
+    known = setting_variables() | OTHER_VARIABLES
+    warnings = []
+    for name in sorted(n for n in environ if n.upper().startswith("LLM2CLIP_") and n.upper() not in known):
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings

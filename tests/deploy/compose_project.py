@@ -37,18 +37,9 @@ def compose_config(*files: Path) -> dict:
 
 def settings_env_names() -> set[str]:
     """Every LLM2CLIP_* variable the service's Settings reads (nested groups joined with __)."""
-    from pydantic import BaseModel
+    from service.settings import setting_variables
 
-    from service.settings import Settings
-
-    names = set()
-    for name, field in Settings.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            names |= {f"LLM2CLIP_{name}__{n}".upper() for n in sub.model_fields}
-        else:
-            names.add(f"LLM2CLIP_{name}".upper())
-    return names
+    return set(setting_variables())
 
 
 def direct_env_names() -> set[str]:

@@ -70,6 +70,13 @@ def test_every_llm2clip_variable_is_read_by_the_code(project, gpu_project):
             assert not unknown, f"{name} sets variables nothing reads: {sorted(unknown)}"
 
 
+def test_the_variables_read_outside_settings_are_the_ones_listed():
+    """service.settings.OTHER_VARIABLES keeps `llm2clip serve` from warning about real variables."""
+    from service.settings import OTHER_VARIABLES
+
+    assert direct_env_names() - settings_env_names() == OTHER_VARIABLES
+
+
 def test_the_api_environment_validates_as_settings(gpu_project, monkeypatch):
     from service.settings import Settings
 

@@ -126,3 +126,18 @@ def test_a_placeholder_admin_token_stops_serve_without_echoing_it(capsys, monkey
     err = capsys.readouterr().err
     assert err.startswith("llm2clip: error: invalid setting admin_token: ") and "placeholder" in err, err
     assert "changethis" not in err
+
+
+def test_a_misspelt_variable_is_named_with_the_real_one(capsys, tiny_bundle, monkeypatch):
+    """Settings ignore unknown LLM2CLIP_* variables: serve says so rather than keep a default silently."""
+    monkeypatch.setenv("LLM2CLIP_TEXT_INDEXES", "somewhere")
+    monkeypatch.setenv("LLM2CLIP_TRT_CACHE", "/tmp/trt")  # read by the ONNX backend: no warning
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--model", str(tiny_bundle), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "llm2clip: warning: LLM2CLIP_TEXT_INDEXES is not a setting and is ignored (did you mean " \
+           "LLM2CLIP_TEXT_INDEX?)" in err
+    assert "TRT_CACHE" not in err
