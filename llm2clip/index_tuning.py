@@ -3,9 +3,9 @@
 Up to ``max_queries`` corpus vectors are held out of quantiser training and out of the index until tuning is
 done (then added: they are corpus items), so that they are measured as a user's queries are: an HNSW graph
 that holds a query hands it its own neighbours. Their exact top-10 among the other rows comes from brute
-force. The candidate values of the index's one search
-parameter (IVF ``nprobe``, HNSW ``efSearch``) are searched upwards, doubling, then by bisection, for the
-smallest that reaches the target recall@10; single-query latency is measured at that value.
+force. The candidate values of the index's one search parameter (IVF ``nprobe``, HNSW ``efSearch``) are
+searched upwards, doubling, then by bisection, for the smallest whose recall@10 reaches the target with two standard errors to spare (so that other queries from the
+same distribution reach it too, not half of the time); single-query latency is measured at that value.
 """
 
 from __future__ import annotations
@@ -225,11 +225,16 @@ def _exact_ids(faiss: Any, vectors: np.ndarray, built: Built, queries: np.ndarra
     return np.where(rows >= 0, ids[rows], -1)
 
 
+def _per_query_recall(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Each query's share of its exact top-k found among its approximate top-k; unknown exact entries (-1) are
+    not counted."""
+    hits = ((found[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)).any(axis=1).sum(axis=1)
+    return hits / np.maximum((exact >= 0).sum(axis=1), 1)
+
+
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of each query's exact top-k found among its approximate top-k (k = exact.shape[1]); unknown
-    exact entries (-1) are not counted."""
-    hits = (found[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)
-    return float(hits.any(axis=1).sum() / max(int((exact >= 0).sum()), 1))
+    """Mean recall@k over the queries (k = exact.shape[1])."""
+    return float(_per_query_recall(found, exact).mean())
 
 
 def ms_per_query(index: Any, queries: np.ndarray, params: dict[str, Any], k: int = K) -> float:
@@ -250,17 +255,22 @@ def _bisect(lo: int, hi: int, ok: Any) -> int:
     return hi
 
 
-def _smallest_reaching(ladder: list[int], recall_of: Any, target: float) -> tuple[int, bool]:
-    """(position in ``ladder`` of the smallest value reaching ``target``, reached). Doubles up from the smallest
-    value, then bisects, so the widest (slowest) values are only tried when needed. When even the widest misses
-    the target (a PQ index's codes cap its recall), the smallest value within a point of the widest's recall."""
+def _smallest_reaching(ladder: list[int], stats: Any, target: float) -> tuple[int, bool]:
+    """(position in ``ladder`` of the smallest value whose recall reaches ``target`` with 2 standard errors to
+    spare, reached); ``stats(value) -> (mean, lower bound)``. Doubles up from the smallest value, then bisects, so
+    the widest (slowest) values are only tried when needed. When even the widest misses the target (a PQ index's
+    codes cap its recall), the smallest value within a point of the widest's recall."""
+
+    def ok(i: int) -> bool:
+        return stats(ladder[i])[1] >= target
+
     lo, hi = -1, 0
-    while recall_of(ladder[hi]) < target and hi < len(ladder) - 1:
+    while not ok(hi) and hi < len(ladder) - 1:
         lo, hi = hi, min(len(ladder) - 1, 2 * hi + 1)
-    if recall_of(ladder[hi]) >= target:
-        return _bisect(lo, hi, lambda i: recall_of(ladder[i]) >= target), True
-    ceiling = recall_of(ladder[-1]) - 0.01
-    return _bisect(-1, hi, lambda i: recall_of(ladder[i]) >= ceiling), False
+    if ok(hi):
+        return _bisect(lo, hi, ok), True
+    ceiling = stats(ladder[-1])[0] - 0.01
+    return _bisect(-1, hi, lambda i: stats(ladder[i])[0] >= ceiling), False
 
 
 def tune_index(built: Built, vectors: np.ndarray, cfg: IndexBuildCfg) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -284,29 +294,35 @@ def tune_index(built: Built, vectors: np.ndarray, cfg: IndexBuildCfg) -> tuple[d
                        note=f"fewer than {10 * MIN_QUERIES} vectors, too few to hold queries out: the widest value")
         return params, section
     exact = _exact_ids(faiss, vectors, built, queries)
-    recalls: dict[int | None, float] = {}
+    recalls: dict[int | None, tuple[float, float]] = {}
 
-    def recall_of(value: int | None) -> float:
+    def stats(value: int | None) -> tuple[float, float]:
         if value not in recalls:
-            recalls[value] = recall_at_k(search(index, queries, K, _params(param, value, coarse))[1], exact)
-            log.info("index tuning: %s=%s recall@10 %.4f", param, value, recalls[value])
+            per_query = _per_query_recall(search(index, queries, K, _params(param, value, coarse))[1], exact)
+            mean = float(per_query.mean())
+            recalls[value] = (mean, mean - 2 * float(per_query.std()) / np.sqrt(len(per_query)))
+            log.info("index tuning: %s=%s recall@10 %.4f", param, value, mean)
         return recalls[value]
 
     if param is None:  # e.g. a flat PQ or SQ index: nothing to trade, the recall is what it is
-        recall = recall_of(None)
+        recall = stats(None)[0]
         section.update(recall_at_10=round(recall, 4), met_target=recall >= cfg.target_recall,
                        ms_per_query_b1=round(ms_per_query(index, queries, {}), 4),
                        note="this index type has no search parameter to tune: its recall is measured")
         return {}, section
-    pos, met = _smallest_reaching(ladder, recall_of, cfg.target_recall)
+    pos, met = _smallest_reaching(ladder, stats, cfg.target_recall)
     pos, ms, within = _within_latency(index, queries, ladder, pos, (param, coarse, cfg.latency_budget_ms))
     value = ladder[pos]
     if not met or not within:
         log.warning("index tuning: %s=%d reaches recall@10 %.4f, short of the %.2f target (%s)", param, value,
-                    recall_of(value), cfg.target_recall, "the latency budget" if not within else "the index's ceiling")
-    section.update(value=value, recall_at_10=round(recall_of(value), 4), met_target=met and within,
-                   ms_per_query_b1=round(ms, 4), curve=[[v, round(r, 4)] for v, r in sorted(recalls.items())],
-                   queries_from="corpus vectors held out of training and of the index while tuning")
+                    stats(value)[0], cfg.target_recall, "the latency budget" if not within else "the index's ceiling")
+    mean, lower = stats(value)
+    section.update(value=value, recall_at_10=round(mean, 4), recall_at_10_lower=round(lower, 4),
+                   met_target=met and within, ms_per_query_b1=round(ms, 4),
+                   curve=[[v, round(r[0], 4)] for v, r in sorted(recalls.items())],
+                   queries_from="corpus vectors held out of training and of the index while tuning",
+                   rule="the smallest value whose recall@10, less 2 standard errors over the queries, reaches the "
+                        "target")
     return _params(param, value, coarse), section
 
 
