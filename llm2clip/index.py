@@ -1,8 +1,10 @@
 """The index bundle: a FAISS index over unit embeddings plus the items its rows stand for.
 
 A folder with ``manifest.json`` (modality, count, dim, FAISS factory string, metric, search parameters,
-model bundle fingerprint, build parameters, sha256 of files), ``index.faiss`` and ``items.sqlite``
-(row -> item id, uri, caption, meta). Written to a staging folder and renamed into place.
+how they were tuned, model bundle fingerprint, build parameters, sha256 of files), ``index.faiss`` and
+``items.sqlite`` (row -> item id, uri, caption, meta). Written to a staging folder and renamed into place.
+The index type follows the corpus size and a memory budget (``index_choice``); its search parameter is tuned
+to a recall target on held-out queries (``index_tuning``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ from typing import Any
 import numpy as np
 
 from llm2clip.bundle import MANIFEST, publish, read_manifest, staging_dir, verify_files, write_manifest
-from llm2clip.errors import BundleError, require_runtime
+from llm2clip.errors import BundleError
+from llm2clip.index_choice import IndexChoice, choose_index, estimate_bytes, memory_budget
+from llm2clip.index_tuning import (
+    Built,
+    IndexBuildCfg,
+    build_index,
+    faiss_module,
+    gpu_count,
+    search,
+    tune_index,
+)
 from llm2clip.manifest import ManifestField
 
 FORMAT = "llm2clip-index-bundle"
@@ -41,21 +53,7 @@ CREATE TABLE items (
 CREATE INDEX items_id ON items(id);
 """
 
-
-def _faiss():
-    faiss = require_runtime("faiss")
-
-    # below this many queries FAISS skips BLAS; small batches are the service's normal case and BLAS is
-    # ~10x faster there on this class of CPU (measured in DESIGN.md)
-    faiss.cvar.distance_compute_blas_threshold = 16
-    return faiss
-
-
-def choose_factory(count: int) -> str:
-    """Exact search while it is cheap; HNSW beyond (the service keeps the whole index in memory)."""
-    if count <= 200_000:
-        return "Flat"
-    return "HNSW32,Flat"
+_faiss = faiss_module
 
 
 def check_factory(factory: str, dim: int) -> None:
@@ -100,30 +98,51 @@ class IndexWriter:
     def __len__(self) -> int:
         return len(self._records)
 
-    def write(self, build: dict[str, Any] | None = None, factory: str | None = None) -> dict[str, Any]:
-        faiss = _faiss()
+    def write(self, build: dict[str, Any] | None = None, factory: str | None = None,
+              cfg: IndexBuildCfg | None = None) -> dict[str, Any]:
+        """Choose the index (or take ``factory``), train it on a sample, fill it, tune its search parameter to
+        ``cfg.target_recall`` and write the bundle; returns its manifest."""
+        cfg = cfg or IndexBuildCfg()
         if not self._records:
             raise BundleError("nothing to index: every item was skipped or the corpus is empty")
         # add() keeps vectors and records in step: records present means vectors present
         vectors = np.concatenate(self._vectors)
-        factory = factory or choose_factory(len(vectors))
-        index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            index.train(vectors)
-        index.add(vectors)
-        search_params: dict[str, Any] = {}
-        if factory.startswith("HNSW"):
-            search_params["efSearch"] = 128
+        choice = self._choose(len(vectors), factory, cfg)
+        log.info("index %s: %s (%s)", self.target, choice.factory, choice.reason)
+        built = build_index(vectors, choice.factory, cfg)
+        search_params, tuning = tune_index(built, vectors, cfg)
+        built.add_held_out(vectors)
+        tuning["training"] = built.training
+        tuning["chooser"] = {"reason": choice.reason, "memory_budget_bytes": choice.memory_budget_bytes,
+                             "estimated_bytes": choice.estimated_bytes}
+        return self._publish(built, choice.factory, search_params, tuning, build)
+
+    def _choose(self, count: int, factory: str | None, cfg: IndexBuildCfg) -> IndexChoice:
+        budget = memory_budget(cfg.memory_budget_bytes)
+        auto = choose_index(count, self.dim, budget, cfg.memory_mappable)
+        if not factory:
+            return auto
+        check_factory(factory, self.dim)
+        return IndexChoice(factory, f"{factory} was given explicitly (the chooser would pick {auto.factory})",
+                           estimate_bytes(factory, count, self.dim), budget)
+
+    def _publish(self, built: Built, factory: str, search_params: dict[str, Any], tuning: dict[str, Any],
+                 build: dict[str, Any] | None) -> dict[str, Any]:
+        """Writes index and items in the index's row order (``built.order``) to a staging folder, then
+        renames it into place."""
+        faiss = _faiss()
+        index = built.index
         stage = staging_dir(self.target)
         try:
             faiss.write_index(index, str(stage / INDEX_FILE))
+            tuning["index_file_bytes"] = (stage / INDEX_FILE).stat().st_size
             db = sqlite3.connect(stage / ITEMS_DB)
             db.executescript(_SCHEMA)
             db.executemany(
                 "INSERT INTO items(row, id, uri, caption, caption_key, meta) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     (i, r.id, r.uri, r.caption, r.caption_key, json.dumps(r.meta or {}, sort_keys=True))
-                    for i, r in enumerate(self._records)
+                    for i, r in enumerate(self._records[j] for j in built.order)
                 ),
             )
             db.commit()
@@ -140,6 +159,7 @@ class IndexWriter:
                     "metric": "inner_product",
                     "normalized": True,
                     "search_params": search_params,
+                    "tuning": tuning,
                     "model_fingerprint": self.model_fingerprint,
                     "build": build or {},
                 },
@@ -181,17 +201,10 @@ class IndexBundle:
     def search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> (scores (n, k'), rows (n, k')) with k' = min(k, count); parameters are per call, never set
         on the shared index."""
-        faiss = _faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(int(k), self.count))
         merged = {**self.manifest.get("search_params", {}), **(params or {})}
-        sp = None
-        if "efSearch" in merged and hasattr(faiss, "SearchParametersHNSW"):
-            sp = faiss.SearchParametersHNSW(efSearch=int(merged["efSearch"]))
-        elif "nprobe" in merged:
-            sp = faiss.SearchParametersIVF(nprobe=int(merged["nprobe"]))
-        scores, rows = self.index.search(queries, k, params=sp) if sp is not None else self.index.search(queries, k)
-        return scores, rows
+        return search(self.index, queries, k, merged)
 
     def records(self, rows: list[int]) -> list[Record]:
         wanted = [int(r) for r in rows if r >= 0]
@@ -215,12 +228,6 @@ class IndexBundle:
             self._db.close()
 
 
-def gpu_count() -> int:
-    """GPUs this FAISS build can use (0 for faiss-cpu)."""
-    faiss = _faiss()
-    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
-
-
 def _to_gpu(index: Any, folder: Path, device: str) -> tuple[Any, str]:
     """The index on GPU 0 when ``device`` allows and this FAISS build and index type support it."""
     if device == "cpu":
@@ -242,9 +249,11 @@ def _to_gpu(index: Any, folder: Path, device: str) -> tuple[Any, str]:
     return moved, "gpu"
 
 
-def load_index(folder: str | Path, verify: bool = True, device: str = "auto") -> IndexBundle:
+def load_index(folder: str | Path, verify: bool = True, device: str = "auto", mmap: bool = False) -> IndexBundle:
     """Read and check an index bundle. ``device``: auto (a GPU when FAISS has one and the index type has a
-    GPU version, else the CPU), gpu (refuse to fall back) or cpu."""
+    GPU version, else the CPU), gpu (refuse to fall back) or cpu. ``mmap``: map an IVF index's inverted lists
+    from disk instead of reading them (FAISS maps nothing else: other index types are read into memory, and a
+    log line says so); pages then load as queries touch them and can be shared by processes on one host."""
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device must be auto, cpu or gpu, not {device!r}")
     folder = Path(folder)
@@ -252,11 +261,7 @@ def load_index(folder: str | Path, verify: bool = True, device: str = "auto") ->
     if manifest.get("modality") not in MODALITIES:
         raise BundleError(f"index bundle {folder}: unknown modality {manifest.get('modality')!r}")
     verify_files(folder, manifest, "index bundle", deep=verify)
-    faiss = _faiss()
-    try:
-        index = faiss.read_index(str(folder / INDEX_FILE))
-    except RuntimeError:
-        raise BundleError(f"index bundle {folder}: {INDEX_FILE} cannot be read; rebuild the index") from None
+    index = _read_index(folder, mmap)
     if index.ntotal != int(manifest["count"]) or index.d != int(manifest["dim"]):
         raise BundleError(f"index bundle {folder}: index.faiss does not match its manifest; rebuild it")
     index, placed = _to_gpu(index, folder, device)
@@ -265,5 +270,21 @@ def load_index(folder: str | Path, verify: bool = True, device: str = "auto") ->
     return IndexBundle(folder, manifest, index, db, placed)
 
 
-__all__ = ["MANIFEST", "MODALITIES", "IndexBundle", "IndexWriter", "Record", "check_factory", "choose_factory",
-           "load_index"]
+def _read_index(folder: Path, mmap: bool) -> Any:
+    faiss = _faiss()
+    try:
+        # IO_FLAG_MMAP applies to IVF inverted lists only; FAISS reads any other index type normally
+        index = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_MMAP if mmap else 0)
+    except RuntimeError:
+        raise BundleError(f"index bundle {folder}: {INDEX_FILE} cannot be read; rebuild the index") from None
+    if mmap:
+        if faiss.try_extract_index_ivf(index) is not None:
+            log.info("index %s: inverted lists memory-mapped from %s", folder, INDEX_FILE)
+        else:
+            log.info("index %s: mmap does not apply to %s (FAISS maps IVF inverted lists only): read into memory",
+                     folder, type(faiss.downcast_index(index)).__name__)
+    return index
+
+
+__all__ = ["MANIFEST", "MODALITIES", "IndexBuildCfg", "IndexBundle", "IndexWriter", "Record", "check_factory",
+           "gpu_count", "load_index"]

@@ -1,5 +1,6 @@
 """Index bundles with approximate FAISS indexes: the search-time parameters (IVF nprobe, HNSW efSearch)
-reach FAISS per call and trade recall as they should."""
+reach FAISS per call and trade recall as they should; the manifest's tuned value applies when a call names
+none."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def write(folder, vectors: np.ndarray, factory: str):
     return load_index(folder)
 
 
+def in_corpus_order(index, rows: np.ndarray) -> np.ndarray:
+    """Index rows -> corpus positions: an HNSW build adds the queries it tunes on last."""
+    return np.array([[int(index.records([r])[0].id[1:]) for r in row] for row in rows])
+
+
 def recall_at_1(rows: np.ndarray, exact: np.ndarray) -> float:
     return float((rows[:, 0] == exact[:, 0]).mean())
 
@@ -38,16 +44,19 @@ def recall_at_1(rows: np.ndarray, exact: np.ndarray) -> float:
 def test_ivf_nprobe_reaches_faiss_per_call(tmp_path, data):
     vectors, queries, exact = data
     index = write(tmp_path / "ivf", vectors, "IVF16,Flat")
-    assert index.manifest["factory"] == "IVF16,Flat" and index.manifest["search_params"] == {}
+    tuned = index.manifest["search_params"]["nprobe"]
+    assert index.manifest["factory"] == "IVF16,Flat" and 1 < tuned <= 16
     _, all_lists = index.search(queries, 5, {"nprobe": 16})
     _, one_list = index.search(queries, 5, {"nprobe": 1})
     _, default = index.search(queries, 5)
+    _, at_tuned = index.search(queries, 5, {"nprobe": tuned})
     # every list searched: exactly the brute-force ranking
     np.testing.assert_array_equal(all_lists, exact[:, :5])
-    # one list of sixteen misses some nearest neighbours; FAISS's own default nprobe is 1
+    # one list of sixteen misses some nearest neighbours
     assert recall_at_1(one_list, exact) < 0.9
-    np.testing.assert_array_equal(default, one_list)
-    # the parameter was the call's, not set on the shared index
+    # the manifest's tuned nprobe applies when the call names none
+    np.testing.assert_array_equal(default, at_tuned)
+    # the parameter was the call's, not set on the shared index (FAISS's own default nprobe is 1)
     assert index.index.nprobe == 1
     index.close()
 
@@ -55,11 +64,13 @@ def test_ivf_nprobe_reaches_faiss_per_call(tmp_path, data):
 def test_hnsw_ef_search_from_the_manifest_or_the_call(tmp_path, data):
     vectors, queries, exact = data
     index = write(tmp_path / "hnsw", vectors, "HNSW4,Flat")
-    assert index.manifest["search_params"] == {"efSearch": 128}
+    ef = index.manifest["search_params"]["efSearch"]
+    assert index.manifest["tuning"]["param"] == "efSearch" and index.manifest["tuning"]["value"] == ef
     _, default = index.search(queries, 1)
-    _, wide = index.search(queries, 1, {"efSearch": 128})
-    _, narrow = index.search(queries, 1, {"efSearch": 1})
-    np.testing.assert_array_equal(default, wide)  # the manifest's efSearch applies when the call names none
+    _, at_tuned = index.search(queries, 1, {"efSearch": ef})
+    wide = in_corpus_order(index, index.search(queries, 1, {"efSearch": 128})[1])
+    narrow = in_corpus_order(index, index.search(queries, 1, {"efSearch": 1})[1])
+    np.testing.assert_array_equal(default, at_tuned)  # the manifest's efSearch applies when the call names none
     assert recall_at_1(wide, exact) >= 0.98
     assert recall_at_1(narrow, exact) < recall_at_1(wide, exact) - 0.1
     index.close()
