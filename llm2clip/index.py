@@ -182,6 +182,7 @@ class IndexBundle:
         self.manifest = manifest
         self.index = index
         self.device = device  # "cpu", or "gpu" when FAISS holds the index on a GPU
+        self.mmapped = False  # IVF inverted lists memory-mapped from index.faiss (load_index(mmap=True))
         self._db = db
         self._db_lock = threading.Lock()
 
@@ -261,16 +262,19 @@ def load_index(folder: str | Path, verify: bool = True, device: str = "auto", mm
     if manifest.get("modality") not in MODALITIES:
         raise BundleError(f"index bundle {folder}: unknown modality {manifest.get('modality')!r}")
     verify_files(folder, manifest, "index bundle", deep=verify)
-    index = _read_index(folder, mmap)
+    index, mapped = _read_index(folder, mmap)
     if index.ntotal != int(manifest["count"]) or index.d != int(manifest["dim"]):
         raise BundleError(f"index bundle {folder}: index.faiss does not match its manifest; rebuild it")
     index, placed = _to_gpu(index, folder, device)
     log.info("index %s (%s, %d rows) searched on the %s", folder, manifest.get("factory"), index.ntotal, placed)
     db = sqlite3.connect(f"file:{(folder / ITEMS_DB).resolve()}?mode=ro", uri=True, check_same_thread=False)
-    return IndexBundle(folder, manifest, index, db, placed)
+    bundle = IndexBundle(folder, manifest, index, db, placed)
+    bundle.mmapped = mapped
+    return bundle
 
 
-def _read_index(folder: Path, mmap: bool) -> Any:
+def _read_index(folder: Path, mmap: bool) -> tuple[Any, bool]:
+    """(the index, whether its inverted lists are memory-mapped)."""
     faiss = _faiss()
     try:
         # IO_FLAG_MMAP applies to IVF inverted lists only; FAISS reads any other index type normally
@@ -280,10 +284,11 @@ def _read_index(folder: Path, mmap: bool) -> Any:
     if mmap:
         if faiss.try_extract_index_ivf(index) is not None:
             log.info("index %s: inverted lists memory-mapped from %s", folder, INDEX_FILE)
+            return index, True
         else:
             log.info("index %s: mmap does not apply to %s (FAISS maps IVF inverted lists only): read into memory",
                      folder, type(faiss.downcast_index(index)).__name__)
-    return index
+    return index, False
 
 
 __all__ = ["MANIFEST", "MODALITIES", "IndexBuildCfg", "IndexBundle", "IndexWriter", "Record", "check_factory",

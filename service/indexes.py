@@ -156,7 +156,8 @@ class IndexSet(Mapping[str, IndexBundle]):
             s.release()
 
 
-def load_checked(path: Path, modality: str, model: ModelBundle, verify: bool, device: str) -> ServedIndex:
+def load_checked(path: Path, modality: str, model: ModelBundle, verify: bool, device: str,
+                 mmap: bool = False) -> ServedIndex:
     """Load the index bundle at ``path`` and check it can serve as the ``modality`` index of ``model``:
     raises SettingError (wrong modality) or BundleError (missing, corrupt, another model or dim).
 
@@ -165,7 +166,7 @@ def load_checked(path: Path, modality: str, model: ModelBundle, verify: bool, de
     """
     for _ in range(LOAD_ATTEMPTS):
         before = read_manifest_bytes(path)
-        index = load_index(path, verify=verify, device=device)
+        index = load_index(path, verify=verify, device=device, mmap=mmap)
         try:
             _check(index, path, modality, model)
             after = read_manifest_bytes(path)

@@ -81,6 +81,7 @@ class IndexReloader:
         self.paths = {m: Path(p) for m, p in configured if p is not None and indexes.served(m)}
         self._verify = settings.verify_bundles
         self._device = settings.index_device
+        self._mmap = settings.index_mmap
         self._indexes = indexes
         self._model = model  # the served model: never reloaded, so new indexes must match it
         self._metrics = metrics
@@ -130,7 +131,7 @@ class IndexReloader:
         if not retry and modality in self._refused and self._refused[modality] == version:
             return None
         try:
-            new = load_checked(path, modality, self._model, self._verify, self._device)
+            new = load_checked(path, modality, self._model, self._verify, self._device, self._mmap)
         except LLM2CLIPError as exc:
             return self._refuse(modality, version, " ".join(str(exc).split()))
         except Exception as exc:

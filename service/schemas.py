@@ -109,12 +109,27 @@ class Health(BaseModel):
     status: str
 
 
+class IndexSearch(BaseModel):
+    """How an index answers: its FAISS type, the search parameters applied to every query, and the recall@10
+    they reached against exact search when it was built (on corpus vectors held out of it)."""
+
+    factory: str | None
+    search_params: dict[str, Any]
+    recall_at_10: float | None = Field(description="Measured at build time; 1.0 for exact (Flat) indexes.")
+    target_recall: float | None
+    device: str = Field(description="cpu, or gpu when FAISS holds the index on a GPU.")
+    mmap: bool = Field(description="Inverted lists memory-mapped from disk (IVF indexes, LLM2CLIP_INDEX_MMAP).")
+
+
 class Readiness(BaseModel):
     status: str
     model: str
     indexes: dict[str, int | None] = Field(description="Rows per index; null for an index not configured.")
     versions: dict[str, str | None] = Field(
         description="Version served per index (a hash of its manifest.json); null for an index not configured.",
+    )
+    search: dict[str, IndexSearch | None] = Field(
+        default_factory=dict, description="How each index searches; null for an index not configured.",
     )
 
 

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         description="Where FAISS searches: auto (a GPU when faiss-gpu sees one and the index type has a GPU "
                     "version, else the CPU), gpu (refuse to start without one) or cpu.",
     )
+    index_mmap: bool = Field(
+        default=False,
+        description="Memory-map IVF indexes' inverted lists instead of reading them (FAISS maps nothing else): "
+                    "an index larger than RAM is served from the page cache. Other index types are read.",
+    )
     query_cache_size: int = Field(
         default=10_000, ge=0,
         description="Text query embeddings kept (LRU, keyed by normalised text, model and precision); 0: off.",

@@ -75,7 +75,7 @@ def load_indexes(settings: Settings, bundle: ModelBundle) -> IndexSet:
         for modality, path in (("image", settings.image_index), ("text", settings.text_index)):
             if path is not None:
                 served[modality] = load_checked(Path(path), modality, bundle, settings.verify_bundles,
-                                                settings.index_device)
+                                                settings.index_device, settings.index_mmap)
     except BaseException:
         for s in served.values():
             s.release()

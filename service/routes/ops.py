@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from llm2clip.index import MODALITIES
+from llm2clip.index import MODALITIES, IndexBundle
 from service.errors import ApiError
 from service.indexes import ServedIndex
 from service.routes.deps import RuntimeDep, ServiceDep
-from service.schemas import Health, IndexInfo, Info, Readiness, error_responses
+from service.schemas import Health, IndexInfo, IndexSearch, Info, Readiness, error_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -30,7 +30,15 @@ async def readyz(service: ServiceDep) -> Readiness:
     served = {m: indexes.served(m) for m in MODALITIES}
     return Readiness(status="ready", model=runtime.resources.bundle.fingerprint[:12],
                      indexes={m: s.bundle.count if s else None for m, s in served.items()},
-                     versions={m: s.version if s else None for m, s in served.items()})
+                     versions={m: s.version if s else None for m, s in served.items()},
+                     search={m: _search(s.bundle) if s else None for m, s in served.items()})
+
+
+def _search(bundle: IndexBundle) -> IndexSearch:
+    tuning = bundle.manifest.get("tuning") or {}
+    return IndexSearch(factory=bundle.manifest.get("factory"), search_params=bundle.manifest.get("search_params") or {},
+                       recall_at_10=tuning.get("recall_at_10"), target_recall=tuning.get("target_recall"),
+                       device=bundle.device, mmap=bool(getattr(bundle, "mmapped", False)))
 
 
 @router.get("/metrics", response_class=Response)

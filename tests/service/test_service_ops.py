@@ -31,8 +31,36 @@ def test_healthz_and_readyz(client, tiny_bundle, indexes):
     # the version of an index is a short hash of its manifest.json
     versions = {m: hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()[:12]
                 for m, path in zip(("image", "text"), indexes, strict=True)}
+    flat = {"factory": "Flat", "search_params": {}, "recall_at_10": 1.0, "target_recall": 0.95, "device": "cpu",
+            "mmap": False}
     assert r.json() == {"status": "ready", "model": load_bundle(tiny_bundle).fingerprint[:12],
-                        "indexes": {"image": 12, "text": 24}, "versions": versions}
+                        "indexes": {"image": 12, "text": 24}, "versions": versions,
+                        "search": {"image": flat, "text": flat}}
+
+
+def test_an_ivf_index_served_memory_mapped(make_settings, indexes, tmp_path, client):
+    """LLM2CLIP_INDEX_MMAP maps an IVF index's lists from disk: the same answers as the index read into
+    memory, and /readyz says which it is."""
+    from fastapi.testclient import TestClient
+
+    from llm2clip.index import IndexWriter, load_index
+    from service.app import create_app
+
+    text = load_index(indexes[1])
+    writer = IndexWriter(tmp_path / "ivf", "text", text.dim, text.model_fingerprint)
+    writer.add(text.reconstruct_all(), text.records(list(range(text.count))))
+    writer.write(build=text.manifest["build"], factory="IVF2,Flat")
+    text.close()
+    png = client.get("/items/" + client.post("/search", json={"text": "red circle"}).json()["results"][0]["uri"])
+    answers = {}
+    for mmap in (False, True):
+        with TestClient(create_app(make_settings(text_index=tmp_path / "ivf", index_mmap=mmap))) as c:
+            ready = c.get("/readyz").json()["search"]["text"]
+            assert (ready["factory"], ready["mmap"]) == ("IVF2,Flat", mmap)
+            assert ready["search_params"] == {"nprobe": 2}  # too few rows to hold queries out: the widest value
+            r = c.post("/search", files={"image": ("q.png", png.content, "image/png")}, data={"k": "5"})
+            answers[mmap] = [(h["id"], h["caption_key"], round(h["score"], 5)) for h in r.json()["results"]]
+    assert answers[True] == answers[False] and len(answers[True]) == 5
 
 
 def test_readyz_is_503_outside_the_lifespan(make_settings):
