@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,6 @@ class IndexBuildCfg:
     seed: int = 0  # the held-out and training samples and FAISS' k-means: the same input builds the same index
     device: str = "auto"  # auto: train and add on GPU 0 when FAISS has one and the index type allows; cpu
     train_points_per_list: int = 64  # k-means training points per inverted list (autofaiss: 30-256)
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded under tuning as is (e.g. the bench's tag)
 
     def __post_init__(self) -> None:
         if not 0 < self.target_recall <= 1:
@@ -281,8 +280,7 @@ def tune_index(built: Built, vectors: np.ndarray, cfg: IndexBuildCfg) -> tuple[d
     param, ladder, coarse = _tunable(faiss, index)
     queries = np.ascontiguousarray(vectors[query_rows] if len(query_rows) else vectors[:MIN_QUERIES])
     section: dict[str, Any] = {"target_recall": cfg.target_recall, "k": K, "queries": int(len(query_rows)),
-                               "param": param, "value": None, "threads": int(faiss.omp_get_max_threads()),
-                               **cfg.extra}
+                               "param": param, "value": None, "threads": int(faiss.omp_get_max_threads())}
     if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
         section.update(recall_at_10=1.0, met_target=True, ms_per_query_b1=round(ms_per_query(index, queries, {}), 4),
                        note="exact search: recall@10 is 1.0 by construction, nothing to tune")
