@@ -47,14 +47,57 @@ def add_parser(subparsers) -> None:
     b.add_argument("--threads", type=positive_int, default=None,
                    help="ONNX Runtime intra-op threads (default: every core)")
     b.add_argument("--factory", default=None,
-                   help="FAISS index factory string (default: Flat up to 200k rows, HNSW32,Flat beyond)")
+                   help="FAISS index factory string (default: chosen by corpus size and --memory-budget: Flat, "
+                        "HNSW, IVF or OPQ+IVF-PQ); its search parameter is tuned either way")
     b.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE,
                    help="items embedded and saved at a time in OUT.partial/ (OUT/image.partial, OUT/text.partial "
                         "with both): a build killed at any point resumes from its last saved shard when run again "
                         f"with the same arguments (default {DEFAULT_SHARD_SIZE})")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_index_options(b)
     _add_engine_options(b)
     _add_add(sub)
+
+
+def _size(value: str) -> int:
+    """Bytes from 8G, 512M, 1.5T or a plain number."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    v = value.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        n = float(v[:-1]) * units[v[-1]] if v and v[-1] in units else float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size: write e.g. 8G, 512M or a number of bytes") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError("a memory budget must be positive")
+    return int(n)
+
+
+def _recall(value: str) -> float:
+    try:
+        r = float(value)
+    except ValueError:
+        r = -1.0
+    if not 0 < r <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a recall is a number in (0, 1], e.g. 0.95")
+    return r
+
+
+def _add_index_options(b: argparse.ArgumentParser) -> None:
+    g = b.add_argument_group(
+        "FAISS index", "The index type follows autofaiss' rules (Flat while exact search is cheap, HNSW or IVF "
+        "while the vectors fit the budget, OPQ+IVF-PQ when they do not); its nprobe / efSearch is tuned on corpus "
+        "vectors held out of the index to the smallest value reaching --target-recall, recorded in the manifest "
+        "and used by the service.")
+    g.add_argument("--memory-budget", type=_size, default=None,
+                   help="memory the index may take when served, e.g. 8G (default: a quarter of this machine's "
+                        "memory, or of its container's limit)")
+    g.add_argument("--target-recall", type=_recall, default=0.95,
+                   help="recall@10 against exact search the tuned search parameter must reach (default 0.95)")
+    g.add_argument("--latency-budget-ms", type=float, default=None,
+                   help="most ms a single query may take; wins over --target-recall (default: none)")
+    g.add_argument("--memory-mappable", action="store_true",
+                   help="choose an IVF index, which the service can memory-map (LLM2CLIP_INDEX_MMAP): an index "
+                        "larger than RAM")
 
 
 def _add_engine_options(b: argparse.ArgumentParser) -> None:
@@ -123,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from index_builder.ray_engine import RayCfg
     from index_builder.runner import BuildCfg, build_indexes
     from llm2clip.errors import LLM2CLIPError
+    from llm2clip.index import IndexBuildCfg
 
     out: Path = args.out
     if args.engine != "ray" and (args.address or args.actors):
@@ -132,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = BuildCfg(batch_size=args.batch_size, captions=args.captions, workers=args.workers, threads=args.threads,
                    progress=not args.no_progress, factory=args.factory, precision=args.precision,
                    max_batch_tokens=args.max_batch_tokens, shard_size=args.shard_size, engine=args.engine,
-                   ray=RayCfg(args.address, args.actors, args.actor_cpus, args.rows_per_task))
+                   ray=RayCfg(args.address, args.actors, args.actor_cpus, args.rows_per_task),
+                   index=IndexBuildCfg(memory_budget_bytes=args.memory_budget, memory_mappable=args.memory_mappable,
+                                       target_recall=args.target_recall, latency_budget_ms=args.latency_budget_ms))
     for built in build_indexes(args.data, args.model, out, cfg, args.modality):
         print(_summary(built.modality, built.path, built.manifest))
     return 0

@@ -1,30 +1,24 @@
-"""Runner: reader -> mapper -> writer, each stage handed in, each timed (clip-retrieval's shape).
-
-The timings tell where a build spends its time: a large ``read_wait`` means decoding is the bottleneck
-(add workers), a large ``encode`` means the model is (add threads or a GPU provider).
-"""
+"""Runner: a dataset and a model bundle -> index bundles, through the pipeline (pipeline.py), a shard at a time
+(shards.py), the FAISS index chosen and tuned by llm2clip.index, and the manifest's record of the build."""
 
 from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from index_builder import ray_engine
 from index_builder.mapper import make_mapper
+from index_builder.pipeline import PipelineStats, Reader, progress_bar, run_pipeline
 from index_builder.ray_engine import RayCfg
 from index_builder.reader import (
     DEFAULT_MAX_PIXELS,
-    Batch,
     CaptionReader,
     ImageReadCfg,
     ImageReader,
@@ -46,118 +40,16 @@ from llm2clip.bundle import ModelBundle, load_bundle
 from llm2clip.data.dataset import Dataset, read_dataset
 from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 from llm2clip.errors import BundleError
-from llm2clip.index import MODALITIES, check_factory
+from llm2clip.index import MODALITIES, IndexBuildCfg, check_factory
 
 log = logging.getLogger(__name__)
 
-SKIP_EXAMPLES = 10
 # captions handed to the text encoder at a time: it sorts them by length into token-budget batches, so a
 # larger chunk wastes less padding; the progress bar moves a chunk at a time
 TEXT_CHUNK = 512  # item ids kept in the manifest: enough to find the bad files, bounded for huge corpora
 # items a shard: the unit a killed build resumes from. A multiple of the batch sizes, so that a sharded build
 # batches as an unsharded one would; large enough that the reader's pause at each shard's start is noise.
 DEFAULT_SHARD_SIZE = 4096
-
-
-class Reader(Protocol):
-    modality: str
-    decode_seconds: float
-
-    def __iter__(self) -> Iterator[Batch]: ...
-
-    def __len__(self) -> int: ...
-
-
-class Writer(Protocol):
-    def add(self, embeddings: np.ndarray, rows: Sequence[Any]) -> None: ...
-
-
-@dataclass
-class PipelineStats:
-    rows: int = 0
-    batches: int = 0
-    skipped: list[Skip] = field(default_factory=list)
-    read_wait_s: float = 0.0  # the consumer waiting on the reader: decode not hidden behind encoding
-    encode_s: float = 0.0
-    write_s: float = 0.0
-    decode_s: float = 0.0  # decode + preprocess, summed over reader workers (overlaps the others)
-    total_s: float = 0.0
-    items: int = 0  # items embedded by this run (a resumed build skips those of the shards already done)
-    resumed: int = 0  # shards a previous run had done
-
-    def skipped_summary(self) -> dict[str, Any]:
-        reasons = Counter(s.reason for s in self.skipped)
-        return {
-            "count": len(self.skipped),
-            "reasons": dict(sorted(reasons.items())),
-            "examples": [s.id for s in self.skipped[:SKIP_EXAMPLES]],
-        }
-
-    def durations(self) -> dict[str, float]:
-        return {
-            "read_wait": round(self.read_wait_s, 4),
-            "encode": round(self.encode_s, 4),
-            "write": round(self.write_s, 4),
-            "decode_workers": round(self.decode_s, 4),
-            "total": round(self.total_s, 4),
-        }
-
-
-def progress_bar(total: int, modality: str, enabled: bool = True, initial: int = 0) -> tqdm:
-    # image progress counts items (skipped ones too, so the bar reaches its total); text counts captions
-    unit = "item" if modality == "image" else "caption"
-    return tqdm(total=total, initial=initial, unit=unit, desc=f"index {modality}", disable=not enabled,
-                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-
-
-def run_pipeline(
-    reader: Reader,
-    mapper: Callable[[Any], np.ndarray],
-    writer: Writer,
-    progress: bool | tqdm = True,
-    clock: Callable[[], float] = time.perf_counter,
-    stats: PipelineStats | None = None,
-) -> PipelineStats:
-    """Drive every batch of ``reader`` through ``mapper`` into ``writer`` (not finished here); ``clock``
-    times the stages. ``progress``: a bar of its own, none, or a bar shared with other runs; ``stats``: totals
-    to add to (one per build, over its shards), a new one when None."""
-    stats = stats if stats is not None else PipelineStats()
-    modality = getattr(reader, "modality", "")
-    own_bar = isinstance(progress, bool)
-    bar = progress_bar(len(reader), modality, progress) if isinstance(progress, bool) else progress
-    start = clock()
-    batches: Iterator[Batch] = iter(reader)
-    try:
-        while True:
-            t0 = clock()
-            batch = next(batches, None)
-            t1 = clock()
-            stats.read_wait_s += t1 - t0
-            if batch is None:
-                break
-            data, rows, skipped = batch
-            for skip in skipped:
-                (log.warning if len(stats.skipped) < SKIP_EXAMPLES else log.debug)(
-                    "skipped item %r: %s %s", skip.id, skip.reason, skip.detail)
-                stats.skipped.append(skip)
-            embeddings = mapper(data)
-            t2 = clock()
-            writer.add(embeddings, rows)
-            t3 = clock()
-            stats.encode_s += t2 - t1
-            stats.write_s += t3 - t2
-            stats.rows += len(rows)
-            stats.batches += 1
-            bar.update(len(rows) + (len(skipped) if modality == "image" else 0))
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()  # stops the reader's prefetch threads when a stage raised
-        if own_bar:
-            bar.close()
-    stats.total_s += clock() - start
-    stats.decode_s += float(getattr(reader, "decode_seconds", 0.0))
-    return stats
 
 
 @dataclass(frozen=True)
@@ -187,6 +79,7 @@ class BuildCfg:
     keep_shards: bool = False  # leave the work folder once the bundle is written (build_indexes: until the last)
     engine: str = "local"  # or "ray": shards decoded and encoded on a Ray cluster (ray_engine.py)
     ray: RayCfg = RayCfg()
+    index: IndexBuildCfg = field(default_factory=IndexBuildCfg)  # the FAISS index: memory budget, recall target
 
     def image_reading(self) -> ImageReadCfg:
         return ImageReadCfg(self.batch_size, self.workers, self.prefetch, self.max_pixels)
@@ -279,7 +172,8 @@ def _encode_shards(job: _Job, store: ShardStore) -> PipelineStats:
 def _assemble(job: _Job, store: ShardStore, stats: PipelineStats) -> dict[str, Any]:
     """Every shard's rows, in item order, through the bundle writer (the FAISS index is chosen there)."""
     t0 = time.perf_counter()
-    writer = BundleWriter(job.target, job.modality, job.mb.embed_dim, job.mb.fingerprint, factory=job.cfg.factory)
+    writer = BundleWriter(job.target, job.modality, job.mb.embed_dim, job.mb.fingerprint, factory=job.cfg.factory,
+                          index_cfg=job.cfg.index)
     skipped: list[Skip] = []
     for n in range(len(job.plan)):
         shard = store.load(n)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from index_builder.reader import Row
-from llm2clip.index import IndexWriter, Record
+from llm2clip.index import IndexBuildCfg, IndexWriter, Record
 
 
 def to_record(row: Row) -> Record:
@@ -52,9 +52,10 @@ class BundleWriter:
     never visible at ``target``)."""
 
     def __init__(self, target: str | Path, modality: str, dim: int, model_fingerprint: str,
-                 factory: str | None = None) -> None:
+                 factory: str | None = None, index_cfg: IndexBuildCfg | None = None) -> None:
         self.target = Path(target)
         self.factory = factory
+        self.index_cfg = index_cfg  # how the FAISS index is chosen and tuned (None: the defaults)
         self._writer = IndexWriter(self.target, modality, dim, model_fingerprint)
 
     def __len__(self) -> int:
@@ -67,7 +68,7 @@ class BundleWriter:
 
     def finish(self, build: dict[str, Any]) -> dict[str, Any]:
         """Builds the FAISS index, writes the bundle; returns its manifest."""
-        return self._writer.write(build=build, factory=self.factory)
+        return self._writer.write(build=build, factory=self.factory, cfg=self.index_cfg)
 
 
 __all__ = ["BundleWriter", "RowCollector", "to_record"]

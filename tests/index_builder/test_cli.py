@@ -123,3 +123,25 @@ def test_add_to_a_folder_without_indexes_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"llm2clip: error: {tmp_path / 'empty'} is no index bundle and holds none (image/, text/): name an "
                    "index bundle, or build one with `llm2clip index build`"]
+
+
+def test_index_choice_flags():
+    base = ["index", "build", "--model", "m", "--data", "d", "--out", "o"]
+    args = parse([*base, "--memory-budget", "1.5G", "--target-recall", "0.9", "--memory-mappable"])
+    assert (args.memory_budget, args.target_recall, args.memory_mappable) == (int(1.5 * (1 << 30)), 0.9, True)
+    assert parse([*base, "--memory-budget", "512MiB"]).memory_budget == 512 << 20
+    assert parse(base).memory_budget is None and parse(base).target_recall == 0.95
+    for bad in (["--memory-budget", "lots"], ["--memory-budget", "0"], ["--target-recall", "1.5"],
+                ["--target-recall", "x"]):
+        with pytest.raises(SystemExit):
+            parse([*base, *bad])
+
+
+def test_the_index_flags_reach_the_manifest(tiny_bundle, dataset, tmp_path):
+    """A budget too small for the vectors is recorded with the chooser's reason; the recall target too."""
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--model", str(tiny_bundle), "--data", str(dataset), "--out", str(out),
+                 "--modality", "image", "--memory-budget", "256", "--target-recall", "0.9", "--no-progress"]) == 0
+    tuning = json.loads((out / "manifest.json").read_text())["tuning"]
+    assert tuning["target_recall"] == 0.9 and tuning["chooser"]["memory_budget_bytes"] == 256
+    assert "exceed the 256 B budget" in tuning["chooser"]["reason"], tuning["chooser"]
