@@ -5,8 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import signal
+import socket
 import struct
+import subprocess
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +77,23 @@ def draw_shape(colour: str, shape: str, side: int = SIDE) -> Image.Image:
 
 def read_items(corpus: Path) -> list[dict]:
     return [json.loads(line) for line in (corpus / "items.jsonl").read_text().splitlines()]
+
+
+@contextmanager
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another socket listens on for the duration."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
+
+
+def stop_server(proc: subprocess.Popen) -> str:
+    """Ctrl-C a server started with stdout piped, as a user would; its output."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.stdout.read() if proc.stdout else ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from service_helpers import busy_port, stop_server
 
 from llm2clip_cli.main import main
 from service import cli
@@ -60,22 +60,13 @@ def test_serve_answers_over_http(tiny_bundle, indexes):
         assert second.stderr == f"llm2clip: error: port {port} on 127.0.0.1 is in use: stop the other server or " \
                                 "pass --port\n"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    output = proc.stdout.read() if proc.stdout else ""
+        output = stop_server(proc)
     assert proc.returncode == 0, output
     assert "Traceback" not in output
 
 
 def test_port_in_use_is_one_line_and_exit_2(capsys, tiny_bundle):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         assert main(["serve", "--model", str(tiny_bundle), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err == f"llm2clip: error: port {port} on 127.0.0.1 is in use: stop the other server or pass --port\n"
@@ -132,10 +123,7 @@ def test_a_misspelt_variable_is_named_with_the_real_one(capsys, tiny_bundle, mon
     """Settings ignore unknown LLM2CLIP_* variables: serve says so rather than keep a default silently."""
     monkeypatch.setenv("LLM2CLIP_TEXT_INDEXES", "somewhere")
     monkeypatch.setenv("LLM2CLIP_TRT_CACHE", "/tmp/trt")  # read by the ONNX backend: no warning
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         assert main(["serve", "--model", str(tiny_bundle), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert "llm2clip: warning: LLM2CLIP_TEXT_INDEXES is not a setting and is ignored (did you mean " \

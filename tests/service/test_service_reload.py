@@ -5,7 +5,6 @@ mismatched versions are refused while the old keeps serving; the admin API's aut
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from reload_helpers import (
     write_version,
     wrong_sha,
 )
-from service_helpers import assert_error
+from service_helpers import assert_error, stop_server
 
 from llm2clip.bundle import load_bundle
 from service.app import create_app
@@ -358,11 +357,5 @@ def test_llm2clip_serve_swaps_a_published_index(tiny_bundle, live, rows, fingerp
         assert r.status_code == 200 and {h["id"] for h in r.json()["results"]} <= second.ids
         assert_error(httpx.post(base + "/admin/reload"), 404, "not_found")  # no token: off
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    output = proc.stdout.read() if proc.stdout else ""
+        output = stop_server(proc)
     assert proc.returncode == 0 and "Traceback" not in output, output
