@@ -168,7 +168,7 @@ def test_search_page(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     html = r.text
-    for needle in ("<textarea", 'type="file"', 'fetch("search"', "image_url"):
+    for needle in ("<textarea", 'type="file"', 'call("search"', "image_url"):
         assert needle in html
     assert "http://" not in html and "https://" not in html  # nothing from a CDN: works offline
 
