@@ -42,12 +42,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(tiny_bundle: Path, indexes: tuple[Path, Path], **env: str) -> Iterator[str]:
+def serve(tiny_bundle: Path, image_index: Path, text_index: Path | None, **env: str) -> Iterator[str]:
     """A real server on a free port of 127.0.0.1 -> its base URL; stopped with Ctrl-C afterwards."""
     port = free_port()
     cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", "--model", str(tiny_bundle), "--image-index",
-           str(indexes[0]), "--text-index", str(indexes[1]), "--port", str(port), "--threads", "1",
-           "--log-level", "warning"]
+           str(image_index), "--port", str(port), "--threads", "1", "--log-level", "warning"]
+    if text_index is not None:
+        cmd += ["--text-index", str(text_index)]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LLM2CLIP_")}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**clean, "TOKENIZERS_PARALLELISM": "false", **env})
@@ -86,7 +87,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, indexes) -> Iterator[str]:
-    with serve(tiny_bundle, indexes) as base:
+    with serve(tiny_bundle, *indexes) as base:
         yield base
 
 
@@ -104,11 +105,16 @@ def open_page(browser, request):
         return page
 
     yield open_
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for page in pages:
-        page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
+        screenshot(page, request.node.name)
         page.context.close()
     assert not errors, errors
+
+
+def screenshot(page, name: str) -> None:
+    """A screenshot of a state in the middle of a test (the fixture takes the last one)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def search_and_wait(page) -> None:
@@ -148,6 +154,7 @@ def test_long_caption_finds_images_and_says_where_it_was_cut(server, open_page):
     notice = page.locator("#notice")
     assert notice.is_visible()
     assert f"Your text was cut after {max_tokens} tokens: the rest did not count" in notice.inner_text()
+    screenshot(page, "test_long_caption_finds_images_and_says_where_it_was_cut-truncated")
     # a short query fits: the notice goes away
     page.fill("#text", "a red circle")
     search_and_wait(page)
@@ -182,8 +189,7 @@ def test_a_bad_file_says_why_and_the_page_keeps_working(bad, server, open_page, 
     expected = "could not decode the image" if bad == "text_named_png" else "the image is empty"
     assert expected in error.inner_text(), error.inner_text()
     assert page.locator("#results .card").count() == 0
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"test_a_bad_file_says_why[{bad}]-error.png"), full_page=True)
+    screenshot(page, f"test_a_bad_file_says_why_and_the_page_keeps_working[{bad}]-error")
     # the user drops the file and types instead: that search works
     page.click("#clear")
     page.fill("#text", "a green triangle")
@@ -199,10 +205,30 @@ def test_nothing_to_search_says_so(server, open_page):
     assert "Type a description or choose an image" in page.inner_text("#results .empty.error")
 
 
+def test_a_direction_without_an_index_says_what_to_configure(tiny_bundle, indexes, open_page, tmp_path):
+    query = tmp_path / "query.png"
+    query.write_bytes(png_bytes(draw_shape("red", "triangle")))
+    with serve(tiny_bundle, indexes[0], None) as base:
+        page = open_page(base)
+        page.wait_for_function("document.getElementById('status').textContent.includes('text index: none')")
+        page.set_input_files("#file", str(query))
+        search_and_wait(page)
+        error = page.inner_text("#results .empty.error")
+        assert "no text index is loaded: set LLM2CLIP_TEXT_INDEX" in error, error
+        # the other direction is served
+        page.click("#clear")
+        page.fill("#text", "a red triangle")
+        search_and_wait(page)
+        assert_cards(page, 12, with_images=True)
+        screenshot(page, "test_a_direction_without_an_index_says_what_to_configure-text-works")
+        page.set_input_files("#file", str(query))
+        search_and_wait(page)  # the last screenshot: the explanation
+
+
 @pytest.fixture(scope="module")
 def keyed_server(tiny_bundle, indexes) -> Iterator[tuple[str, str]]:
     key = secrets.token_urlsafe(24)
-    with serve(tiny_bundle, indexes, LLM2CLIP_API_KEYS=key) as base:
+    with serve(tiny_bundle, *indexes, LLM2CLIP_API_KEYS=key) as base:
         yield base, key
 
 
@@ -219,6 +245,7 @@ def test_with_api_keys_the_page_asks_for_one_and_sends_it(keyed_server, open_pag
     page.fill("#text", "a red circle")
     search_and_wait(page)
     assert "this service needs an API key" in page.inner_text("#results .empty.error")
+    screenshot(page, "test_with_api_keys_the_page_asks_for_one_and_sends_it-no-key")
     # a wrong key is told apart from a missing one
     page.fill("#apikey", "not-the-key-" + "x" * 20)
     search_and_wait(page)
@@ -230,6 +257,7 @@ def test_with_api_keys_the_page_asks_for_one_and_sends_it(keyed_server, open_pag
     assert_cards(page, 12, with_images=True)  # the page's default k
     srcs = page.locator("#results .thumb img").evaluate_all("imgs => imgs.map(i => i.src)")
     assert srcs and all(s.startswith("blob:") for s in srcs), srcs
+    screenshot(page, "test_with_api_keys_the_page_asks_for_one_and_sends_it-results")
     search_calls = [h for url, h in sent if url.endswith("/search")]
     item_calls = [h for url, h in sent if "/items/" in url]
     assert search_calls == [f"Bearer {key}"]
