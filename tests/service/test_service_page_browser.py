@@ -170,7 +170,18 @@ def test_an_image_finds_captions(server, open_page, tmp_path):
     assert page.locator("#preview").is_visible()
     page.select_option("#target", "text")
     page.fill("#k", "4")
-    search_and_wait(page)
+    # hold the request in the browser to see the loading state, then let it go to the server
+    held = []
+    page.route("**/search", lambda route: held.append(route))
+    page.click("#go")
+    page.wait_for_function("document.getElementById('go').disabled")
+    assert page.inner_text("#go") == "Searching…"
+    assert page.get_attribute("#results", "aria-busy") == "true"
+    assert page.inner_text("#message") == "searching with the image…"
+    assert len(held) == 1
+    held[0].continue_()
+    page.wait_for_function("!document.getElementById('go').disabled")
+    page.unroute("**/search")
     captions = assert_cards(page, 4, with_images=True)
     assert all(c.startswith("A ") or len(c.split()) == 2 for c in captions), captions  # the corpus's captions
     assert page.inner_text("#message").startswith("4 captions in ")
