@@ -160,8 +160,9 @@ def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
         resources = _load(settings)
         try:
             app = create_app(settings, resources=resources)
+            # our access log (LLM2CLIP_ACCESS_LOG, one JSON object a line) replaces uvicorn's
             config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                                    log_level=log_level, lifespan="on")
+                                    log_level=log_level, lifespan="on", access_log=False)
             server = uvicorn.Server(config)
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             # uvicorn does not announce the address of a socket handed to it; its own logger is the one
