@@ -123,6 +123,13 @@ def _route_of(routes: list[Any], scope: Scope) -> Any:
     return partial
 
 
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding":
+            return True
+    return False
+
+
 def _bearer(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
@@ -156,6 +163,9 @@ class AuthMiddleware(HttpMiddleware):
             return
         if route is not None:
             scope["route"] = route  # the metrics and the access log count it under its route
+        if _has_body(scope):
+            # the server closes the connection after the answer instead of reading the body to reuse it
+            refused.headers["Connection"] = "close"
         await refused(scope, receive, send)
 
     def _check(self, scope: Scope, template: str | None) -> JSONResponse | None:

@@ -139,8 +139,10 @@ def test_an_unauthenticated_body_is_not_read(make_settings, shared_resources, si
     counted = CountingApp(create_app(make_settings(api_keys=KEY_A), resources=shared_resources))
     with TestClient(counted) as c:
         body = b'{"texts": ["' + b"x" * size + b'"]}'
-        assert_unauthorized(c.post("/embed", content=body, headers={"Content-Type": "application/json"}))
+        r = c.post("/embed", content=body, headers={"Content-Type": "application/json"})
+        assert_unauthorized(r)
         assert counted.read == 0
+        assert r.headers["connection"] == "close"  # nor is it drained to keep the connection
         # with the key, the same body is read (and refused for what it holds, or its size)
         r = c.post("/embed", content=body, headers={"Content-Type": "application/json", **bearer(KEY_A)})
         assert r.status_code in (413, 422), r.text
@@ -232,6 +234,7 @@ def test_rate_limit_answers_429_after_the_burst_per_key(app_client):
     assert c.get("/info", headers=bearer(KEY_A)).status_code == 200
     assert c.get(ITEM, headers=bearer(KEY_A)).status_code == 200
     assert rejected(c, "rate_limited") == before + 2
+    assert "connection" not in c.get("/info").headers  # a refusal without a body keeps the connection
     # a client without a valid key is refused as unauthorized, and spends nobody's tokens
     assert_unauthorized(c.post("/search", json={"text": "red"}, headers=bearer(KEY_C)))
 
