@@ -19,7 +19,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm2clip import __version__
+from service.access_log import RequestLogMiddleware, install_stderr_handler
 from service.asgi import HttpMiddleware
+from service.auth import AuthMiddleware, document_security, key_ring, rate_limiter
 from service.batching import (
     Batcher,
     BatchHooks,
@@ -55,11 +57,24 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.state.metrics = metrics
     app.state.service = ServiceState(settings=settings, metrics=metrics, preloaded=resources)
     register_error_handlers(app)
-    # the last added runs first: metrics see every request, then a crash becomes a 500, then the size limit
+    ring = key_ring(settings)
+    limiter = rate_limiter(settings)
+    # the last added runs first: the request id and access log see every request, then the metrics, then a
+    # crash becomes a 500, then keys and rate limits (before any body is read), then the size limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AuthMiddleware, ring=ring, limiter=limiter, metrics_auth=settings.metrics_auth,
+                       metrics=metrics)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestLogMiddleware, enabled=settings.access_log == "json", log_queries=settings.log_queries)
+    if settings.access_log == "json":
+        install_stderr_handler()
     app.include_router(api_router)
+    document_security(app, settings, ring)
+    log.info("API keys: %s; rate limit: %s", f"{len(ring.keys())} (ids {', '.join(sorted({k.id for k in ring.keys()}))})"
+             if ring.enabled else "off (the API is open)",
+             f"{settings.rate_limit_per_minute}/min, burst {settings.rate_burst}, per {'key' if ring.enabled else 'client IP'}"
+             if limiter else "off")
     return app
 
 

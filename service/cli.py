@@ -132,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     its folder is swapped in while the service runs (see --reload-interval); the admin API, POST
     /admin/reload, is on only when LLM2CLIP_ADMIN_TOKEN is set (at least 16 characters; an environment
     variable only, since a flag would show in the process list) and then needs "Authorization: Bearer
-    <token>".
+    <token>". API keys for clients (LLM2CLIP_API_KEYS, LLM2CLIP_API_KEYS_FILE), per-key rate limits
+    (LLM2CLIP_RATE_LIMIT_PER_MINUTE) and the JSON access log on stderr (LLM2CLIP_ACCESS_LOG) are set in
+    the environment too; the README's "HTTP API" section explains them.
     """
     return serve(_overrides(args), args.log_level)
 
@@ -160,8 +162,9 @@ def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
         resources = _load(settings)
         try:
             app = create_app(settings, resources=resources)
+            # our access log (LLM2CLIP_ACCESS_LOG, one JSON object a line) replaces uvicorn's
             config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                                    log_level=log_level, lifespan="on")
+                                    log_level=log_level, lifespan="on", access_log=False)
             server = uvicorn.Server(config)
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             # uvicorn does not announce the address of a socket handed to it; its own logger is the one

@@ -1,4 +1,4 @@
-"""One error body for every failure: ``{"error": {"code": str, "message": str}}``.
+"""One error body for every failure: ``{"error": {"code": str, "message": str, "request_id": str}}``.
 
 Messages of 4xx errors tell the client what to change. A 500 says "internal error" and nothing else:
 the exception goes to the log, never to the client (it may name files, settings or data).
@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
+from service.access_log import FIELDS_KEY, request_id_of
 from service.asgi import HttpMiddleware
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,32 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
+    """The error body; ``request_id`` (the X-Request-ID of the request) when the request has one."""
+    error = {"code": code, "message": message}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return {"error": error}
+
+
+def refusal(
+    scope: Scope, metrics: Any, status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The response for a refused request; every 4xx is also counted by reason in the metrics, and its code
+    goes in the access log line."""
+    if metrics is not None and 400 <= status < 500:
+        metrics.rejected.labels(reason=code).inc()
+    noted = scope.get(FIELDS_KEY)
+    if noted is not None:
+        noted["error"] = code
+    return JSONResponse(error_body(code, message, request_id_of(scope)), status_code=status,
+                        headers=dict(headers or {}))
 
 
 def error_response(
     request: Request, status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """The response for a refused request; every 4xx is also counted by reason in the metrics."""
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None and 400 <= status < 500:
-        metrics.rejected.labels(reason=code).inc()
-    return JSONResponse(error_body(code, message), status_code=status, headers=dict(headers or {}))
+    return refusal(request.scope, getattr(request.app.state, "metrics", None), status, code, message, headers)
 
 
 def describe_validation_errors(errors: Sequence[Any], limit: int = 3) -> str:
@@ -126,5 +141,8 @@ class CatchAllMiddleware(HttpMiddleware):
             if started:
                 # the status line is gone already; let the server drop the connection
                 raise
-            response = JSONResponse(error_body("internal", "internal error"), status_code=500)
+            noted = scope.get(FIELDS_KEY)
+            if noted is not None:
+                noted["error"] = "internal"
+            response = JSONResponse(error_body("internal", "internal error", request_id_of(scope)), status_code=500)
             await response(scope, receive, send)

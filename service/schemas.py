@@ -99,6 +99,7 @@ class EmbedResponse(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. 'invalid_request', 'overloaded'.")
     message: str = Field(description="What went wrong and what to change.")
+    request_id: str = Field(description="The request's id, as in the X-Request-ID response header and the access log.")
 
 
 class ErrorBody(BaseModel):

@@ -13,12 +13,9 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
+from service.keys import MIN_TOKEN_CHARS, check_secret, parse_keys, read_keys_file
 
 MiB = 1024 * 1024
-MIN_TOKEN_CHARS = 16
-# what templates and tutorials put in a token field: a deploy that kept one must not open the admin API
-PLACEHOLDER_TOKENS = frozenset({"changethis", "changeme", "change-me", "secret", "token", "admin", "password",
-                                "your-token-here", "xxxxxxxxxxxxxxxx"})
 
 
 class BatchSettings(BaseModel):
@@ -50,6 +47,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="LLM2CLIP_", env_nested_delimiter="__", extra="ignore", validate_default=True,
+        # a refused secret must not be echoed in the error (uvicorn --factory prints it whole)
+        hide_input_in_errors=True,
     )
 
     # bundles
@@ -86,7 +85,42 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None,
         description=f"Bearer token of the admin API (POST /admin/reload), at least {MIN_TOKEN_CHARS} "
-                    "characters. Unset or empty: the admin API is off and answers 404.",
+                    "characters. Unset or empty: the admin API is off and answers 404. Separate from the API "
+                    "keys: a client's key must not let it swap the served indexes.",
+    )
+
+    # clients: API keys, rate limits, access log
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="API keys clients send as `Authorization: Bearer <key>`: a JSON list or a comma-separated "
+                    "string of `key` or `id:key` entries (the id names the client in logs and rate limits; "
+                    f"default: a sha256 prefix of the key). Each at least {MIN_TOKEN_CHARS} characters. Unset, "
+                    "with no keys file: the API is open.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="A file of API keys, one `id:key` or `key` a line (`#` comments), re-read when it changes: "
+                    "keys rotate without a restart. Used together with LLM2CLIP_API_KEYS.",
+    )
+    metrics_auth: bool = Field(
+        default=False, description="GET /metrics needs an API key too (when keys are configured).",
+    )
+    rate_limit_per_minute: int = Field(
+        default=0, ge=0,
+        description="Requests a minute each API key (each client IP when no keys are configured) may make to "
+                    "/search and /embed, as a token bucket; past it, 429 rate_limited. 0: no limit.",
+    )
+    rate_limit_burst: int | None = Field(
+        default=None, ge=1,
+        description="Requests a key may make at once before the per-minute rate applies "
+                    "(default: a sixth of the per-minute rate, at least 1).",
+    )
+    access_log: Literal["json", "off"] = Field(
+        default="json",
+        description="One JSON object a line on stderr per request (logger llm2clip.access), or off.",
+    )
+    log_queries: bool = Field(
+        default=False, description="Put the query text in the access log (off: it may be personal data).",
     )
 
     # server and runtime
@@ -148,15 +182,39 @@ class Settings(BaseSettings):
     def _real_token(cls, token: SecretStr | None) -> SecretStr | None:
         if token is None or not token.get_secret_value():
             return None  # LLM2CLIP_ADMIN_TOKEN= (empty) in a compose file means off
-        value = token.get_secret_value()
-        if value.strip().lower() in PLACEHOLDER_TOKENS or len(set(value)) < 4:
-            raise ValueError("is a placeholder: generate one, e.g. python -c 'import secrets; "
-                             "print(secrets.token_urlsafe(32))'")
-        if len(value) < MIN_TOKEN_CHARS:
-            raise ValueError(f"must have at least {MIN_TOKEN_CHARS} characters")
-        if value != value.strip():
-            raise ValueError("has leading or trailing whitespace")
+        check_secret(token.get_secret_value())
         return token
+
+    @field_validator("api_keys")
+    @classmethod
+    def _real_keys(cls, keys: SecretStr | None) -> SecretStr | None:
+        if keys is None or not keys.get_secret_value().strip():
+            return None
+        if not parse_keys(keys.get_secret_value()):
+            raise ValueError("lists no key")
+        return keys
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable_keys_file(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            keys = read_keys_file(path)
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not keys:
+            raise ValueError(f"{path} lists no key: add one (`id:key` a line) or unset the setting")
+        return path
+
+    @property
+    def rate_burst(self) -> int:
+        return self.rate_limit_burst or max(1, self.rate_limit_per_minute // 6)
 
 
 # LLM2CLIP_* variables read outside these settings (the model cache, the Fashion-MNIST folder, TensorRT's engine

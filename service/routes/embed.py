@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from service.access_log import note
 from service.errors import ApiError
 from service.routes import inputs
 from service.routes.deps import RuntimeDep
@@ -30,6 +31,7 @@ async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
     settings = runtime.settings
     texts, images = await _read_inputs(request, runtime)
     total = len(texts) + len(images)
+    note(request, texts=len(texts), images=len(images))
     if total == 0:
         raise ApiError(422, "invalid_request", "give at least one text or image to embed")
     if total > settings.max_batch:
@@ -47,6 +49,7 @@ async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
         raise
     text_out, image_out = await inputs.gather_encoded(text_future, image_future)
     text_out = inputs.finish_texts(runtime, prepared, text_out)
+    note(request, tokens=sum(t.tokens for t in text_out), truncated=any(t.truncated for t in text_out))
     return EmbedResponse(
         text_embeddings=[t.vector.tolist() for t in text_out],
         image_embeddings=[v.tolist() for v in image_out],

@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from llm2clip.index import Record
+from service.access_log import note
 from service.errors import ApiError
 from service.indexes import ServedIndex, index_setting
 from service.routes import inputs
@@ -48,12 +49,14 @@ async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
         raise ApiError(422, "invalid_request", "give a text or an image to search with")
     modality: Modality = "text" if query.text is not None else "image"
     target: Modality = query.target or ("image" if modality == "text" else "text")
+    note(request, modality=modality, target=target, k=query.k, query=query.text)
     # the index current now answers this request, search and records both, even if a reload swaps it out
     with runtime.resources.indexes.lease(target) as served:
         if served is None:
             raise ApiError(503, "index_not_loaded",
                            f"no {target} index is loaded: set {index_setting(target)} and restart the service")
         vector, tokens, truncated = await _encode(runtime, query.text, image)
+        note(request, tokens=tokens, truncated=truncated)
         hits = await asyncio.to_thread(_search, runtime, target, served, vector, query.k)
     root_path = request.scope.get("root_path", "")
     results = [

@@ -29,7 +29,8 @@ def compose_config(*files: Path) -> dict:
     # the variables a user may set are left at their defaults whatever this shell has
     env = {k: v for k, v in os.environ.items()
            if k not in {"PUBLISH_ADDRESS", "API_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT", "SEED_BUNDLE",
-                        "SEED_CORPUS", "GRAFANA_ADMIN_PASSWORD", "ADMIN_TOKEN"}}
+                        "SEED_CORPUS", "GRAFANA_ADMIN_PASSWORD", "ADMIN_TOKEN", "API_KEYS",
+                        "RATE_LIMIT_PER_MINUTE"}}
     done = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)

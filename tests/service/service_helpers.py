@@ -48,7 +48,9 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
+    assert set(body["error"]) == {"code", "message", "request_id"}, body
+    # the id the response carries in X-Request-ID: one id from the client's log to the server's
+    assert body["error"]["request_id"] == response.headers["x-request-id"], body
     # a message for users: what went wrong, never the server's insides
     assert "Traceback" not in body["error"]["message"] and "File \"" not in body["error"]["message"], body
     if code is not None:

@@ -140,7 +140,8 @@ def test_internal_error_is_generic_and_logged(client, monkeypatch, caplog):
         # a text no other test sends: a cached one would never reach the encoder
         r = client.post("/search", json={"text": "red circle, internal error test"})
     assert r.status_code == 500
-    assert r.json() == {"error": {"code": "internal", "message": "internal error"}}
+    assert r.json() == {"error": {"code": "internal", "message": "internal error",
+                                  "request_id": r.headers["x-request-id"]}}
     assert "secret" not in r.text and "internal/path" not in r.text
     assert "secret /internal/path" in caplog.text  # the operator still sees it
     monkeypatch.undo()

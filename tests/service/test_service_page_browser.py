@@ -20,8 +20,6 @@ import httpx
 import pytest
 from service_helpers import draw_shape, png_bytes, stop_server
 
-from service.settings import Settings
-
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 SETUP_HINT = "run scripts/setup.sh (it installs the Debian package chromium) and pip install -e '.[dev]' " \
@@ -243,8 +241,6 @@ def keyed_server(tiny_bundle, indexes) -> Iterator[tuple[str, str]]:
         yield base, key
 
 
-@pytest.mark.skipif("api_keys" not in Settings.model_fields,
-                    reason="API keys (LLM2CLIP_API_KEYS) are not in this version of the service yet")
 def test_with_api_keys_the_page_asks_for_one_and_sends_it(keyed_server, open_page):
     base, key = keyed_server
     page = open_page(base)
