@@ -32,6 +32,7 @@ from typing import Any
 
 KINDS = ("text", "image", "embed")
 OVERLOADED = (429, "overloaded")
+KEEPALIVE_EXPIRY_S = 2.0
 WORDS = ("red", "green", "blue", "yellow", "circle", "square", "triangle", "small", "large", "bright", "dark",
          "canvas", "middle", "corner", "flat", "paint", "outline", "shadow", "over", "beside", "under")
 
@@ -165,7 +166,10 @@ async def run_load(cfg: LoadConfig, payloads: Payloads,
     import httpx
 
     headers = {"Authorization": f"Bearer {cfg.key}"} if cfg.key else {}
-    limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+    # idle connections are dropped before the server's keep-alive timeout (uvicorn's: 5 s) would close them:
+    # a POST sent as the server closes its connection fails unanswered (and httpx does not retry a POST)
+    limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency,
+                          keepalive_expiry=KEEPALIVE_EXPIRY_S)
     n = cfg.requests if cfg.rate is None else int(cfg.rate * (cfg.duration_s or cfg.requests / cfg.rate))
     kind_of = _kinds(cfg, n)
     outcomes: list[Outcome] = []

@@ -11,6 +11,10 @@ queued items per encoder and queued text tokens, from the service's own /metrics
 ``--cooldown`` seconds; and takes the *end* sample. It passes when the load had no unintended error (see
 load.py), resident memory at the end is less than 10% above the baseline, and the queues and open fds are
 back at (or under) the baseline. Prints a JSON report (``--json FILE`` keeps it); exit status 1 on a failure.
+
+Every caption sent is new, so the text query cache fills up during a soak (``cache_entries`` in the samples)
+and memory grows with it by design, up to LLM2CLIP_QUERY_CACHE_SIZE entries: set LLM2CLIP_QUERY_CACHE_SIZE=0
+in the environment (a started server inherits it) to keep the cache out of the leak check.
 """
 
 from __future__ import annotations
