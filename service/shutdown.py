@@ -13,7 +13,8 @@ the lifespan's shutdown. A request cancelled there gets no answer at all, so the
   (at least ``margin``): a stuck encoder call cannot hold the exit (the workers are daemon threads).
 
 So every accepted request ends with its answer or a 503 within ``shutdown_timeout_s`` of the signal, and the
-process exits within about ``shutdown_timeout_s + margin``.
+process exits within about ``shutdown_timeout_s + margin`` plus its own teardown (closing the indexes, the
+interpreter's exit: a second or two).
 """
 
 from __future__ import annotations

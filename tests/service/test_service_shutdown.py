@@ -108,6 +108,27 @@ def test_readyz_and_new_work_answer_503_shutting_down_while_draining(app_client)
     assert c.get("/healthz").status_code == 200
 
 
+def test_the_servers_signal_starts_the_drain_and_sigterm_is_a_normal_stop():
+    """`llm2clip serve`'s wiring: uvicorn's signal handler tells the Drain; SIGTERM re-raised by uvicorn after
+    its graceful shutdown ends `serve` normally (exit 0) instead of killing the process."""
+    import os
+
+    import uvicorn
+
+    from service import cli
+
+    drain = Drain(timeout_s=5)
+    server = cli._server(uvicorn, uvicorn.Config(app=None), drain)
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit and drain.draining
+    before = signal.getsignal(signal.SIGTERM)
+    with cli._terminate_quietly():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises here, and the context swallows it
+        raise AssertionError("SIGTERM did not interrupt")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 SHUTDOWN_TIMEOUT_S = 3.0
 SIGNAL_AFTER_S = 3.0
 
