@@ -37,6 +37,7 @@ from service.metrics import HttpMetricsMiddleware, Metrics
 from service.reload import IndexReloader, Watcher, show_index
 from service.routes import api_router
 from service.settings import Settings
+from service.shutdown import Drain
 from service.state import Resources, Runtime, ServiceState, load_resources
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app = FastAPI(title="LLM2CLIP retrieval", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.service = ServiceState(settings=settings, metrics=metrics, preloaded=resources)
+    app.state.service = ServiceState(settings=settings, metrics=metrics, preloaded=resources,
+                                     drain=Drain(settings.shutdown_timeout_s))
     register_error_handlers(app)
     ring = key_ring(settings)
     limiter = rate_limiter(settings)
@@ -98,6 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         text_batcher = _text_batcher(resources, settings, metrics)
         image_batcher = _image_batcher(resources, settings, metrics)
         batchers = [text_batcher, image_batcher]
+        state.drain.attach(asyncio.get_running_loop(), batchers)
         for batcher in batchers:
             batcher.start()
         for modality in resources.indexes:
@@ -123,8 +126,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.runtime = None
         if watcher is not None:
             await asyncio.to_thread(watcher.stop)
-        for batcher in batchers:
-            await asyncio.to_thread(batcher.stop)
+        # bounded by what is left of the shutdown timeout: a stuck encoder call cannot hold the exit
+        await state.drain.stop_batchers()
         if owned and resources is not None:
             resources.close()
         Image.MAX_IMAGE_PIXELS = previous_pixels

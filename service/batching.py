@@ -124,11 +124,18 @@ class Batcher(Generic[T, R]):
         self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the running batch, fail what is still queued with ``ShuttingDown``, join the worker."""
+    def close(self) -> None:
+        """Take no more work and fail what is queued with ``ShuttingDown``; the running batch finishes.
+        Does not block (the event loop may call it)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._fail_queued()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the running batch, fail what is still queued with ``ShuttingDown``, join the worker for at
+        most ``timeout`` seconds."""
+        self.close()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():

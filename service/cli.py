@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     variable only, since a flag would show in the process list) and then needs "Authorization: Bearer
     <token>". API keys for clients (LLM2CLIP_API_KEYS, LLM2CLIP_API_KEYS_FILE), per-key rate limits
     (LLM2CLIP_RATE_LIMIT_PER_MINUTE) and the JSON access log on stderr (LLM2CLIP_ACCESS_LOG) are set in
-    the environment too; the README's "HTTP API" section explains them.
+    the environment too; the README's "HTTP API" section explains them. SIGTERM (or Ctrl-C) stops it
+    gracefully: no new connections, accepted requests answered or refused with 503 shutting_down, exit
+    within about LLM2CLIP_SHUTDOWN_TIMEOUT_S (default 20).
     """
     return serve(_overrides(args), args.log_level)
 
@@ -147,6 +152,43 @@ def _warn_unknown_variables() -> None:
 
     for warning in unknown_variables(os.environ):
         print(f"llm2clip: warning: {warning}", file=sys.stderr)
+
+
+class _Terminated(Exception):
+    """SIGTERM, re-raised by uvicorn after its graceful shutdown."""
+
+
+@contextmanager
+def _terminate_quietly() -> Iterator[None]:
+    """uvicorn re-raises the signal that stopped it once it has shut down gracefully: Ctrl-C
+    (KeyboardInterrupt) and SIGTERM are then a normal stop, exit status 0, not death by the signal."""
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, terminated) if main else None
+    try:
+        yield
+    except (KeyboardInterrupt, _Terminated):
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _server(uvicorn: Any, config: Any, drain: Any) -> Any:
+    """A uvicorn server that tells the app's ``Drain`` when a signal starts the shutdown: /readyz turns 503
+    at once and queued work is failed before uvicorn's deadline (service/shutdown.py)."""
+
+    class DrainingServer(uvicorn.Server):  # type: ignore[misc,name-defined]
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            drain.begin()
+
+    return DrainingServer(config)
 
 
 def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
@@ -163,19 +205,17 @@ def serve(overrides: dict[str, Any], log_level: str = "info") -> int:
         try:
             app = create_app(settings, resources=resources)
             # our access log (LLM2CLIP_ACCESS_LOG, one JSON object a line) replaces uvicorn's
-            config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                                    log_level=log_level, lifespan="on", access_log=False)
-            server = uvicorn.Server(config)
+            config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                                    lifespan="on", access_log=False,
+                                    timeout_graceful_shutdown=settings.shutdown_timeout_s)
+            server = _server(uvicorn, config, app.state.service.drain)
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             # uvicorn does not announce the address of a socket handed to it; its own logger is the one
             # configured to show at --log-level info
             port = sock.getsockname()[1]
             logging.getLogger("uvicorn.error").info("search page on http://%s:%d/", host, port)
-            try:
+            with _terminate_quietly():
                 server.run(sockets=[sock])
-            except KeyboardInterrupt:
-                # uvicorn re-raises the Ctrl-C it caught after a graceful shutdown: a normal stop
-                pass
         finally:
             resources.close()
         return 0 if server.started else 1

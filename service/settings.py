@@ -82,6 +82,12 @@ class Settings(BaseSettings):
                     "(verified, same model, dim and modality) and swapped in without failing a request; a "
                     "refused one leaves the old serving. 0: no watching (POST /admin/reload still works).",
     )
+    shutdown_timeout_s: float = Field(
+        default=20.0, gt=0, le=3600,
+        description="On SIGTERM: seconds the requests already accepted get to finish (new connections are "
+                    "refused from the signal on; /readyz answers 503). A little before the end, requests still "
+                    "queued for an encoder get 503 shutting_down; the process exits within about this long.",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description=f"Bearer token of the admin API (POST /admin/reload), at least {MIN_TOKEN_CHARS} "

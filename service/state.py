@@ -19,6 +19,7 @@ from service.indexes import IndexSet, ServedIndex, index_setting, load_checked
 from service.metrics import Metrics
 from service.reload import IndexReloader
 from service.settings import Settings
+from service.shutdown import Drain
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ServiceState:
     metrics: Metrics
     preloaded: Resources | None = None  # handed in by the caller, who then owns (closes) them
     runtime: Runtime | None = None
+    drain: Drain = field(default_factory=Drain)  # set off by SIGTERM (the CLI's server)
 
 
 def load_indexes(settings: Settings, bundle: ModelBundle) -> IndexSet:

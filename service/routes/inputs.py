@@ -22,6 +22,7 @@ from llm2clip.tokenizer import normalize_text
 from service.batching import Overloaded, ShuttingDown, TextEmbedding, TokenizedText
 from service.errors import ApiError
 from service.settings import Settings
+from service.shutdown import shutting_down
 from service.state import Runtime
 
 M = TypeVar("M", bound=BaseModel)
@@ -215,7 +216,7 @@ def _submitted(submit: Any) -> Any:
     except Overloaded:
         raise ApiError(429, "overloaded", "the server is busy: retry shortly", {"Retry-After": "1"}) from None
     except ShuttingDown:
-        raise ApiError(503, "unavailable", "the service is shutting down: retry on another replica") from None
+        raise shutting_down() from None
 
 
 async def gather_encoded(*futures: asyncio.Future[Any] | None) -> list[Any]:
@@ -223,7 +224,7 @@ async def gather_encoded(*futures: asyncio.Future[Any] | None) -> list[Any]:
     try:
         return [await f if f is not None else [] for f in futures]
     except ShuttingDown:
-        raise ApiError(503, "unavailable", "the service is shutting down: retry on another replica") from None
+        raise shutting_down() from None
     finally:
         for f in futures:
             if f is not None and not f.done():

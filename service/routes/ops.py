@@ -9,6 +9,7 @@ from service.errors import ApiError
 from service.indexes import ServedIndex
 from service.routes.deps import RuntimeDep, ServiceDep
 from service.schemas import Health, IndexInfo, IndexSearch, Info, Readiness, error_responses
+from service.shutdown import shutting_down
 
 router = APIRouter(tags=["operations"])
 
@@ -23,6 +24,9 @@ async def healthz() -> Health:
 async def readyz(service: ServiceDep) -> Readiness:
     """Readiness: the model, every configured index and the encoder workers are up."""
     runtime = service.runtime
+    if service.drain.draining:
+        # from SIGTERM on: the load balancer should stop sending here while accepted requests finish
+        raise shutting_down()
     if runtime is None or not runtime.alive:
         raise ApiError(503, "not_ready", "the service is starting or stopping")
     indexes = runtime.resources.indexes

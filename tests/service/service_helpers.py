@@ -99,3 +99,34 @@ def stop_server(proc: subprocess.Popen) -> str:
         proc.kill()
         proc.wait()
     return proc.stdout.read() if proc.stdout else ""
+
+
+def start_server(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 90.0
+                 ) -> tuple[subprocess.Popen, str]:
+    """`llm2clip serve ARGS` on a free port of 127.0.0.1 with its output piped; returns once /readyz is 200."""
+    import os
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", *args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the server was not ready in {timeout_s:.0f} s")
+        time.sleep(0.2)

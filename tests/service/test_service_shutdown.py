@@ -1,0 +1,205 @@
+"""Graceful, bounded shutdown: the batchers' close, the Drain's deadline, 503 `shutting_down`, and SIGTERM
+sent to a real `llm2clip serve` in the middle of a load."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from service_helpers import assert_error, start_server
+
+from service.batching import Batcher, QueueLimits, ShuttingDown
+from service.shutdown import Drain
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import load as bench_load  # noqa: E402
+
+
+class Gate:
+    """A batch function held closed until ``open`` is set (at most 60 s)."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, items):
+        self.entered.set()
+        self.open.wait(60)
+        return [x * 10 for x in items]
+
+
+def wait_until(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def gated_batcher() -> tuple[Batcher, Gate]:
+    gate = Gate()
+    b = Batcher("test", gate, QueueLimits(batch_size=1, queue_size=100, wait_s=0))
+    b.start()
+    return b, gate
+
+
+def test_close_fails_the_queue_at_once_and_lets_the_running_batch_finish():
+    b, gate = gated_batcher()
+    running = b.submit_nowait([1])
+    assert gate.entered.wait(5)
+    queued = b.submit_nowait([2])
+    b.close()  # returns while the running batch is still held
+    assert not running.done()
+    assert isinstance(queued.exception(timeout=1), ShuttingDown)
+    with pytest.raises(ShuttingDown):
+        b.submit_nowait([3])
+    gate.open.set()
+    assert running.result(5) == [10]
+    b.stop()
+    assert b.pending == 0
+
+
+def test_drain_closes_the_batchers_before_its_deadline_and_stops_within_it():
+    """SIGTERM's Drain: queued work fails `margin` seconds before the deadline; the final stop does not wait
+    for an encoder call that never ends past what is left of the timeout."""
+    b, gate = gated_batcher()
+    drain = Drain(timeout_s=1.0)
+
+    async def scenario() -> tuple[bool, float]:
+        drain.attach(asyncio.get_running_loop(), [b])
+        running = asyncio.wrap_future(b.submit_nowait([1]))
+        await asyncio.to_thread(gate.entered.wait, 5)
+        queued = asyncio.wrap_future(b.submit_nowait([2]))
+        drain.begin()
+        assert drain.draining and b.alive
+        with pytest.raises(ShuttingDown):
+            await asyncio.wait_for(queued, 5)  # failed at the deadline minus the margin
+        t0 = time.monotonic()
+        await drain.stop_batchers()  # the running call is stuck: joined for what is left, then given up
+        return running.done(), time.monotonic() - t0
+
+    try:
+        running_done, stop_seconds = asyncio.run(scenario())
+    finally:
+        gate.open.set()
+    assert not running_done
+    assert stop_seconds < 5  # the gate would hold it 60 s
+
+
+def test_readyz_and_new_work_answer_503_shutting_down_while_draining(app_client):
+    c = app_client(shutdown_timeout_s=6.0)
+    state = c.app.state.service
+    state.drain.begin()
+    assert_error(c.get("/readyz"), 503, "shutting_down")
+    assert c.get("/healthz").status_code == 200
+    # accepted work is still done until the batchers close, 1.5 s before the deadline
+    r = c.post("/search", json={"text": "a red circle drawn while draining", "k": 3})
+    assert r.status_code == 200, r.text
+    wait_until(lambda: state.runtime is not None and not state.runtime.alive)
+    assert_error(c.post("/search", json={"text": "a blue square after the close", "k": 3}), 503, "shutting_down")
+    assert_error(c.post("/embed", json={"texts": ["too late"]}), 503, "shutting_down")
+    assert c.get("/healthz").status_code == 200
+
+
+def test_the_servers_signal_starts_the_drain_and_sigterm_is_a_normal_stop():
+    """`llm2clip serve`'s wiring: uvicorn's signal handler tells the Drain; SIGTERM re-raised by uvicorn after
+    its graceful shutdown ends `serve` normally (exit 0) instead of killing the process."""
+    import os
+
+    import uvicorn
+
+    from service import cli
+
+    drain = Drain(timeout_s=5)
+    server = cli._server(uvicorn, uvicorn.Config(app=None), drain)
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.should_exit and drain.draining
+    before = signal.getsignal(signal.SIGTERM)
+    with cli._terminate_quietly():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises here, and the context swallows it
+        raise AssertionError("SIGTERM did not interrupt")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+SHUTDOWN_TIMEOUT_S = 3.0
+SIGNAL_AFTER_S = 3.0
+
+
+@pytest.mark.slow
+def test_sigterm_during_load_answers_every_accepted_request_and_exits_0(tiny_bundle, indexes, corpus):
+    """What a client can observe: each request got a response (200, 429 `overloaded` or 503 `shutting_down`)
+    or never reached the app: a refused connection (the listener had closed), or a connection the server
+    closed without an answer after the signal (the request not yet read, or sent as the server closed an
+    idle keep-alive connection). The server's own log says whether it cancelled an accepted request at its
+    deadline: it must not have."""
+    proc, base = start_server(["--model", str(tiny_bundle), "--image-index", str(indexes[0]), "--text-index",
+                               str(indexes[1]), "--threads", "1", "--log-level", "info"],
+                              env={"LLM2CLIP_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S)})
+    events: dict[str, float] = {}
+    probes: list[str] = []
+
+    async def probe_readyz() -> None:
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                r = await client.get(base + "/readyz")
+                probes.append(f"{r.status_code} {r.json()['error']['code'] if r.status_code != 200 else ''}")
+        except httpx.TransportError as exc:
+            probes.append(type(exc).__name__)
+
+    def on_start(t0: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def terminate() -> None:
+            events["signal"] = time.perf_counter() - t0
+            events["signal_abs"] = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            loop.call_later(0.2, lambda: loop.create_task(probe_readyz()))
+
+        loop.call_later(SIGNAL_AFTER_S, terminate)
+
+    def watch_exit() -> None:
+        proc.wait()
+        events["exit_abs"] = time.monotonic()
+
+    watcher = threading.Thread(target=watch_exit, daemon=True)
+    watcher.start()
+    cfg = bench_load.LoadConfig(base, requests=1500, concurrency=32, timeout_s=30)
+    try:
+        outcomes = asyncio.run(bench_load.run_load(cfg, bench_load.corpus_payloads(corpus / "items.jsonl"),
+                                                   on_start=on_start))
+        watcher.join(SHUTDOWN_TIMEOUT_S + 10)
+        exited_after = events["exit_abs"] - events["signal_abs"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.stdout.read() if proc.stdout else ""
+    assert proc.returncode == 0, output
+    assert exited_after < SHUTDOWN_TIMEOUT_S + 5, exited_after
+    assert "timeout graceful shutdown exceeded" not in output and "Traceback" not in output, output
+    signalled = events["signal"]
+    print(bench_load.summarize(outcomes, 1.0)["statuses"], f"exit {exited_after:.2f} s after SIGTERM")  # noqa: T201
+    answered = [o for o in outcomes if o.error is None]
+    unanswered = [o for o in outcomes if o.error is not None]
+    allowed = {(200, None), (429, "overloaded"), (503, "shutting_down")}
+    assert {(o.status, o.code) for o in answered} <= allowed, {(o.status, o.code) for o in answered}
+    assert sum(o.status == 200 for o in answered) > 50  # the load ran before the signal
+    assert {o.error for o in unanswered} <= {"ConnectError", "RemoteProtocolError", "ReadError"}, unanswered[:3]
+    # a refused connection never reached the server; a connection closed without an answer can only be the
+    # shutdown's doing (the request's bytes not yet read by the server, or sent as it closed an idle
+    # keep-alive connection): it ended after the signal. An accepted request dropped unanswered would be one
+    # of the tasks uvicorn cancels at its deadline, which its log would say (asserted above).
+    early = [o for o in unanswered if o.start + o.seconds < signalled]
+    assert not early, early[:3]
+    assert any(o.error == "ConnectError" for o in unanswered)  # the listener closed
+    # nothing in flight at the signal, nor sent after it, waited past the deadline
+    late = [o for o in outcomes if o.start + o.seconds > max(o.start, signalled) + SHUTDOWN_TIMEOUT_S + 1]
+    assert not late, late[:3]
+    assert probes and probes[0] in ("ConnectError", "503 shutting_down"), probes
