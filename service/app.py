@@ -30,6 +30,7 @@ from service.batching import (
     text_plan,
 )
 from service.cache import LRUCache
+from service.contract import install_openapi
 from service.errors import CatchAllMiddleware, register_error_handlers
 from service.metrics import HttpMetricsMiddleware, Metrics
 from service.reload import IndexReloader, Watcher, show_index
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.include_router(api_router)
+    install_openapi(app, settings)
     return app
 
 
