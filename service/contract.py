@@ -13,7 +13,6 @@ import re
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from service.settings import Settings
 
@@ -137,17 +136,19 @@ def embed_body(settings: Settings) -> dict[str, Any]:
 
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:
-    """``app.openapi()`` with the request bodies of /search and /embed built from ``settings`` (cached)."""
+    """``app.openapi()`` (FastAPI's, cached) with the request bodies of /search and /embed built from
+    ``settings``."""
+    generate = app.openapi
+    done: list[bool] = []
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            spec = get_openapi(title=app.title, version=app.version, description=app.description,
-                               routes=app.routes)
+        spec = generate()
+        if not done:
             paths = spec.get("paths", {})
             for path, body in (("/search", search_body), ("/embed", embed_body)):
                 if "post" in paths.get(path, {}):
                     paths[path]["post"]["requestBody"] = body(settings)
-            app.openapi_schema = spec
-        return app.openapi_schema
+            done.append(True)
+        return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
