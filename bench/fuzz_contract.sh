@@ -12,7 +12,7 @@ to $LLM2CLIP_WORKDIR or ./llm2clip-work), runs schemathesis against its /openapi
 stops the server and prints schemathesis' summary (cases generated, failures) plus the count of 5xx answers
 the server logged. Run it from the repository root.
 
-  --max-examples N  cases per operation and phase (default 1500: about 6,000 cases in all)
+  --max-examples N  cases per operation and phase (default 3000: over 5,000 cases in all)
   --seed N          schemathesis seed (default 13)
   --port PORT       where the server listens on 127.0.0.1 (default 18733)
   --log FILE        the full schemathesis output (default fuzz_contract.log in a temporary folder)
@@ -22,7 +22,7 @@ EOF
 }
 
 workdir="${LLM2CLIP_WORKDIR:-llm2clip-work}"
-max_examples=1500
+max_examples=3000
 seed=13
 port=18733
 log=""
