@@ -32,6 +32,7 @@ from service.batching import (
     text_plan,
 )
 from service.cache import LRUCache
+from service.contract import install_openapi
 from service.errors import CatchAllMiddleware, register_error_handlers
 from service.metrics import HttpMetricsMiddleware, Metrics
 from service.reload import IndexReloader, Watcher, show_index
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     if settings.access_log == "json":
         install_stderr_handler()
     app.include_router(api_router)
+    install_openapi(app, settings)
     document_security(app, settings, ring)
     log.info("API keys: %s; rate limit: %s", f"{len(ring.keys())} (ids {', '.join(sorted({k.id for k in ring.keys()}))})"
              if ring.enabled else "off (the API is open)",

@@ -199,8 +199,10 @@ def document_security(app: FastAPI, settings: Settings, ring: KeyRing) -> None:
         if done and done[0] is schema:
             return schema
         schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-        schemes["adminToken"] = {"type": "http", "scheme": "bearer",
-                                 "description": "LLM2CLIP_ADMIN_TOKEN: the admin API only, never an API key."}
+        admin = bool(settings.admin_token and settings.admin_token.get_secret_value())
+        if admin:  # without a token the admin API is off (404): no scheme to declare
+            schemes["adminToken"] = {"type": "http", "scheme": "bearer",
+                                     "description": "LLM2CLIP_ADMIN_TOKEN: the admin API only, never an API key."}
         if ring.enabled:
             schemes["apiKey"] = {"type": "http", "scheme": "bearer",
                                  "description": "An API key of LLM2CLIP_API_KEYS or LLM2CLIP_API_KEYS_FILE."}
@@ -209,7 +211,8 @@ def document_security(app: FastAPI, settings: Settings, ring: KeyRing) -> None:
             for op in operations.values():
                 responses = op.setdefault("responses", {})
                 if path.startswith(OWN_TOKEN_PREFIX):
-                    op["security"] = [{"adminToken": []}]
+                    if admin:
+                        op["security"] = [{"adminToken": []}]
                 elif ring.enabled and needs_key(path, settings.metrics_auth):
                     op["security"] = [{"apiKey": []}]
                     responses.setdefault("401", {"description": "No valid API key.", **error})

@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 Modality = Literal["image", "text"]
+
+
+def _no_nulls(data: Any) -> Any:
+    """Optional fields are left out, never null: the OpenAPI schema types each as a string (or integer)."""
+    if isinstance(data, dict):
+        nulls = [name for name, value in data.items() if value is None]
+        if nulls:
+            raise PydanticCustomError("null_field", "{fields}: leave the field out instead of sending null",
+                                      {"fields": ", ".join(map(str, nulls))})
+    return data
 
 
 class SearchRequest(BaseModel):
@@ -32,6 +42,14 @@ class SearchRequest(BaseModel):
                     "queries search captions.",
     )
 
+    _no_nulls = model_validator(mode="before")(_no_nulls)
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integral_float(cls, k: Any) -> Any:
+        # JSON Schema's integer includes 10.0; the JSON body is validated strictly (no "10" for 10)
+        return int(k) if isinstance(k, float) and k.is_integer() else k
+
     @field_validator("k")
     @classmethod
     def _k_at_most_max(cls, k: int, info: ValidationInfo) -> int:
@@ -49,6 +67,8 @@ class EmbedRequest(BaseModel):
 
     texts: list[str] = Field(default_factory=list, description="Texts to embed.")
     images_base64: list[str] = Field(default_factory=list, description="Images to embed, base64 each.")
+
+    _no_nulls = model_validator(mode="before")(_no_nulls)
 
 
 class SearchHit(BaseModel):

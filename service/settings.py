@@ -177,7 +177,9 @@ class Settings(BaseSettings):
                     "guards against decompression bombs (413 above).",
     )
     max_k: int = Field(default=100, ge=1, description="Largest k a /search may ask for (422 above).")
-    max_batch: int = Field(default=64, ge=1, description="Most texts + images per /embed call (422 above).")
+    max_batch: int = Field(
+        default=64, ge=1, description="Most texts, and most images, per /embed call (422 above).",
+    )
     max_request_bytes: int = Field(
         default=16 * MiB, ge=1024,
         description="Largest request body in bytes, sent with Content-Length or streamed (413 above).",

@@ -13,29 +13,16 @@ from service.state import Runtime
 
 router = APIRouter(prefix="/embed", tags=["embed"])
 
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "texts": {"type": "array", "items": {"type": "string"}, "description": "Texts (repeat the field)."},
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                   "description": "Image files (repeat the field)."},
-    },
-}
-_BODY_DOC = inputs.body_doc(EmbedRequest, _MULTIPART_SCHEMA)
-
-
-@router.post("", response_model=EmbedResponse, responses=error_responses(400, 413, 415, 422, 429, 503),
-             openapi_extra=_BODY_DOC)
+# the request body's schema: service/contract.py
+@router.post("", response_model=EmbedResponse, responses=error_responses(400, 413, 415, 422, 429, 503))
 async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
     """Embed texts and/or images with the loaded model (unit vectors, comparable by dot product)."""
     settings = runtime.settings
     texts, images = await _read_inputs(request, runtime)
-    total = len(texts) + len(images)
     note(request, texts=len(texts), images=len(images))
-    if total == 0:
+    if not texts and not images:
         raise ApiError(422, "invalid_request", "give at least one text or image to embed")
-    if total > settings.max_batch:
-        raise _too_many(total, settings.max_batch)
+    _check_counts(len(texts), len(images), settings.max_batch)
     texts = [inputs.check_text(t, f"texts[{i}]", settings) for i, t in enumerate(texts)]
     prepared = await inputs.prepare_texts(runtime, texts)
     pixels = await inputs.pixels_of(images, runtime)
@@ -59,26 +46,31 @@ async def embed(request: Request, runtime: RuntimeDep) -> EmbedResponse:
     )
 
 
-def _too_many(count: int, max_batch: int) -> ApiError:
-    return ApiError(422, "invalid_request",
-                    f"{count} inputs: at most {max_batch} texts and images per request")
+def _check_counts(texts: int, images: int, max_batch: int) -> None:
+    """At most ``max_batch`` texts and at most ``max_batch`` images (each encoder's share of one request): a
+    limit per list is what the OpenAPI schema can say (maxItems), so it says exactly what is enforced."""
+    for count, what in ((texts, "texts"), (images, "images")):
+        if count > max_batch:
+            raise ApiError(422, "invalid_request",
+                           f"{count} {what}: at most {max_batch} texts and {max_batch} images per request")
 
 
 async def _read_inputs(request: Request, runtime: Runtime) -> tuple[list[str], list[tuple[str, bytes]]]:
     settings = runtime.settings
     if inputs.body_kind(request) == "json":
         req = inputs.validate(EmbedRequest, await request.body(), {})
-        if len(req.texts) + len(req.images_base64) > settings.max_batch:
-            # refused before decoding any of them
-            raise _too_many(len(req.texts) + len(req.images_base64), settings.max_batch)
+        _check_counts(len(req.texts), len(req.images_base64), settings.max_batch)  # before decoding any
         images = [(f"images_base64[{i}]", inputs.decode_base64_image(b64, f"images_base64[{i}]", settings))
                   for i, b64 in enumerate(req.images_base64)]
         return req.texts, images
-    form = await inputs.read_form(request, settings, max_files=settings.max_batch)
+    # one file over the limit still parses, so that it gets the 422 that says the limit
+    form = await inputs.read_form(request, settings, max_files=settings.max_batch + 1)
     try:
         fields, uploads = inputs.form_fields(form, files=["images"])
         texts = fields.get("texts", [])
-        req = inputs.validate(EmbedRequest, {**fields, "texts": texts if isinstance(texts, list) else [texts]}, {})
+        texts = texts if isinstance(texts, list) else [texts]
+        texts = [inputs.check_form_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        req = inputs.validate(EmbedRequest, {**fields, "texts": texts}, {})
         if req.images_base64:
             raise ApiError(422, "invalid_request", "images_base64: send images as `images` file fields")
         images = [(f"images[{i}]", await inputs.read_upload(up, f"images[{i}]", settings))

@@ -20,6 +20,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from llm2clip.tokenizer import normalize_text
 from service.batching import Overloaded, ShuttingDown, TextEmbedding, TokenizedText
+from service.contract import JSON_CONTAINER_RE
 from service.errors import ApiError
 from service.settings import Settings
 from service.shutdown import shutting_down
@@ -43,11 +44,12 @@ def body_kind(request: Request) -> Literal["json", "multipart"]:
 
 
 def validate(model: type[M], data: bytes | dict[str, Any], context: dict[str, Any]) -> M:
-    """Validate JSON bytes or form fields into ``model``; errors become a 422 naming the field (or a 400
-    for a body that is not JSON at all)."""
+    """Validate JSON bytes (strictly: JSON has types, so ``"10"`` is no integer) or form fields (every value a
+    string, read as the schema's type) into ``model``; errors become a 422 naming the field (or a 400 for a
+    body that is not JSON at all)."""
     try:
         if isinstance(data, bytes):
-            return model.model_validate_json(data, context=context)
+            return model.model_validate_json(data, strict=True, context=context)
         return model.model_validate(data, context=context)
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False, include_context=False)
@@ -80,6 +82,15 @@ def form_fields(form: FormData, files: Sequence[str]) -> tuple[dict[str, Any], d
         else:
             fields[name] = value
     return fields, uploads
+
+
+def check_form_text(value: Any, field: str) -> Any:
+    """A form text field that looks like a JSON object or array is refused, as the OpenAPI schema says
+    (service/contract.py): it is a JSON body sent as a form field, not a text."""
+    if isinstance(value, str) and JSON_CONTAINER_RE.match(value):
+        raise ApiError(422, "invalid_request",
+                       f"{field}: a JSON object or array is not a text: send JSON bodies as application/json")
+    return value
 
 
 def check_text(text: str, field: str, settings: Settings) -> str:
@@ -229,12 +240,3 @@ async def gather_encoded(*futures: asyncio.Future[Any] | None) -> list[Any]:
         for f in futures:
             if f is not None and not f.done():
                 f.cancel()
-
-
-def body_doc(json_model: type[BaseModel], multipart_schema: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI's request body for a route that reads JSON or a multipart form itself (FastAPI cannot infer
-    either from the handler's signature)."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": json_model.model_json_schema()},
-        "multipart/form-data": {"schema": multipart_schema},
-    }}}

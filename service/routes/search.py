@@ -21,23 +21,10 @@ from service.state import Runtime
 
 router = APIRouter(prefix="/search", tags=["search"])
 
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "image": {"type": "string", "format": "binary", "description": "Query image file."},
-        "text": {"type": "string", "description": "Query text (instead of an image)."},
-        "k": {"type": "integer", "default": 10, "minimum": 1},
-        "target": {"type": "string", "enum": ["image", "text"]},
-    },
-}
-_BODY_DOC = inputs.body_doc(SearchRequest, _MULTIPART_SCHEMA)
-
-
 @router.post(
     "",
     response_model=SearchResponse,
-    responses=error_responses(400, 413, 415, 422, 429, 503),
-    openapi_extra=_BODY_DOC,
+    responses=error_responses(400, 413, 415, 422, 429, 503),  # the request body: service/contract.py
 )
 async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
     """Rank indexed items for a text or image query: text searches images, an image searches captions."""
@@ -104,6 +91,8 @@ async def _read_query(request: Request, runtime: Runtime) -> tuple[SearchRequest
         fields, uploads = inputs.form_fields(form, files=["image"])
         if "image_base64" in fields:
             raise ApiError(422, "invalid_request", "image_base64: send the image as the `image` file field")
+        if "text" in fields:
+            inputs.check_form_text(fields["text"], "text")
         query = inputs.validate(SearchRequest, fields, context)
         if not uploads["image"]:
             return query, None

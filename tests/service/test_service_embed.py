@@ -60,6 +60,8 @@ def test_embed_refusals(client, app_client):
     assert_error(client.post("/embed", content=b"x", headers={"content-type": "image/png"}), 415)
     small = app_client(max_batch=2)
     assert "at most 2" in assert_error(small.post("/embed", json={"texts": ["a", "b", "c"]}), 422)["message"]
-    files = [("images", (f"{i}.png", png_bytes(IMAGES[0]), "image/png")) for i in range(2)]
+    files = [("images", (f"{i}.png", png_bytes(IMAGES[0]), "image/png")) for i in range(3)]
     assert_error(small.post("/embed", files=files, data={"texts": ["a"]}), 422, "invalid_request")
     assert small.post("/embed", json={"texts": ["a", "b"]}).status_code == 200
+    # the limit is per list, as the schema's maxItems says: two texts and two images are fine
+    assert small.post("/embed", files=files[:2], data={"texts": ["a", "b"]}).status_code == 200
