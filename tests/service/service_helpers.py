@@ -103,7 +103,8 @@ def stop_server(proc: subprocess.Popen) -> str:
 
 def start_server(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 90.0
                  ) -> tuple[subprocess.Popen, str]:
-    """`llm2clip serve ARGS` on a free port of 127.0.0.1 with its output piped; returns once /readyz is 200."""
+    """`llm2clip serve ARGS` on a free port of 127.0.0.1 with its output piped, the developer's LLM2CLIP_*
+    variables left out and ``env`` added; returns (process, base URL) once /readyz is 200."""
     import os
     import sys
     import time
@@ -116,7 +117,8 @@ def start_server(args: list[str], env: dict[str, str] | None = None, timeout_s: 
     cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", *args, "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
+                            env={**{k: v for k, v in os.environ.items() if not k.startswith("LLM2CLIP_")},
+                                 "TOKENIZERS_PARALLELISM": "false", **(env or {})})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:

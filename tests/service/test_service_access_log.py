@@ -5,16 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import assert_error, stop_server
+from service_helpers import assert_error, start_server, stop_server
 
 from service.access_log import access_logger
 
@@ -108,25 +104,9 @@ def test_the_query_text_is_logged_only_when_asked(app_client, access_lines):
 
 
 def test_serve_writes_json_access_lines_on_stderr(tiny_bundle, indexes):
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", "--model", str(tiny_bundle), "--image-index",
-           str(indexes[0]), "--port", str(port), "--threads", "1", "--log-level", "info"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM2CLIP_")}
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**env, "TOKENIZERS_PARALLELISM": "false", "LLM2CLIP_API_KEYS": f"cli:{KEY}"})
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(["--model", str(tiny_bundle), "--image-index", str(indexes[0]), "--threads", "1",
+                               "--log-level", "info"], env={"LLM2CLIP_API_KEYS": f"cli:{KEY}"})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                httpx.get(base + "/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up in 60 s"
-                time.sleep(0.2)
         r = httpx.post(base + "/search", json={"text": QUERY, "k": 2}, timeout=10,
                        headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": "cli-1"})
         assert r.status_code == 200 and r.headers["x-request-id"] == "cli-1"

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import busy_port, stop_server
+from service_helpers import busy_port, start_server, stop_server
 
 from llm2clip_cli.main import main
 from service import cli
@@ -33,29 +31,19 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_serve_answers_over_http(tiny_bundle, indexes):
-    port = free_port()
-    cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", "--model", str(tiny_bundle), "--image-index",
-           str(indexes[0]), "--text-index", str(indexes[1]), "--port", str(port), "--threads", "1",
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    base = f"http://127.0.0.1:{port}"
+    args = ["--model", str(tiny_bundle), "--image-index", str(indexes[0]), "--text-index", str(indexes[1]),
+            "--threads", "1", "--log-level", "warning"]
+    proc, base = start_server(args)
+    port = int(base.rsplit(":", 1)[1])
+    cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", *args, "--port", str(port)]
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                r = httpx.get(base + "/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up in 60 s"
-                time.sleep(0.2)
+        r = httpx.get(base + "/healthz", timeout=5)
         assert r.status_code == 200 and r.json() == {"status": "ok"}
         assert httpx.get(base + "/readyz", timeout=5).status_code == 200
         r = httpx.post(base + "/search", json={"text": "a red circle", "k": 3}, timeout=10)
         assert r.status_code == 200 and len(r.json()["results"]) == 3
         # a second server on the same port is refused in one line, before loading anything
-        second = subprocess.run([*cmd[:-2]], cwd=REPO, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert second.returncode == 2
         assert second.stderr == f"llm2clip: error: port {port} on 127.0.0.1 is in use: stop the other server or " \
                                 "pass --port\n"

@@ -4,21 +4,17 @@ as it left it in test-artifacts/screenshots/<test>.png (gitignored)."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import draw_shape, png_bytes, stop_server
+from service_helpers import draw_shape, png_bytes, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
@@ -42,26 +38,12 @@ def free_port() -> int:
 @contextmanager
 def serve(tiny_bundle: Path, image_index: Path, text_index: Path | None, **env: str) -> Iterator[str]:
     """A real server on a free port of 127.0.0.1 -> its base URL; stopped with Ctrl-C afterwards."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", "--model", str(tiny_bundle), "--image-index",
-           str(image_index), "--port", str(port), "--threads", "1", "--log-level", "warning"]
+    args = ["--model", str(tiny_bundle), "--image-index", str(image_index), "--threads", "1",
+            "--log-level", "warning"]
     if text_index is not None:
-        cmd += ["--text-index", str(text_index)]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LLM2CLIP_")}
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**clean, "TOKENIZERS_PARALLELISM": "false", **env})
-    base = f"http://127.0.0.1:{port}"
+        args += ["--text-index", str(text_index)]
+    proc, base = start_server(args, env)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server was not ready in 60 s"
-            time.sleep(0.2)
         yield base
     finally:
         output = stop_server(proc)
