@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -29,18 +30,21 @@ def _free_port() -> int:
 def server(trained):
     port = _free_port()
     idx = trained["indexes"]
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llm2clip_cli.main", "serve", "--model", str(trained["bundle"]),
          "--image-index", str(idx / "image"), "--text-index", str(idx / "text"), "--port", str(port),
          "--threads", "1", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # a file, not a pipe: the access log writes a line a request and would block on a full pipe
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise AssertionError("server exited: " + proc.stdout.read().decode(errors="replace"))
+                log.seek(0)
+                raise AssertionError("server exited: " + log.read().decode(errors="replace"))
             try:
                 if httpx.get(base + "/readyz", timeout=2).status_code == 200:
                     break

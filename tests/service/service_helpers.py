@@ -90,23 +90,34 @@ def busy_port() -> Iterator[int]:
         yield busy.getsockname()[1]
 
 
+def server_output(proc: subprocess.Popen) -> str:
+    """What a server of start_server (or one started with its stdout piped) has written so far."""
+    log = getattr(proc, "log_file", None)
+    if log is None:
+        return proc.stdout.read() if proc.stdout else ""
+    log.seek(0)
+    return log.read()
+
+
 def stop_server(proc: subprocess.Popen) -> str:
-    """Ctrl-C a server started with stdout piped, as a user would; its output."""
+    """Ctrl-C a server, as a user would; its output."""
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
+    return server_output(proc)
 
 
 def start_server(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 90.0
                  ) -> tuple[subprocess.Popen, str]:
-    """`llm2clip serve ARGS` on a free port of 127.0.0.1 with its output piped, the developer's LLM2CLIP_*
-    variables left out and ``env`` added; returns (process, base URL) once /readyz is 200."""
+    """`llm2clip serve ARGS` on a free port of 127.0.0.1, the developer's LLM2CLIP_* variables left out and
+    ``env`` added; returns (process, base URL) once /readyz is 200. Its output goes to a file, not a pipe: the
+    access log writes a line a request, and a pipe nobody reads until the end blocks the server at 64 KiB."""
     import os
     import sys
+    import tempfile
     import time
 
     import httpx
@@ -115,14 +126,16 @@ def start_server(args: list[str], env: dict[str, str] | None = None, timeout_s: 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "llm2clip_cli.main", "serve", *args, "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the process)
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=log,
                             stderr=subprocess.STDOUT, text=True,
                             env={**{k: v for k, v in os.environ.items() if not k.startswith("LLM2CLIP_")},
                                  "TOKENIZERS_PARALLELISM": "false", **(env or {})})
+    proc.log_file = log  # type: ignore[attr-defined]
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert proc.poll() is None, server_output(proc)
         try:
             if httpx.get(base + "/readyz", timeout=2).status_code == 200:
                 return proc, base

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import assert_error, start_server
+from service_helpers import assert_error, server_output, start_server
 
 from service.batching import Batcher, QueueLimits, ShuttingDown
 from service.shutdown import Drain
@@ -180,7 +180,7 @@ def test_sigterm_during_load_answers_every_accepted_request_and_exits_0(tiny_bun
     finally:
         if proc.poll() is None:
             proc.kill()
-        output = proc.stdout.read() if proc.stdout else ""
+        output = server_output(proc)
     assert proc.returncode == 0, output
     assert exited_after < SHUTDOWN_TIMEOUT_S + 5, exited_after
     assert "timeout graceful shutdown exceeded" not in output and "Traceback" not in output, output
