@@ -91,7 +91,6 @@ def test_portable_keeps_no_machine_path(tmp_path):
 
 
 def test_write_report_writes_the_three_files(report, tmp_path):
-    pytest.importorskip("matplotlib")
     from PIL import Image
 
     report["rows"]["llm_cc"]["eval"]["dataset"] = str(tmp_path / "data" / "test")

@@ -8,11 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import schemathesis  # noqa: E402  (the dev extra pins it)
 
 from service.app import create_app
 from service.contract import EXAMPLE_PNG
-
-schemathesis = pytest.importorskip("schemathesis")
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_EXAMPLES = 30
