@@ -72,6 +72,14 @@ class Payloads:
     images: list[bytes]  # encoded PNG or JPEG
 
 
+def mix_option(text: str) -> dict[str, float]:
+    """``--mix`` for argparse: parse_mix, its refusal as a usage error."""
+    try:
+        return parse_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_mix(text: str) -> dict[str, float]:
     """``text=4,image=3,embed=3`` -> weights; unknown kinds and negative or all-zero weights are refused."""
     mix: dict[str, float] = {}
@@ -240,7 +248,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("url", help="the service, e.g. http://127.0.0.1:8000")
     ap.add_argument("--requests", "-n", type=int, default=1000, help="requests to send (default 1000)")
     ap.add_argument("--concurrency", "-c", type=int, default=64, help="requests in flight at most (default 64)")
-    ap.add_argument("--mix", default="text=4,image=3,embed=3",
+    ap.add_argument("--mix", type=mix_option, default="text=4,image=3,embed=3",
                     help="relative weights of the kinds (default text=4,image=3,embed=3)")
     ap.add_argument("--items", type=Path, help="a dataset's items.jsonl to take captions and images from "
                                                "(default: generated ones)")
@@ -253,10 +261,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     if args.requests < 1 or args.concurrency < 1 or not args.timeout > 0 or (args.rate is not None and
                                                                                 not args.rate > 0):
         ap.error("--requests, --concurrency, --timeout and --rate must be positive")
-    try:
-        args.mix = parse_mix(args.mix)
-    except ValueError as exc:
-        ap.error(str(exc))
     return args
 
 

@@ -36,7 +36,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from load import LoadConfig, corpus_payloads, generated_payloads, parse_mix, run_load, summarize  # noqa: E402
+from load import LoadConfig, corpus_payloads, generated_payloads, mix_option, run_load, summarize  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.10
 
@@ -148,7 +148,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
     ap.add_argument("--rate", type=float, default=40.0, help="requests started per second (default 40)")
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight at most (default 32)")
-    ap.add_argument("--mix", default="text=4,image=3,embed=3", help="see bench/load.py")
+    ap.add_argument("--mix", type=mix_option, default="text=4,image=3,embed=3", help="see bench/load.py")
     ap.add_argument("--items", type=Path, help="items.jsonl to take captions and images from (default: generated)")
     ap.add_argument("--key", help="API key, sent as 'Authorization: Bearer KEY'")
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the baseline (default 20)")
@@ -162,10 +162,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("duration", "rate", "concurrency", "interval"):
         if not getattr(args, name) > 0:
             ap.error(f"--{name} must be positive")
-    try:
-        args.mix = parse_mix(args.mix)
-    except ValueError as exc:
-        ap.error(str(exc))
     return args
 
 
