@@ -17,6 +17,30 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+def source_offset(text: str, normalized_end: int) -> int:
+    """Where the first ``normalized_end`` characters of ``normalize_text(text)`` end in ``text`` (in its NFC
+    form: the text itself for what browsers and most clients send): ``text[:result]`` normalises to them.
+    Normalisation only drops and merges whitespace, so every kept character has one place in the source."""
+    source = unicodedata.normalize("NFC", text)
+    seen = 0  # normalised characters produced so far
+    pending_space = False  # a whitespace run inside the text: one space once a character follows it
+    for i, ch in enumerate(source):
+        if seen >= normalized_end:
+            return i
+        if ch.isspace():
+            pending_space = seen > 0
+            continue
+        if pending_space:
+            seen += 1
+            pending_space = False
+            if seen >= normalized_end:
+                return i
+        seen += 1
+        if seen >= normalized_end:
+            return i + 1
+    return len(source)
+
+
 class Tokenizer:
     """Fast tokenizer with right padding and truncation; identical in training, export and serving."""
 
@@ -51,6 +75,15 @@ class Tokenizer:
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
         return ids, mask, truncated
+
+    def kept_chars(self, text: str) -> int | None:
+        """How many characters of ``text`` (NFC, see ``source_offset``) the encoder reads when it cuts the
+        text at ``max_tokens``: the end of the last kept token. None when nothing is cut."""
+        enc = self._tok.encode(normalize_text(text), add_special_tokens=self.add_special_tokens)
+        if not enc.overflowing:
+            return None
+        ends = [end for (_, end), special in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not special]
+        return source_offset(text, max(ends, default=0))
 
     def token_id(self, token: str) -> int | None:
         """The vocabulary id of ``token``, None when the vocabulary lacks it."""

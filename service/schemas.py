@@ -95,6 +95,11 @@ class QueryInfo(BaseModel):
     truncated: bool = Field(
         default=False, description="The text was longer than the model's max tokens and was cut.",
     )
+    kept_chars: int | None = Field(
+        default=None, ge=0,
+        description="When the text was cut: how many of its characters (as sent, in Unicode NFC form) the model "
+                    "read. Everything from there on did not count; null when nothing was cut.",
+    )
 
 
 class SearchResponse(BaseModel):

@@ -43,6 +43,7 @@ async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
             raise ApiError(503, "index_not_loaded",
                            f"no {target} index is loaded: set {index_setting(target)} and restart the service")
         vector, tokens, truncated = await _encode(runtime, query.text, image)
+        kept = await _kept_chars(runtime, query.text) if truncated else None
         note(request, tokens=tokens, truncated=truncated)
         hits = await asyncio.to_thread(_search, runtime, target, served, vector, query.k)
     root_path = request.scope.get("root_path", "")
@@ -54,11 +55,18 @@ async def search(request: Request, runtime: RuntimeDep) -> SearchResponse:
     ]
     return SearchResponse(
         results=results,
-        query=QueryInfo(modality=modality, target=target, tokens=tokens, truncated=truncated),
+        query=QueryInfo(modality=modality, target=target, tokens=tokens, truncated=truncated, kept_chars=kept),
         took_ms=round((time.perf_counter() - start) * 1000, 3),
         model=runtime.resources.bundle.fingerprint[:12],
         index_version=served.version,
     )
+
+
+async def _kept_chars(runtime: Runtime, text: str | None) -> int | None:
+    """Where a cut text stopped counting, for the page to show; tokenizes once more, only for cut texts."""
+    if text is None:
+        return None
+    return await asyncio.to_thread(runtime.resources.text_encoder.tokenizer.kept_chars, text)
 
 
 async def _encode(

@@ -10,7 +10,7 @@ from llm2clip.encoders.base import TextBatch, TextEncoder, pad_batch, plan_batch
 from llm2clip.encoders.capability import Capabilities, preferred_precisions
 from llm2clip.encoders.select import choose_text_precision, variant_problem
 from llm2clip.errors import BundleError
-from llm2clip.tokenizer import Tokenizer, normalize_text
+from llm2clip.tokenizer import Tokenizer, normalize_text, source_offset
 
 
 def test_plan_batches_keeps_padded_size_under_the_budget_and_covers_every_row():
@@ -85,6 +85,29 @@ def test_tokenizer_normalises_whitespace_and_unicode(tiny_llm_dir):
     rows, flags = tok.ids(["a red sneaker", "word " * 600])
     assert ids[0, : len(rows[0])].tolist() == rows[0].tolist() and mask[0].sum() == len(rows[0])
     assert flags.tolist() == truncated.tolist() == [False, True] and len(rows[1]) == 512
+
+
+def test_source_offset_maps_normalised_positions_back_through_dropped_whitespace():
+    text = "  a\tred \n\n sneaker "
+    norm = normalize_text(text)  # "a red sneaker"
+    for end in range(len(norm) + 1):
+        head = text[: source_offset(text, end)]
+        assert normalize_text(head) == norm[:end].strip()
+        assert not head or not head[-1].isspace() or norm[end - 1] == " "
+    assert text[: source_offset(text, len("a red"))] == "  a\tred"
+    assert source_offset(text, 0) == 0
+
+
+@pytest.mark.parametrize("add_special", [False, True])
+def test_kept_chars_is_where_the_cut_text_stops(tiny_llm_dir, add_special):
+    tok = Tokenizer(tiny_llm_dir, 16, add_special_tokens=add_special)
+    text = "  A red sneaker\n\n  sits in the top left cell,   upright. " * 6
+    kept = tok.kept_chars(text)
+    assert kept is not None and 0 < kept < len(text)
+    # the kept part alone fills the budget and is not cut; one more word would be
+    assert tok.count(text[:kept]) == 16 and tok.kept_chars(text[:kept]) is None
+    assert tok.count(text[: kept + len(text[kept:]) - len(text[kept:].lstrip()) + 1]) > 16
+    assert tok.kept_chars("a red sneaker") is None
 
 
 @pytest.mark.parametrize("caps, expected", [

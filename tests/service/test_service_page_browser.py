@@ -134,6 +134,12 @@ def test_long_caption_finds_images_and_says_where_it_was_cut(server, open_page):
     notice = page.locator("#notice")
     assert notice.is_visible()
     assert f"Your text was cut after {max_tokens} tokens: the rest did not count" in notice.inner_text()
+    # the words around the cut: what the model read last, then (marked) what it did not read
+    kept = httpx.post(server + "/search", json={"text": LONG_CAPTION, "k": 1}).json()["query"]["kept_chars"]
+    assert notice.locator(".cut .kept").inner_text().endswith(LONG_CAPTION[:kept][-40:].strip())
+    ignored = notice.locator(".cut mark").inner_text()
+    assert LONG_CAPTION[kept:].startswith(ignored.rstrip("…")[:60])
+    assert f"({len(LONG_CAPTION) - kept} characters not read)" in notice.inner_text()
     screenshot(page, "test_long_caption_finds_images_and_says_where_it_was_cut-truncated")
     # a short query fits: the notice goes away
     page.fill("#text", "a red circle")

@@ -8,6 +8,7 @@ from PIL import Image
 from service_helpers import b64, draw_shape, png_bytes, read_items
 
 from llm2clip.bundle import load_bundle
+from llm2clip.encoders.onnx import bundle_tokenizer
 from llm2clip.index import load_index
 
 HIT_FIELDS = {"rank", "score", "id", "uri", "caption", "caption_key", "meta", "image_url"}
@@ -79,10 +80,18 @@ def test_k_larger_than_the_index_returns_every_item(client):
 
 def test_long_text_is_cut_and_says_so(client, tiny_bundle):
     max_tokens = load_bundle(tiny_bundle).max_tokens
-    r = client.post("/search", json={"text": "word " * (max_tokens + 100), "k": 2})
+    text = "  " + "red  word\n" * (max_tokens + 100)
+    r = client.post("/search", json={"text": text, "k": 2})
     assert r.status_code == 200, r.text
-    assert r.json()["query"]["truncated"] is True
-    assert r.json()["query"]["tokens"] == max_tokens
+    query = r.json()["query"]
+    assert query["truncated"] is True and query["tokens"] == max_tokens
+    # kept_chars counts characters of the text as sent (odd whitespace included): its head alone is not cut
+    tokenizer = bundle_tokenizer(load_bundle(tiny_bundle))
+    kept = query["kept_chars"]
+    assert 0 < kept < len(text) and tokenizer.kept_chars(text[:kept]) is None
+    assert tokenizer.count(text[:kept]) == max_tokens
+    r = client.post("/search", json={"text": "red word", "k": 2})
+    assert r.json()["query"]["truncated"] is False and r.json()["query"]["kept_chars"] is None
 
 
 def test_image_upload_searches_captions(client, encoders, indexes):
@@ -90,7 +99,8 @@ def test_image_upload_searches_captions(client, encoders, indexes):
     r = client.post("/search", files={"image": ("q.png", png_bytes(image), "image/png")}, data={"k": "4"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["query"] == {"modality": "image", "target": "text", "tokens": None, "truncated": False}
+    assert body["query"] == {"modality": "image", "target": "text", "tokens": None, "truncated": False,
+                             "kept_chars": None}
     want = encoders[0].encode([image])[0]
     check_ranking(body["results"], expected_scores(indexes[1], want), 4)
     assert all(hit["caption"] and hit["caption_key"] in ("long", "short") for hit in body["results"])
