@@ -118,6 +118,37 @@ def test_near_twin_accuracy_matches_hand_computed_values(fakes):
                                             "cell": {"t2i": 0.0, "i2t": 1.0, "n_pairs": 1}}
 
 
+def test_per_query_outcomes_agree_with_the_metrics(fakes):
+    root, img, txt = fakes
+    assert "per_query" not in evaluate_encoders((img, txt), root, progress=False)  # opt-in only
+    result = json.loads(json.dumps(evaluate_encoders((img, txt), root, progress=False, per_query=True)))
+    q = result["per_query"]
+    assert q["ids"] == [f"s{k:02d}" for k in range(N)]
+    # caption q ranks its image after the DISTRACTORS[q] images; the collapsed short captions tie everywhere
+    assert q["ranks"]["long"]["t2i"] == [0, 0, 0, 0, 1, 2, 5, 10, 0, 0, 0, 0]
+    assert q["ranks"]["short"]["t2i"] == [N - 1] * N
+    for caption in ("long", "short"):
+        for direction in ("t2i", "i2t"):
+            r = np.array(q["ranks"][caption][direction])
+            assert {k: float((r < k).mean()) for k in (1, 5, 10)} == {
+                k: pytest.approx(result[caption][f"{direction}_r{k}"]) for k in (1, 5, 10)}
+    assert q["twin_pairs"] == [[0, 4], [4, 0], [7, 8], [8, 9]]
+    assert q["twin_hits"]["long"] == {"t2i": [1, 0, 0, 1], "i2t": [0, 1, 1, 1]}  # as in the test above
+    assert q["twin_hits"]["short"] == {"t2i": [0] * 4, "i2t": [0] * 4}
+
+
+def test_evaluate_per_query_adds_only_the_outcomes(tiny_bundle, tmp_path):
+    from training.eval import evaluate_per_query
+
+    root = make_eval_set(tmp_path / "e")
+    plain = evaluate(tiny_bundle, root, batch_size=4, progress=False)
+    more = evaluate_per_query(tiny_bundle, root, batch_size=4, progress=False)
+    assert set(more) - set(plain) == {"per_query"}
+    assert {k: v for k, v in more.items() if k not in ("timing", "per_query")} == {
+        k: v for k, v in plain.items() if k != "timing"}
+    assert np.mean(np.array(more["per_query"]["ranks"]["long"]["t2i"]) < 1) == pytest.approx(plain["t2i_r1"])
+
+
 def test_no_twins_no_near_twin_block(tmp_path):
     root = make_eval_set(tmp_path / "e")
     lines = [json.loads(x) for x in (root / "items.jsonl").read_text().splitlines()]
