@@ -81,6 +81,9 @@ class Metrics:
             registry=r,
         )
         self.cache_entries = Gauge("llm2clip_query_cache_entries", "Text query embeddings cached.", registry=r)
+        self.cache_bytes = Gauge("llm2clip_query_cache_bytes",
+                                 "Memory the text query cache holds (texts, vectors, bookkeeping), in bytes.",
+                                 registry=r)
         self.model_info = Gauge(
             "llm2clip_model_info", "The loaded model bundle: always 1, the facts are labels.",
             ["fingerprint", "precision", "backend", "device", "version"], registry=r,

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         default=10_000, ge=0,
         description="Text query embeddings kept (LRU, keyed by normalised text, model and precision); 0: off.",
     )
+    query_cache_bytes: int = Field(
+        default=64 * MiB, ge=0,
+        description="Memory the text query cache may hold, in bytes (texts, vectors and bookkeeping; "
+                    "llm2clip_query_cache_bytes shows it): the least recently used entries go first.",
+    )
     batch: BatchSettings = Field(default_factory=lambda: BatchSettings(), description="Batching per encoder.")
 
     # request limits: each is checked before any expensive work

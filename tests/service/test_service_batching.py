@@ -367,3 +367,35 @@ def test_lru_cache_evicts_the_least_recently_used():
     off = LRUCache(0)
     off.put("a", 1)
     assert off.get("a") is None and len(off) == 0
+
+
+def test_lru_cache_stays_under_its_byte_bound_and_accounts_replacements():
+    from service.cache import LRUCache
+
+    cache = LRUCache(100, max_bytes=10, sizeof=lambda key, value: len(value))
+    cache.put("a", "xxxx")
+    cache.put("b", "yyyy")
+    assert cache.nbytes == 8 and len(cache) == 2
+    cache.put("a", "zz")  # replaced: its old size no longer counts
+    assert cache.nbytes == 6 and cache.get("a") == "zz"
+    cache.put("c", "wwwww")  # 11 bytes would be over: b, the least recently used, goes
+    assert cache.get("b") is None and cache.nbytes == 7 and len(cache) == 2
+    cache.put("big", "v" * 11)  # larger than the whole cache: not kept, nothing evicted for it
+    assert cache.get("big") is None and cache.get("a") == "zz" and cache.get("c") == "wwwww"
+    cache.clear()
+    assert cache.nbytes == 0 and len(cache) == 0
+
+
+def test_query_cache_bytes_setting_bounds_the_service_cache(app_client):
+    from service.cache import text_entry_size
+
+    c = app_client(query_cache_bytes=3 * 1024)
+    for i in range(20):
+        assert c.post("/search", json={"text": f"a green triangle number {i}", "k": 1}).status_code == 200
+    cache = c.app.state.service.runtime.text_cache
+    entries, held = len(cache), cache.nbytes
+    assert 0 < entries < 20 and held <= 3 * 1024
+    newest = next(reversed(cache._data))  # the last query's entry is kept
+    assert newest[0] == "a green triangle number 19"
+    assert held + text_entry_size(newest, cache.get(newest)) > 3 * 1024  # full: one more would not fit
+    assert f"llm2clip_query_cache_bytes {float(held)}" in c.get("/metrics").text

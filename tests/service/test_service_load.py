@@ -54,6 +54,11 @@ def test_soak_verdict():
     assert not bench_soak.verdict(base, {**base, "open_fds": 25.0}, 0)["passed"]
     assert not bench_soak.verdict(base, {**base, "queue_image": 3.0}, 0)["passed"]
     assert not bench_soak.verdict(base, base, 1)["passed"]
+    # the bounded cache's own fill is accounted; growth anywhere else is not
+    cached = {**base, "cache_mib": 0.0}
+    filled = bench_soak.verdict(cached, {**cached, "rss_mib": 240.0, "cache_mib": 30.0}, 0)
+    assert filled["passed"] and filled["rss_growth"] == 0.2 and filled["rss_growth_beyond_cache"] == 0.05
+    assert not bench_soak.verdict(cached, {**cached, "rss_mib": 240.0, "cache_mib": 10.0}, 0)["passed"]
 
 
 @pytest.mark.slow
