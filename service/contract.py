@@ -148,7 +148,27 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             for path, body in (("/search", search_body), ("/embed", embed_body)):
                 if "post" in paths.get(path, {}):
                     paths[path]["post"]["requestBody"] = body(settings)
+            _item_example(app, paths.get("/items/{path}", {}).get("get"))
             done.append(True)
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _item_example(app: FastAPI, operation: dict[str, Any] | None) -> None:
+    """An item image this service really serves as the example of GET /items/{path}: the docs then show a
+    path that works, and a contract run gets a 200 from it, not only 404s."""
+    from service.routes.items import resolve_item
+
+    state = getattr(app.state, "service", None)
+    runtime = getattr(state, "runtime", None)
+    if operation is None or runtime is None or runtime.resources.corpus_root is None:
+        return
+    with runtime.resources.indexes.lease("image") as served:
+        if served is None or not served.bundle.count:
+            return
+        uri = served.bundle.records([0])[0].uri
+    if uri and resolve_item(runtime.resources.corpus_root, str(uri)) is not None:
+        for parameter in operation.get("parameters", []):
+            if parameter.get("name") == "path":
+                parameter["example"] = str(uri)

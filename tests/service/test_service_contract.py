@@ -106,6 +106,10 @@ def test_every_documented_example_is_answered_200(client):
             fields = [(k, str(v)) for k, vs in value.items() for v in (vs if isinstance(vs, list) else [vs])]
             r = client.post(path, files=[(k, (None, v)) for k, v in fields])
             assert r.status_code == 200, (path, name, r.text)
+    # the item image example is one the service really serves
+    [parameter] = spec["paths"]["/items/{path}"]["get"]["parameters"]
+    r = client.get("/items/" + parameter["example"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
 
 
 @pytest.mark.parametrize("fields", [
