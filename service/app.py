@@ -31,7 +31,7 @@ from service.batching import (
     text_cost,
     text_plan,
 )
-from service.cache import LRUCache, text_entry_size
+from service.cache import TextEmbeddingCache
 from service.contract import install_openapi
 from service.errors import CatchAllMiddleware, register_error_handlers
 from service.metrics import HttpMetricsMiddleware, Metrics
@@ -178,11 +178,10 @@ def _text_batcher(resources: Resources, settings: Settings, metrics: Metrics) ->
                    hooks=_hooks("text", metrics))
 
 
-def _cache(settings: Settings, metrics: Metrics) -> LRUCache:
+def _cache(settings: Settings, metrics: Metrics) -> TextEmbeddingCache:
     hit, miss = metrics.cache_lookups.labels(result="hit"), metrics.cache_lookups.labels(result="miss")
-    cache: LRUCache = LRUCache(settings.query_cache_size,
-                               on_lookup=lambda found: (hit if found else miss).inc(),
-                               max_bytes=settings.query_cache_bytes, sizeof=text_entry_size)
+    cache = TextEmbeddingCache(settings.query_cache_size, settings.query_cache_bytes,
+                               on_lookup=lambda found: (hit if found else miss).inc())
     metrics.cache_entries.set_function(lambda: len(cache))
     metrics.cache_bytes.set_function(lambda: cache.nbytes)
     return cache

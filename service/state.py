@@ -14,7 +14,7 @@ from llm2clip.encoders import BatchLimits, ImageEncoder, TextEncoder, load_encod
 from llm2clip.errors import SettingError
 from llm2clip.index import MODALITIES
 from service.batching import Batcher, TextEmbedding, TokenizedText
-from service.cache import LRUCache
+from service.cache import TextEmbeddingCache
 from service.indexes import IndexSet, ServedIndex, index_setting, load_checked
 from service.metrics import Metrics
 from service.reload import IndexReloader
@@ -54,7 +54,7 @@ class Runtime:
     resources: Resources
     text_batcher: Batcher[TokenizedText, TextEmbedding]
     image_batcher: Batcher[np.ndarray, np.ndarray]
-    text_cache: LRUCache[TextEmbedding]
+    text_cache: TextEmbeddingCache
     reloader: IndexReloader | None = None
 
     @property

@@ -6,10 +6,11 @@ import asyncio
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from llm2clip.encoders.base import plan_batches
-from service.batching import Batcher, BatchHooks, Overloaded, QueueLimits, ShuttingDown
+from service.batching import Batcher, BatchHooks, Overloaded, QueueLimits, ShuttingDown, TextEmbedding
 
 
 class Gate:
@@ -353,49 +354,59 @@ def test_cache_off_sends_every_query_to_the_encoder(app_client, shared_resources
     assert len(calls) == 2
 
 
-def test_lru_cache_evicts_the_least_recently_used():
-    from service.cache import LRUCache
+def _emb(value: float, dim: int = 4, tokens: int = 3, truncated: bool = False) -> TextEmbedding:
+    return TextEmbedding(np.full(dim, value, np.float32), tokens, truncated)
+
+
+def test_text_cache_evicts_the_least_recently_used():
+    from service.cache import TextEmbeddingCache
 
     looked = []
-    cache = LRUCache(2, on_lookup=looked.append)
-    cache.put("a", 1)
-    cache.put("b", 2)
-    assert cache.get("a") == 1  # a is now the most recent
-    cache.put("c", 3)
-    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
+    cache = TextEmbeddingCache(2, 10**6, on_lookup=looked.append)
+    key = lambda text: (text, "model", "fp32")  # noqa: E731
+    cache.put(key("a"), _emb(1.0))
+    cache.put(key("b"), _emb(2.0, tokens=7, truncated=True))
+    assert cache.get(key("a")).vector.tolist() == [1.0] * 4  # a is now the most recent
+    cache.put(key("c"), _emb(3.0))
+    assert cache.get(key("b")) is None and cache.get(key("a")) is not None
+    got = cache.get(key("c"))
+    assert got.vector.tolist() == [3.0] * 4 and (got.tokens, got.truncated) == (3, False)
     assert looked == [True, False, True, True] and len(cache) == 2
-    off = LRUCache(0)
-    off.put("a", 1)
-    assert off.get("a") is None and len(off) == 0
+    # another model or precision is another entry: a reload never answers from a stale one
+    assert cache.get(("a", "other model", "fp32")) is None and cache.get(("a", "model", "int8")) is None
+    got.vector[:] = 0  # an answer is a copy: changing it leaves the cache as it was
+    assert cache.get(key("c")).vector.tolist() == [3.0] * 4
+    off = TextEmbeddingCache(0, 10**6)
+    off.put(key("a"), _emb(1.0))
+    assert off.get(key("a")) is None and len(off) == 0 and off.nbytes == 0
 
 
-def test_lru_cache_stays_under_its_byte_bound_and_accounts_replacements():
-    from service.cache import LRUCache
+def test_text_cache_stays_under_its_byte_bound_and_reuses_rows():
+    from service.cache import ENTRY_OVERHEAD, TextEmbeddingCache
 
-    cache = LRUCache(100, max_bytes=10, sizeof=lambda key, value: len(value))
-    cache.put("a", "xxxx")
-    cache.put("b", "yyyy")
-    assert cache.nbytes == 8 and len(cache) == 2
-    cache.put("a", "zz")  # replaced: its old size no longer counts
-    assert cache.nbytes == 6 and cache.get("a") == "zz"
-    cache.put("c", "wwwww")  # 11 bytes would be over: b, the least recently used, goes
-    assert cache.get("b") is None and cache.nbytes == 7 and len(cache) == 2
-    cache.put("big", "v" * 11)  # larger than the whole cache: not kept, nothing evicted for it
-    assert cache.get("big") is None and cache.get("a") == "zz" and cache.get("c") == "wwwww"
-    cache.clear()
-    assert cache.nbytes == 0 and len(cache) == 0
+    row = 64 * 4 + 5 + ENTRY_OVERHEAD
+    cache = TextEmbeddingCache(1000, 3 * row + row // 2)  # room for 3 entries of 64 floats
+    for i in range(10):
+        cache.put((f"text {i}", "m", "fp32"), _emb(float(i), dim=64))
+        assert cache.nbytes <= 3 * row + row // 2
+    assert len(cache) == 3 and cache.nbytes == 3 * row
+    assert [cache.get((f"text {i}", "m", "fp32")) is not None for i in (6, 7, 8, 9)] == [False, True, True, True]
+    cache.put(("text 9", "m", "fp32"), _emb(99.0, dim=64))  # replaced in place: no new row
+    assert len(cache) == 3 and cache.get(("text 9", "m", "fp32")).vector[0] == 99.0
+    cache.put(("wider", "m2", "fp32"), _emb(1.0, dim=128))  # another model's width: the slab starts over
+    assert len(cache) == 1 and cache.get(("text 9", "m", "fp32")) is None
+    tiny = TextEmbeddingCache(1000, row // 2)  # not even one entry fits: nothing is kept, nothing breaks
+    tiny.put(("a", "m", "fp32"), _emb(1.0, dim=64))
+    assert tiny.get(("a", "m", "fp32")) is None and tiny.nbytes == 0
 
 
 def test_query_cache_bytes_setting_bounds_the_service_cache(app_client):
-    from service.cache import text_entry_size
-
     c = app_client(query_cache_bytes=3 * 1024)
     for i in range(20):
         assert c.post("/search", json={"text": f"a green triangle number {i}", "k": 1}).status_code == 200
     cache = c.app.state.service.runtime.text_cache
     entries, held = len(cache), cache.nbytes
     assert 0 < entries < 20 and held <= 3 * 1024
-    newest = next(reversed(cache._data))  # the last query's entry is kept
-    assert newest[0] == "a green triangle number 19"
-    assert held + text_entry_size(newest, cache.get(newest)) > 3 * 1024  # full: one more would not fit
+    assert held + held // entries > 3 * 1024  # full: one more entry would not fit
     assert f"llm2clip_query_cache_bytes {float(held)}" in c.get("/metrics").text
+    assert f"llm2clip_query_cache_entries {float(entries)}" in c.get("/metrics").text
