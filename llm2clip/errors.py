@@ -17,6 +17,10 @@ class DefaultModelError(LLM2CLIPError):
     """An offline default model's package is not installed."""
 
 
+class ConfigError(LLM2CLIPError, ValueError):
+    """A model configuration that cannot be built (an image size the backbone cannot take, a wrong count)."""
+
+
 class SettingError(LLM2CLIPError):
     """A setting is missing or wrong. ``setting`` is its name in the settings (``model``, ``text_index``), so
     that a command line can name the flag that sets it."""

@@ -9,14 +9,16 @@ from torch import nn
 from llm2clip.adapter import Adapter
 from llm2clip.clip_text import ClipTextTransformer
 from llm2clip.config import ModelCfg
+from llm2clip.errors import ConfigError
 from llm2clip.text import LLMEncoder
-from llm2clip.vision import VisionTower
+from llm2clip.vision import VisionTower, preprocess_for
 
 
 class LLM2CLIP(nn.Module):
     def __init__(self, cfg: ModelCfg) -> None:
         super().__init__()
         self.cfg = cfg
+        _check_normalisation(cfg)
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
         # one text side: an adapter over frozen LLM embeddings (LLM2CLIP), or a jointly trained CLIP text
         # transformer (the 77-token baseline)
@@ -40,6 +42,15 @@ class LLM2CLIP(nn.Module):
         """Token ids -> unit joint embedding, through the jointly trained CLIP text tower."""
         assert self.text_tower is not None, "this model reads frozen LLM embeddings: use encode_text_embedding"
         return self.text_tower.encode(input_ids, attention_mask)
+
+
+def _check_normalisation(cfg: ModelCfg) -> None:
+    """Pretrained weights see pixels normalised as in their own training, or their features are off."""
+    want = preprocess_for(cfg.vision)
+    if cfg.vision.pretrained and (tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std)) != (want.mean, want.std):
+        raise ConfigError(f"the pretrained {cfg.vision.arch} expects pixels normalised with mean {want.mean} and "
+                          f"std {want.std}, the config has {cfg.preprocess.mean} and {cfg.preprocess.std}: use "
+                          "llm2clip.vision.preprocess_for(vision) for the preprocessing")
 
 
 class ImageEncoderModule(nn.Module):

