@@ -155,10 +155,10 @@ def test_referring_expressions_stay_unique():
     assert "upper-left corner" in referring(tee, [same_look], ch) or "row one" in referring(tee, [same_look], ch) \
         or "top left-hand corner" in referring(tee, [same_look], ch)
     flipped = SceneObject("t-shirt", "red", "small", "upside down", "top", "center")
-    assert "right-way-up" in referring(tee, [flipped], ch)
+    assert "unflipped" in referring(tee, [flipped], ch)
     bigger_flipped = SceneObject("t-shirt", "red", "large", "upright", "top", "center")
     ref = referring(tee, [bigger_flipped], ch)
-    assert "right-way-up" in ref and any(w in ref for w in ("tiny", "little", "compact"))
+    assert "unflipped" in ref and any(w in ref for w in ("tiny", "little", "compact"))
 
 
 def mentions(sentence: str, obj: SceneObject) -> bool:

@@ -40,7 +40,7 @@ ORIENT_PREDICATES = {
     "upside down": ("inverted", "turned on its head", "flipped top to bottom"),
     "mirrored": ("flipped left to right", "reversed left to right", "shown as a mirror image"),
 }
-ORIENT_ADJECTIVES = {"upright": "right-way-up", "upside down": "inverted", "mirrored": "left-right-flipped"}
+ORIENT_ADJECTIVES = {"upright": "unflipped", "upside down": "inverted", "mirrored": "reversed"}
 
 # -- cells: (row, col) -> phrases that read after "in the" / "at the"
 CELL_WORDS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -70,7 +70,7 @@ RELATION_TEMPLATES = (
     "{A} sits {rel} {b}.",
     "Relative to {b}, {a} is {rel} it.",
     "{A}: {rel} {b}.",
-    "Note that {a} can be found {rel} {b}.",
+    "{A} is found {rel} {b}.",
 )
 
 # -- the background: texture words and sentences; {tex} before the noun, {with_tex} after it
@@ -109,9 +109,9 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 
 # -- how a caption orders its objects, and the sentence that says so (None: no such sentence)
 ORDERS = {
-    "reading": "Here they are row by row, from the top left.",
-    "colour": "Here they are, grouped by colour.",
-    "class": "Here they are, grouped by kind.",
+    "reading": "Row by row, from the top:",
+    "colour": "By colour:",
+    "class": "By kind:",
     "shuffled": None,
 }
 
