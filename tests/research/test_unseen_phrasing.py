@@ -1,0 +1,49 @@
+"""research.unseen_phrasing: the clustered drop by hand, the corpus check, and a run on a tiny real bundle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llm2clip.data import generate_scenes
+from llm2clip.data.restyle import restyle_corpus
+from llm2clip.errors import DatasetError
+from research import unseen_phrasing as up
+
+
+def test_cluster_drop_by_hand():
+    own = np.array([True] * 40 + [False] * 60)
+    unseen = np.array([True] * 10 + [False] * 90)
+    clusters = [np.arange(i, i + 2) for i in range(0, 100, 2)]
+    r = up.cluster_drop(own, unseen, clusters)
+    assert r["drop"] == pytest.approx(0.75) and (r["only_own"], r["only_unseen"]) == (30, 0)
+    assert r["drop_ci95"][0] < 0.75 < r["drop_ci95"][1] and r["p_sign"] < 1e-6
+    same = up.cluster_drop(own, own.copy(), clusters)
+    assert same["drop"] == 0 and same["drop_ci95"] == [0.0, 0.0] and same["p_sign"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("styles")
+    generate_scenes(root / "own", 8, "test", 5, progress=False)
+    restyle_corpus(root / "own", root / "unseen", seed=5, progress=False)
+    return root
+
+
+def test_refuses_corpora_of_other_scenes(styles, tmp_path):
+    generate_scenes(tmp_path / "other", 8, "test", 6, progress=False)
+    with pytest.raises(DatasetError, match="another scene graph"):
+        up.same_scenes(up.read_dataset(styles / "own"), up.read_dataset(tmp_path / "other"))
+
+
+def test_runs_on_a_real_bundle(styles, tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    up.main(["--model", str(tiny_bundle), "--own", str(styles / "own"), "--unseen", str(styles / "unseen"),
+             "--threads", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result == json.loads(capsys.readouterr().out)
+    assert (result["n"], result["n_twin_pairs"], result["n_clusters"]) == (8, 8, 4)
+    for key in ("t2i_r1", "i2t_r1", "twin_t2i", "twin_i2t"):
+        assert 0 <= result[key]["own"] <= 1 and 0 <= result[key]["unseen"] <= 1
