@@ -222,3 +222,14 @@ def test_short_captions_name_kinds_and_background(graphs):
             assert any(re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", cap.short) for w in class_words(c)), cap.short
     assert short_caption(graphs[0]) != unseen_captions([graphs[0]], np.random.default_rng(0), words)[0].short
     assert json.dumps(graphs[0].to_json())  # graphs are text only: no photo was needed
+
+
+def test_a_twin_without_its_partners_is_still_measured(corpora):
+    own = corpora[(9, "test", 3, "own")].items
+    (alone,) = restyle_items(own[3:4], 3, progress=False)
+    tok = default_tokenizer()
+    k = alone.meta["twin_diff"]["object"]
+    first = next(s for s in sentences(alone.long) if mentions(s, SceneGraph.from_json(alone.meta).objects[k]))
+    before = alone.long[: alone.long.index(first)].strip()
+    assert alone.meta["twin_mention_token"] == len(tok.encode(before, add_special_tokens=False))
+    assert alone.meta["twin_late"] == (alone.meta["twin_mention_token"] >= 77)

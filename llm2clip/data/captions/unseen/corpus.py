@@ -65,10 +65,11 @@ def twin_groups(items: Sequence[Item]) -> list[list[int]]:
 
 
 def _mutated(items: Sequence[Item], group: Sequence[int]) -> int | None:
-    """The object the group's twins disagree on, from ``twin_diff``; None for a scene without twins."""
-    if len(group) == 1:
-        return None
+    """The object the group's twins disagree on, from ``twin_diff``; None for a scene without one (a twin whose
+    partners are not in ``items`` keeps its ``twin_diff``, so its mention is still measured)."""
     diffs = {(items[i].meta.get("twin_diff") or {}).get("object") for i in group}
+    if diffs == {None}:
+        return None
     if len(diffs) != 1 or not isinstance(k := diffs.pop(), int):
         names = ", ".join(items[i].id for i in group)
         raise DatasetError(f"twins {names} do not agree on twin_diff's object: their meta is inconsistent")
