@@ -9,7 +9,9 @@ sets with the bundle's encoders (the variant `llm2clip eval` picks), so the two 
 one gallery and each query is paired with itself: long-caption R@1 both ways and near-twin accuracy per
 style, the relative drop (1 - unseen / own), and a 95% bootstrap interval of the drop that resamples twin
 groups (a scene and its twins move together: they are not independent), with an exact sign test on the
-queries one style gets right and the other does not.
+queries one style gets right and the other does not. ``length_matched`` repeats the R@1 drops on the
+queries whose unseen caption is no longer (in tokens) than its own one, so a drop there is not the
+unseen grammar's longer sentences.
 """
 
 from __future__ import annotations
@@ -67,9 +69,10 @@ def cluster_drop(own: np.ndarray, unseen: np.ndarray, clusters: list[np.ndarray]
             "only_own": only_own, "only_unseen": only_unseen, "p_sign": mcnemar_p(only_own, only_unseen)}
 
 
-def compare_styles(own_hits: dict[str, np.ndarray], unseen_hits: dict[str, np.ndarray],
-                   dataset: Dataset, pairs: list[tuple[int, int]]) -> dict[str, Any]:
-    """Every metric of both styles, clustered by twin group (queries) and by the group of a pair's scene (pairs)."""
+def compare_styles(own_hits: dict[str, np.ndarray], unseen_hits: dict[str, np.ndarray], dataset: Dataset,
+                   pairs: list[tuple[int, int]], lengths: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Every metric of both styles, clustered by twin group (queries) and by the group of a pair's scene (pairs);
+    ``lengths``: (own, unseen) caption tokens per item, for the length-matched subset."""
     groups = twin_groups(dataset.items)
     group_of = {i: g for g, members in enumerate(groups) for i in members}
     clusters = [np.asarray(m) for m in groups]
@@ -77,11 +80,17 @@ def compare_styles(own_hits: dict[str, np.ndarray], unseen_hits: dict[str, np.nd
     for j, (a, _) in enumerate(pairs):
         pair_clusters.setdefault(group_of[a], []).append(j)
     by_pair = [np.asarray(v) for v in pair_clusters.values()]
-    out = {}
+    out: dict[str, Any] = {}
     for key in own_hits:
         cl = by_pair if key.startswith("twin") else clusters
         if len(own_hits[key]):
             out[key] = cluster_drop(own_hits[key], unseen_hits[key], cl)
+    if lengths is not None:
+        keep = lengths[1] <= lengths[0]
+        sub = [c[keep[c]] for c in clusters if keep[c].any()]
+        out["length_matched"] = {"n": int(keep.sum()), "own_tokens": float(lengths[0][keep].mean()),
+                                 "unseen_tokens": float(lengths[1][keep].mean()),
+                                 **{k: cluster_drop(own_hits[k], unseen_hits[k], sub) for k in ("t2i_r1", "i2t_r1")}}
     return {"n": len(dataset), "n_twin_pairs": len(pairs), "n_clusters": len(clusters), **out}
 
 
@@ -99,7 +108,8 @@ def run(model: Path, own_dir: Path, unseen_dir: Path, threads: int | None = None
     for name, ds in (("own", own), ("unseen", unseen)):
         text = embed_texts(txt_enc, [it.long for it in ds.items], True, f"{name} long captions")
         per_style[name] = hits(text, image, pairs)
-    result = compare_styles(per_style["own"], per_style["unseen"], own, pairs)
+    lengths = tuple(np.array([it.meta.get("long_tokens", 0) for it in ds.items]) for ds in (own, unseen))
+    result = compare_styles(per_style["own"], per_style["unseen"], own, pairs, lengths)
     return {"model": bundle.fingerprint, "own": str(own_dir), "unseen": str(unseen_dir), **result}
 
 

@@ -47,3 +47,6 @@ def test_runs_on_a_real_bundle(styles, tiny_bundle, tmp_path, capsys):
     assert (result["n"], result["n_twin_pairs"], result["n_clusters"]) == (8, 8, 4)
     for key in ("t2i_r1", "i2t_r1", "twin_t2i", "twin_i2t"):
         assert 0 <= result[key]["own"] <= 1 and 0 <= result[key]["unseen"] <= 1
+    matched = result.get("length_matched")
+    if matched:  # only queries whose unseen caption is no longer than the own one
+        assert matched["unseen_tokens"] <= matched["own_tokens"] and matched["n"] <= 8
