@@ -60,12 +60,12 @@ def cluster_drop(own: np.ndarray, unseen: np.ndarray, clusters: list[np.ndarray]
     u = np.array([unseen[c].sum() for c in clusters], float)
     picks = rng.integers(0, len(clusters), size=(resamples, len(clusters)))
     so, su = o[picks].sum(1), u[picks].sum(1)
-    drops = np.where(so > 0, 1 - su / np.maximum(so, 1), np.nan)
-    lo, hi = np.nanpercentile(drops, [2.5, 97.5])
+    drops = (1 - su / np.maximum(so, 1))[so > 0]  # a resample without an own hit has no drop
+    ci = [round(float(x), 4) for x in np.percentile(drops, [2.5, 97.5])] if len(drops) else [None, None]
     only_own, only_unseen = int((own & ~unseen).sum()), int((unseen & ~own).sum())
     return {"own": float(own.mean()), "unseen": float(unseen.mean()),
             "drop": float(1 - unseen.sum() / own.sum()) if own.sum() else None,
-            "drop_ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "drop_ci95": ci,
             "only_own": only_own, "only_unseen": only_unseen, "p_sign": mcnemar_p(only_own, only_unseen)}
 
 

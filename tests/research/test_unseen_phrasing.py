@@ -22,6 +22,8 @@ def test_cluster_drop_by_hand():
     assert r["drop_ci95"][0] < 0.75 < r["drop_ci95"][1] and r["p_sign"] < 1e-6
     same = up.cluster_drop(own, own.copy(), clusters)
     assert same["drop"] == 0 and same["drop_ci95"] == [0.0, 0.0] and same["p_sign"] == 1.0
+    never = up.cluster_drop(np.zeros(100, bool), unseen, clusters)
+    assert never["drop"] is None and never["drop_ci95"] == [None, None]
 
 
 @pytest.fixture(scope="module")
