@@ -87,10 +87,14 @@ def compare_styles(own_hits: dict[str, np.ndarray], unseen_hits: dict[str, np.nd
             out[key] = cluster_drop(own_hits[key], unseen_hits[key], cl)
     if lengths is not None:
         keep = lengths[1] <= lengths[0]
-        sub = [c[keep[c]] for c in clusters if keep[c].any()]
-        out["length_matched"] = {"n": int(keep.sum()), "own_tokens": float(lengths[0][keep].mean()),
-                                 "unseen_tokens": float(lengths[1][keep].mean()),
-                                 **{k: cluster_drop(own_hits[k], unseen_hits[k], sub) for k in ("t2i_r1", "i2t_r1")}}
+        # the kept queries renumbered 0..kept-1, each still in its twin group
+        renumber = np.cumsum(keep) - 1
+        sub = [renumber[c[keep[c]]] for c in clusters if keep[c].any()]
+        out["length_matched"] = {
+            "n": int(keep.sum()), "own_tokens": float(lengths[0][keep].mean()),
+            "unseen_tokens": float(lengths[1][keep].mean()),
+            **{k: cluster_drop(own_hits[k][keep], unseen_hits[k][keep], sub) for k in ("t2i_r1", "i2t_r1")},
+        } if keep.any() else {"n": 0}
     return {"n": len(dataset), "n_twin_pairs": len(pairs), "n_clusters": len(clusters), **out}
 
 

@@ -52,3 +52,16 @@ def test_runs_on_a_real_bundle(styles, tiny_bundle, tmp_path, capsys):
     matched = result.get("length_matched")
     if matched:  # only queries whose unseen caption is no longer than the own one
         assert matched["unseen_tokens"] <= matched["own_tokens"] and matched["n"] <= 8
+
+
+def test_the_length_matched_subset_scores_only_its_queries(styles):
+    ds = up.read_dataset(styles / "own")  # 8 scenes, 4 twin groups
+    own = {"t2i_r1": np.array([1, 1, 1, 1, 0, 0, 0, 0], bool), "i2t_r1": np.ones(8, bool)}
+    unseen = {"t2i_r1": np.array([1, 0, 0, 0, 0, 0, 0, 0], bool), "i2t_r1": np.zeros(8, bool)}
+    lengths = (np.full(8, 100), np.array([90, 110, 90, 110, 90, 90, 110, 110]))
+    r = up.compare_styles(own, unseen, ds, [], lengths)
+    assert r["t2i_r1"]["own"] == 0.5 and r["t2i_r1"]["drop"] == pytest.approx(0.75)
+    m = r["length_matched"]
+    assert m["n"] == 4 and m["unseen_tokens"] == 90
+    # kept queries 0, 2, 4, 5: own hits 1, 1, 0, 0; unseen 1, 0, 0, 0
+    assert m["t2i_r1"]["own"] == 0.5 and m["t2i_r1"]["unseen"] == 0.25 and m["t2i_r1"]["drop"] == pytest.approx(0.5)
