@@ -19,25 +19,54 @@ from llm2clip.cliargs import add_command, non_negative_int, positive_int
 def _add_data(subparsers) -> None:
     data = subparsers.add_parser("data", help="make datasets (the bundled long-caption scene corpus)",
                                  description="Dataset tools.")
-    sub = data.add_subparsers(dest="data_cmd", required=True, metavar="{scenes}")
+    sub = data.add_subparsers(dest="data_cmd", required=True, metavar="{scenes,restyle}")
     s = add_command(sub, "scenes", _run_data)
     s.add_argument("--out", required=True, type=Path, help="output folder (items.jsonl + images/)")
     s.add_argument("--n", required=True, type=positive_int, help="number of scenes")
     s.add_argument("--split", required=True, choices=["train", "val", "test"],
                    help="train/val draw Fashion-MNIST train images; test draws test images and near twins")
     s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    s.add_argument("--caption-style", choices=["own", "unseen"], default="own",
+                   help="own (default): the grammar training reads; unseen: the same scenes and images, captioned "
+                        "by a second, independent grammar (other sentence orders and words), for evaluation only")
+    r = add_command(sub, "restyle", _run_restyle)
+    r.add_argument("--data", required=True, type=Path, help="a scene corpus folder (`llm2clip data scenes`)")
+    r.add_argument("--out", required=True, type=Path, help="output folder for the restyled corpus")
+    r.add_argument("--style", choices=["unseen"], default="unseen",
+                   help="the caption style to rewrite the captions in (default unseen)")
+    r.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the phrasing draws (default 0); the corpus's own seed gives what "
+                        "`data scenes --caption-style unseen` writes")
 
 
 def _run_data(args: argparse.Namespace) -> int:
     """generate the scene corpus (long captions, near twins in the test split)
 
     Compose scenes of real Fashion-MNIST product photos with exact long captions (see DATASET.md). Same
-    arguments, same bytes.
+    arguments, same bytes. --caption-style unseen writes the same scenes and image bytes with captions of a
+    second grammar that training never sees (other sentence orders, synonyms for classes, sizes, positions,
+    orientations and relations): score a model on both to see whether it learned the scenes or the template.
     """
     from llm2clip.data import generate_scenes
 
-    ds = generate_scenes(args.out, args.n, args.split, args.seed)
-    print(f"{len(ds)} {args.split} scenes in {args.out}")
+    ds = generate_scenes(args.out, args.n, args.split, args.seed, caption_style=args.caption_style)
+    print(f"{len(ds)} {args.split} scenes in {args.out} ({args.caption_style} captions)")
+    return 0
+
+
+def _run_restyle(args: argparse.Namespace) -> int:
+    """rewrite a scene corpus's captions in the unseen style, keeping its images
+
+    Read DATA (a folder `llm2clip data scenes` wrote, e.g. the demo's test corpus) and write OUT with the same
+    ids, scene graphs and images (hard-linked, or copied across file systems; nothing is rendered again) and
+    captions of the evaluation-only unseen grammar, made from each item's scene graph; near twins are phrased
+    together so that their captions differ only where their facts do. Then `llm2clip eval --data OUT` scores a
+    model on phrasing it was never trained on; compare with `--data DATA`.
+    """
+    from llm2clip.data.restyle import restyle_corpus
+
+    ds = restyle_corpus(args.data, args.out, args.seed, args.style)
+    print(f"{len(ds)} scenes of {args.data} in {args.out} ({args.style} captions)")
     return 0
 
 

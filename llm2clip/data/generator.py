@@ -8,7 +8,9 @@ pair 0, which widens its captions' referring expressions).
 ``meta`` holds ``split``, ``background``, ``objects`` (class, colour, size, orientation, row, col,
 fmnist_index; drawn in this order), ``relations`` (``{"subject", "object", "relation"}``, object
 indices, as stated in the caption), ``long_tokens`` and, for ``test``, ``twin_of``, ``twin_diff``
-(``{"object", "attribute"}``), ``twin_mention_token`` and ``twin_late``.
+(``{"object", "attribute"}``), ``twin_mention_token`` and ``twin_late``; with
+``caption_style="unseen"`` also ``caption_style: "unseen"`` (own-style items carry no such key, so
+their bytes stay as they were).
 
 Choices where DATASET.md is silent (see also ``scene_graph``, ``fashion_mnist`` and ``captions``):
 - ``test`` needs ``n >= 2`` (every scene needs a twin). Scenes come in pairs (base, twin) that
@@ -44,6 +46,8 @@ from llm2clip.data.captions import (
     long_caption,
     short_caption,
 )
+from llm2clip.data.captions.unseen import STYLE as UNSEEN_STYLE
+from llm2clip.data.captions.unseen import restyle_items
 from llm2clip.data.dataset import ITEMS_FILE, Dataset, Item, write_items
 from llm2clip.data.fashion_mnist import class_pools, fashion_mnist_part, load_fashion_mnist
 from llm2clip.data.render import render_scene
@@ -60,6 +64,7 @@ from llm2clip.data.twins import TwinDiff, mutate
 from llm2clip.errors import DatasetError
 
 SPLITS = tuple(SPLIT_CODES)
+CAPTION_STYLES = ("own", UNSEEN_STYLE)  # own: what training reads; unseen: an evaluation-only grammar
 LATE_MIN_OBJECTS = 3  # a late pair needs other objects to fill the first 77 tokens
 _IMAGE_NAME = re.compile(r"^\d{6,}\.png$")
 
@@ -193,9 +198,16 @@ def _check_arguments(n: int, split: str, seed: int) -> None:
         raise DatasetError(f"the seed must be a non-negative integer, got {seed!r}")
 
 
-def generate_scenes(out: Path | str, n: int, split: str, seed: int, progress: bool = True) -> Dataset:
-    """Write ``n`` scenes of ``split`` (DATASET.md) to ``out``; same arguments, same bytes."""
+def generate_scenes(
+    out: Path | str, n: int, split: str, seed: int, progress: bool = True, caption_style: str = "own"
+) -> Dataset:
+    """Write ``n`` scenes of ``split`` (DATASET.md) to ``out``; same arguments, same bytes.
+
+    ``caption_style="unseen"``: the same scenes and image bytes, captioned by the evaluation-only grammar
+    (``captions.unseen``); items are what ``restyle_items`` makes of the own style's, with the same seed."""
     _check_arguments(n, split, seed)
+    if caption_style not in CAPTION_STYLES:
+        raise DatasetError(f"unknown caption style {caption_style!r}: expected one of {', '.join(CAPTION_STYLES)}")
     out = Path(out)
     prepare_out(out)
     photos, _ = load_fashion_mnist(fashion_mnist_part(split))
@@ -203,6 +215,8 @@ def generate_scenes(out: Path | str, n: int, split: str, seed: int, progress: bo
     scenes = _plan(n, split, seed, class_pools(split))
     steps = tqdm(range(n), desc=f"scenes ({split})", unit="scene", disable=not progress)
     items = [_write_scene(corpus, scenes, i) for i in steps]
+    if caption_style == UNSEEN_STYLE:
+        items = restyle_items(items, seed, corpus.count_tokens, progress)
     # written last: a folder without items.jsonl is an unfinished run
     write_items(out, items)
     return Dataset(root=out, items=items)

@@ -3,7 +3,9 @@ arguments give the same bytes and the first scenes of a split do not depend on `
 
 A corpus draws scene ``i`` of a split from ``(seed, split, SCENE, i)`` (a test twin pair ``p``
 from ``(seed, "test", SCENE, p)``) and its long caption from ``(seed, split, CAPTION, i)``.
-Paraphrases and stage 1's near twins, which start from a single seed, use streams of their own.
+Paraphrases and stage 1's near twins, which start from a single seed, use streams of their own; the
+unseen caption style (an evaluation-only grammar) draws a scene and its twins from
+``(seed, split, UNSEEN, first index)``, so restyling never moves a draw of the own style.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 SCENE, CAPTION = 0, 1  # per split
 PARAPHRASE = 3  # paraphrase_long: apart from the scene and caption streams
 NEAR_TWIN = 4  # near_twin_graph: stage 1's hard-negative twins
+UNSEEN = 5  # per split: the unseen-style captions of a group of twins, from its first scene's index
 EXTRA_UNIT = 2**31 - 1  # unit of the third member of test pair 0 (odd n)
 
 

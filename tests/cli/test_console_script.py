@@ -11,7 +11,7 @@ import pytest
 from llm2clip_cli.main import build_parser, main
 
 COMMANDS = [
-    [], ["data"], ["data", "scenes"], ["train"], ["train", "text"], ["train", "embed"], ["train", "clip"], ["export"],
+    [], ["data"], ["data", "scenes"], ["data", "restyle"], ["train"], ["train", "text"], ["train", "embed"], ["train", "clip"], ["export"],
     ["eval"],
     ["index"], ["index", "build"], ["serve"], ["demo"],
 ]
