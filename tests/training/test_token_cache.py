@@ -154,3 +154,15 @@ def test_cached_run_trains_as_the_uncached_one(tmp_path, scenes_and_shards, bf16
     # Adam turns tiny gradient differences into full-size steps on a few weights: compare the updates' directions
     moves = [(states[c][top] - init[top]).flatten() for c in (True, False)]
     assert torch.nn.functional.cosine_similarity(*moves, dim=0) > 0.99
+
+
+def test_command_line_switches_the_cache_and_names_its_folder():
+    from llm2clip.cliargs import dataclass_values
+    from llm2clip_cli.main import build_parser
+
+    base = ["train", "clip", "--data", "d", "--embeddings", "e", "--out", "o"]
+    args = build_parser().parse_args(base)
+    assert args.token_cache is None and "cache_frozen_tokens" not in dataclass_values(args, TrainCfg)
+    args = build_parser().parse_args([*base, "--no-cache-frozen-tokens", "--token-cache", "shared"])
+    assert dataclass_values(args, TrainCfg)["cache_frozen_tokens"] is False and str(args.token_cache) == "shared"
+    assert TrainCfg().cache_frozen_tokens  # on by default
