@@ -166,3 +166,18 @@ def test_command_line_switches_the_cache_and_names_its_folder():
     args = build_parser().parse_args([*base, "--no-cache-frozen-tokens", "--token-cache", "shared"])
     assert dataclass_values(args, TrainCfg)["cache_frozen_tokens"] is False and str(args.token_cache) == "shared"
     assert TrainCfg().cache_frozen_tokens  # on by default
+
+
+@pytest.mark.slow
+def test_a_resumed_run_reads_the_cache_its_first_part_built(tmp_path, scenes_and_shards):
+    """The checkpoint's frozen weights are the ones the cache was keyed by: a resume finds it, builds nothing."""
+    from training.clip import Stage2Run, train_clip
+
+    scenes, shards = scenes_and_shards
+    cfg = TrainCfg(epochs=2, batch_size=8, warmup_steps=0, lr=1e-3, bf16=False, log_every=1)
+    first = train_clip(Stage2Run(scenes, shards, tmp_path / "run", model_cfg=_cfg(), stop_at=2, progress=False), cfg)
+    (cache,) = (tmp_path / "run" / "token_cache").glob("tokens-*.npy")
+    mtime = cache.stat().st_mtime_ns
+    rest = train_clip(Stage2Run(scenes, shards, tmp_path / "run", model_cfg=_cfg(), progress=False), cfg)
+    assert (first["steps"], rest["steps"], rest["resumed"]) == (2, 4, True)
+    assert list((tmp_path / "run" / "token_cache").iterdir()) == [cache] and cache.stat().st_mtime_ns == mtime
