@@ -108,8 +108,10 @@ class _Step(nn.Module):
             txt = self.model.encode_text_tokens(*text)
         else:  # frozen LLM caption embeddings through the adapter
             txt = self.model.encode_text_embedding(text[0])
-        img = self.model.encode_image(pixels) if self.start is None else self.model.encode_image_tokens(pixels,
-                                                                                                         self.start)
+        if self.start is None:
+            img = self.model.encode_image(pixels)
+        else:  # "pixels" are the cached tokens entering backbone block ``start``
+            img = self.model.encode_image_tokens(pixels, self.start)
         return img, txt, self.model.logit_scale
 
 
@@ -268,7 +270,8 @@ class Stage2Trainer:
 
         device = self.dist.device
         # frozen BN buffers never change, so there is nothing to broadcast before each forward
-        return DistributedDataParallel(_Step(self.model, self.cache_start), device_ids=[device] if device.type == "cuda" else None,
+        return DistributedDataParallel(_Step(self.model, self.cache_start),
+                                       device_ids=[device] if device.type == "cuda" else None,
                                        broadcast_buffers=not self.cfg.freeze_bn)
 
     def _restore(self) -> tuple[int, list[dict[str, Any]]]:
