@@ -157,10 +157,26 @@ class Dinov2ViT(nn.Module):
         self.layernorm = nn.LayerNorm(WIDTH, eps=EPS)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(self.forward_prefix(pixels, 0), 0)
+
+    def forward_prefix(self, pixels: torch.Tensor, stop: int) -> torch.Tensor:
+        """The tokens entering block ``stop`` (B, 1 + HW / 196, 384): the embeddings, then blocks 0..stop-1.
+        With ``forward_from(tokens, stop)`` it is ``forward``: stage 2 caches it for a frozen prefix."""
         if pixels.shape[-1] % PATCH or pixels.shape[-2] % PATCH:
             raise ValueError(f"DINOv2 needs image sides that are multiples of {PATCH}, got {tuple(pixels.shape[-2:])}")
+        if not 0 <= stop <= len(self.encoder.layer):
+            raise ValueError(f"stop must be between 0 and {len(self.encoder.layer)} blocks, not {stop}")
         x = self.embeddings(pixels)
-        for block in self.encoder.layer:
+        for block in self.encoder.layer[:stop]:
+            x = block(x)
+        return x
+
+    def forward_from(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """Blocks ``start``.. and the final LayerNorm over tokens that entered block ``start``."""
+        if not 0 <= start <= len(self.encoder.layer):
+            raise ValueError(f"start must be between 0 and {len(self.encoder.layer)} blocks, not {start}")
+        x = tokens
+        for block in self.encoder.layer[start:]:
             x = block(x)
         return self.layernorm(x)
 

@@ -33,6 +33,10 @@ class LLM2CLIP(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(pixels).float(), dim=-1)
 
+    def encode_image_tokens(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """``encode_image`` from backbone tokens that entered block ``start`` (a frozen prefix, cached)."""
+        return F.normalize(self.visual.forward_from(tokens, start).float(), dim=-1)
+
     def encode_text_embedding(self, llm_embedding: torch.Tensor) -> torch.Tensor:
         """Frozen LLM caption embedding (B, in_dim) -> unit joint embedding (B, embed_dim)."""
         assert self.adapter is not None, "this model has a CLIP text tower: use encode_text_tokens"

@@ -106,9 +106,19 @@ class Dinov2Backbone(nn.Module):
         self.grid = image_size // self.stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.net(x)[:, 1:]
-        # reshape by x.shape[0], not unflatten: the ONNX exporter bakes unflatten's batch size into the graph
-        return tokens.transpose(1, 2).reshape(x.shape[0], self.channels, self.grid, self.grid)
+        return self._feature_map(self.net(x))
+
+    def forward_prefix(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """Tokens (CLS included) entering block ``stop``: what stage 2 caches for a frozen prefix of blocks."""
+        return self.net.forward_prefix(x, stop)
+
+    def forward_from(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """The feature map from tokens that entered block ``start``; ``forward`` with ``forward_prefix``."""
+        return self._feature_map(self.net.forward_from(tokens, start))
+
+    def _feature_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        # reshape by the batch size, not unflatten: the ONNX exporter bakes unflatten's batch size into the graph
+        return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], self.channels, self.grid, self.grid)
 
     @property
     def num_blocks(self) -> int:
@@ -164,11 +174,25 @@ class VisionTower(nn.Module):
         self.backbone = _backbone_class(cfg.arch)(cfg.image_size, cfg.pretrained)
         freeze_backbone(self.backbone, cfg.trainable_blocks)
         self.partly_frozen = cfg.trainable_blocks is not None
+        self.trainable_blocks = cfg.trainable_blocks
         grid = math.ceil(cfg.image_size / self.backbone.stride)
         self.pool = AttentionPool(self.backbone.channels, cfg.pool_width, cfg.pool_heads, grid, out_dim)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.pool(self.backbone(pixels))
+
+    @property
+    def frozen_prefix(self) -> int:
+        """How many leading backbone blocks are frozen and cacheable as tokens (``forward_from``): the blocks
+        below ``trainable_blocks`` of a backbone with ``forward_prefix``; 0 when nothing can be cached."""
+        n = self.trainable_blocks
+        if n is None or not hasattr(self.backbone, "forward_prefix"):
+            return 0
+        return self.backbone.num_blocks - n
+
+    def forward_from(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """The tower's output from backbone tokens that entered block ``start`` (``backbone.forward_prefix``)."""
+        return self.pool(self.backbone.forward_from(tokens, start))
 
     def train(self, mode: bool = True) -> VisionTower:
         super().train(mode)

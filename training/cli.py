@@ -100,6 +100,10 @@ def _add_clip(sub) -> None:
                    help="validation dataset: long-caption R@1/R@5 at the end of every epoch (needs --val-embeddings)")
     c.add_argument("--val-embeddings", type=Path, default=None,
                    help="caption embeddings of --val (`llm2clip train embed --data VAL`)")
+    c.add_argument("--token-cache", type=Path, default=None,
+                   help="folder of the frozen blocks' token caches (default OUT/token_cache); caches are named "
+                        "by what they depend on, so runs on the same images and vision side (seeds, text "
+                        "encoders) can share one")
     add_dataclass_options(c, ModelShape)
     # the preset fills in what is not given; the defaults shown are the default preset's
     add_dataclass_options(c, TrainCfg, suppress=True)
@@ -175,7 +179,8 @@ def _run_clip(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.data)
     cfg = stage2_preset(args.preset, train_items=len(dataset), **dataclass_values(args, TrainCfg))
     run = Stage2Run(dataset, args.embeddings, args.out, shape=ModelShape(**dataclass_values(args, ModelShape)),
-                    val=read_dataset(args.val) if args.val else None, val_embeddings=args.val_embeddings)
+                    val=read_dataset(args.val) if args.val else None, val_embeddings=args.val_embeddings,
+                    token_cache=args.token_cache)
     summary = train_clip(run, cfg)
     if summary["rank"] == 0:
         last = summary["history"][-1] if summary["history"] else {}

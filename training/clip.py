@@ -17,8 +17,9 @@ batch: N processes train the same model as one process with that batch. Only ran
 Everything random is derived from (seed, step) (and the rank, for stochastic depth), so a resumed run needs
 no saved random state and continues exactly where an uninterrupted run would be.
 
-Images are decoded and resized once into a uint8 cache; there is no augmentation, because flips and crops
-would contradict captions that name orientation and position.
+Images are decoded and resized once into a uint8 cache (``training.images``). A backbone whose first blocks are
+frozen (DINOv2 with ``trainable_blocks``) reads the tokens those blocks make from a disk cache built once
+(``training.token_cache``): the steps run only the trainable blocks, the pool and the adapter.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -40,7 +39,6 @@ from llm2clip.config import AdapterCfg, ModelCfg, PreprocessCfg, TextCfg, Vision
 from llm2clip.data import Dataset
 from llm2clip.errors import BundleError, DatasetError, LLM2CLIPError
 from llm2clip.model import LLM2CLIP
-from llm2clip.preprocess import fit_image
 from llm2clip.tokenizer import Tokenizer
 from llm2clip.vision import preprocess_for
 from training.checkpoint import is_checkpoint, load_checkpoint, load_state, save_checkpoint
@@ -55,7 +53,9 @@ from training.clip_recipe import (
 from training.config import ModelShape, TrainCfg
 from training.distributed import DistInfo, barrier, gather_with_grad, process_group
 from training.embed import CaptionEmbeddings
+from training.images import load_images, normalize
 from training.schedule import lr_factor
+from training.token_cache import TOKEN_CACHE, TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class Stage2Run:
     stop_at: int | None = None
     tokenizer_dir: str | Path | None = None
     progress: bool = True
+    token_cache: str | Path | None = None  # frozen-prefix token cache folder (default: ``out``/token_cache)
 
 
 @dataclass
@@ -95,42 +96,23 @@ class _TextSide:
     tok_dir: Path | None = None
 
 
-def load_images(dataset: Dataset, preprocess: PreprocessCfg, progress: bool = True) -> np.ndarray:
-    """Every training image fitted to the model's input by the bundle's own geometry (``fit_image``: the
-    resize mode the service applies), uint8 (N, size, size, 3); ``normalize`` finishes the preprocessing."""
-    size = preprocess.size
-    out = np.zeros((len(dataset), size, size, 3), np.uint8)
-    for i, item in enumerate(tqdm(dataset.items, desc="load images", unit="img", disable=not progress)):
-        try:
-            with Image.open(dataset.image_path(item)) as im:
-                out[i] = np.asarray(fit_image(im, preprocess))
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read the image of item {item.id!r} ({exc.__class__.__name__}): fix or "
-                               "remove it from items.jsonl") from None
-    return out
-
-
-def normalize(batch_uint8: torch.Tensor, cfg: PreprocessCfg) -> torch.Tensor:
-    """uint8 NHWC -> normalised float NCHW (channels_last): ``llm2clip.preprocess.normalize_pixels`` in torch."""
-    x = batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
 class _Step(nn.Module):
     """The forward of one training step, as one module call so that DDP sees it."""
 
-    def __init__(self, model: LLM2CLIP) -> None:
+    def __init__(self, model: LLM2CLIP, start: int | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.start = model, start  # start: the images come as tokens entering this backbone block
 
     def forward(self, pixels: torch.Tensor, *text: torch.Tensor):
         if self.model.text_tower is not None:  # clip77: token ids and mask through the joint text tower
             txt = self.model.encode_text_tokens(*text)
         else:  # frozen LLM caption embeddings through the adapter
             txt = self.model.encode_text_embedding(text[0])
-        return self.model.encode_image(pixels), txt, self.model.logit_scale
+        if self.start is None:
+            img = self.model.encode_image(pixels)
+        else:  # "pixels" are the cached tokens entering backbone block ``start``
+            img = self.model.encode_image_tokens(pixels, self.start)
+        return img, txt, self.model.logit_scale
 
 
 @torch.no_grad()
@@ -219,12 +201,16 @@ class Stage2Trainer:
         self.state = load_state(self.out) if is_checkpoint(self.out) else None
         self.cfg = cfg
         if self.state is not None:  # the checkpoint's recipe, trained for as many epochs as asked now
-            self.cfg = TrainCfg(**{**asdict(cfg), **self.state["train_cfg"], "epochs": cfg.epochs})
+            self.cfg = TrainCfg(**{**asdict(cfg), **self.state["train_cfg"], "epochs": cfg.epochs,
+                                   "cache_frozen_tokens": cfg.cache_frozen_tokens})  # speed, not the recipe
             self.cfg.caption_keys = tuple(self.cfg.caption_keys)
         self.model = self._model()
         self.tokenizer = self._tokenizer()
         self._place_model()
         self.images = torch.from_numpy(load_images(run.dataset, self.model.cfg.preprocess, self.progress))
+        self.tokens = TokenCache.open(self.model, self.images.numpy(), [item.id for item in run.dataset],
+                                      Path(run.token_cache or self.out / TOKEN_CACHE), self.cfg, dist)
+        self.cache_start = None if self.tokens is None else self.tokens.start
         self.val_set = None
         if run.val is not None and dist.is_main:
             assert self.text.caps is not None
@@ -279,12 +265,13 @@ class Stage2Trainer:
 
     def _step_module(self) -> nn.Module:
         if not self.dist.enabled:
-            return _Step(self.model)
+            return _Step(self.model, self.cache_start)
         from torch.nn.parallel import DistributedDataParallel
 
         device = self.dist.device
         # frozen BN buffers never change, so there is nothing to broadcast before each forward
-        return DistributedDataParallel(_Step(self.model), device_ids=[device] if device.type == "cuda" else None,
+        return DistributedDataParallel(_Step(self.model, self.cache_start),
+                                       device_ids=[device] if device.type == "cuda" else None,
                                        broadcast_buffers=not self.cfg.freeze_bn)
 
     def _restore(self) -> tuple[int, list[dict[str, Any]]]:
@@ -338,7 +325,8 @@ class Stage2Trainer:
         picks = caption_picks(self.cfg.seed, self.step, len(idx))[mine]
         rows = idx[mine].tolist()
         device, items, keys = self.dist.device, self.run.dataset.items, self.text.keys
-        pixels = normalize(self.images[rows], self.model.cfg.preprocess).to(device)
+        pixels = (normalize(self.images[rows], self.model.cfg.preprocess) if self.tokens is None
+                  else self.tokens.batch(rows)).to(device)  # or the frozen blocks' cached tokens
         chosen = [keys[i][int(p) % len(keys[i])] for i, p in zip(rows, picks, strict=True)]
         if self.tokenizer is not None:
             ids, mask, _ = self.tokenizer([items[i].captions[k] for i, k in zip(rows, chosen, strict=True)])

@@ -44,6 +44,9 @@ class TrainCfg:
         "stochastic depth rate of the backbone's MBConv blocks (EfficientNet's own rate)"))
     bf16: bool = field(default=True, metadata=opt("bf16 autocast on CPU (AMX) and GPU; off: fp32"))
     seed: int = field(default=0, metadata=opt("random seed"))
+    cache_frozen_tokens: bool = field(default=True, metadata=opt(
+        "with a DINOv2 backbone and --trainable-blocks, compute the frozen blocks' tokens once per image into a "
+        "disk cache (token_cache/ in the run's folder) and train from them; off: recompute them every step"))
     caption_keys: tuple[str, ...] = ("long", "short")  # drawn uniformly per sample
     log_every: int = field(default=10, metadata=opt("history entry every N steps (and at epoch ends)",
                                                     positive_int))
