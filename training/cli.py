@@ -49,6 +49,15 @@ STAGE1_OPTIONS = {
     "seed": Opt("random seed"),
     "bf16": Opt("bf16 autocast on CPU (AMX) and GPU; off: fp32"),
     "grad_checkpointing": Opt("recompute activations in the backward pass: less memory, ~30%% more time"),
+    "lora_layers": Opt("LoRA on the top N transformer layers only, the backward pass stops below them "
+                       "(0: every layer)", non_negative_int),
+    "bf16_weights": Opt("hold the frozen projections in bf16 while training (with --bf16: the same products, "
+                        "no per-call weight rounding); the float32 weights are merged"),
+    "length_buckets": Opt("a micro-batch's texts run in up to N calls of similar length, for less padding "
+                          "(2: the original long/short cut)", positive_int),
+    "cast_once": Opt("with --bf16: round each layer norm's output to bf16 once for the projections that read it, "
+                     "not once per projection"),
+    "fused_adam": Opt("AdamW as one fused kernel over the LoRA tensors"),
 }
 
 

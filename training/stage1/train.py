@@ -123,7 +123,8 @@ class _Trainer:
         enc = LLMEncoder(model)
         peft_model = add_lora(model, cfg)
         sampler = self.views.sampler(cfg.batch_size, cfg.seed, stream=0)
-        phase = Phase("contrastive", cfg.steps, cfg.lr, ContrastiveLoss(enc, self.tok, sampler, cfg.temperature))
+        loss = ContrastiveLoss(enc, self.tok, sampler, cfg.temperature, cfg.length_buckets)
+        phase = Phase("contrastive", cfg.steps, cfg.lr, loss)
         self.steps_run["contrastive"] = run_phase(self.run, phase, peft_model, state)
         return merge_lora(peft_model)
 
