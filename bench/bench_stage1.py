@@ -1,6 +1,6 @@
 """Stage-1 step time of each speed setting against the original step, and their quality, in one run.
 
-    .venv/bin/python bench/bench_stage1.py speed [--train DIR] [--steps 3] [--variants current,fast] [--json OUT]
+    .venv/bin/python bench/bench_stage1.py speed [--train DIR] [--val DIR] [--steps 3] [--variants current,fast]
     .venv/bin/python bench/bench_stage1.py quality --train DIR --val DIR [--steps 60] [--variants current,fast]
 
 ``speed``: the repro's stage 1 (SmolLM2-135M, 4 scenes + their 4 near twins x 2 views of the long caption and
@@ -8,7 +8,7 @@ its paraphrases, LoRA r 16, bf16 autocast, no activation checkpointing), one mod
 optimizer steps interleaved (step s of every variant, then step s + 1): each step sees the same micro-batch in
 every variant, and the machine's drift (it is shared) falls on all of them alike. Step 0 of each warms up and
 is not timed. Reports each variant's median step time and its speed-up over ``current`` (the median of the
-per-step ratios).
+per-step ratios), each step's loss, and with ``--val`` the validation scores below of what each variant trained.
 
 ``quality``: each variant trains ``--steps`` steps on the same data and seed (``train_text``), then the
 validation split only: caption retrieval accuracy (``training.caption_retrieval``) and the paraphrase
@@ -90,8 +90,9 @@ def padding(views: Any, tok: Any, cfg: Stage1Cfg, steps: int) -> float:
     return padded / real
 
 
-def speed(train: Path, names: list[str], steps: int) -> dict[str, Any]:
-    """Interleaved optimizer steps of every variant; -> per variant: step times, median, speed-up."""
+def speed(train: Path, names: list[str], steps: int, val: Path | None = None) -> dict[str, Any]:
+    """Interleaved optimizer steps of every variant; -> per variant: step times, median, speed-up, and with
+    ``val`` the validation scores of the model each variant trained."""
     from llm2clip.data import read_dataset
     from llm2clip.defaults import smollm2_dir
     from llm2clip.text import Tokenizer
@@ -127,7 +128,26 @@ def speed(train: Path, names: list[str], steps: int) -> dict[str, Any]:
             "step_s": [round(t, 2) for t in times[n]], "median_step_s": round(float(np.median(times[n])), 2),
             "speedup": round(float(np.median(ref / np.asarray(times[n]))), 3),
             "padding": round(padding(views, tok, cfgs[n], 20), 3), "losses": losses[n]}
+    if val is not None:
+        from training.stage1.checkpoint import write_model
+        from training.stage1.lora import merge_lora
+
+        twins = twin_corpus(val)
+        for n in names:
+            with tempfile.TemporaryDirectory() as folder:
+                write_model(merge_lora(built[n][2]).eval(), base, Path(folder), n)
+                out["variants"][n].update(score(Path(folder), val, twins))
     return out
+
+
+def score(folder: Path, val: Path, twins: Any) -> dict[str, Any]:
+    """Caption retrieval accuracy on ``val`` and the paraphrase near-twin probe on ``twins``."""
+    from training.caption_retrieval import caption_retrieval, embed_texts, paraphrase_twin_accuracy
+
+    probe = paraphrase_twin_accuracy(lambda t: embed_texts(folder, t, progress=False), twins)
+    return {"val_caption_retrieval": round(caption_retrieval(folder, val, progress=False)["caption_retrieval"], 4),
+            "val_twin_probe": round(probe["accuracy"], 4), "val_twin_pairs": probe["n_pairs"],
+            "val_twin_by_attribute": probe["by_attribute"]}
 
 
 def twin_corpus(val: Path, seed: int = 7) -> Any:
@@ -150,24 +170,16 @@ def twin_corpus(val: Path, seed: int = 7) -> Any:
 
 def quality(train: Path, val: Path, names: list[str], steps: int, out: Path) -> dict[str, Any]:
     """Each variant trained ``steps`` steps (same data, same seed), scored on the validation split only."""
-    from training.caption_retrieval import embed_texts, paraphrase_twin_accuracy
     from training.stage1.train import train_text
 
     twins = twin_corpus(val)
     results = {}
     for n in names:
         t0 = time.perf_counter()
-        summary = train_text(train, out / n, cfg=variant_cfg(n, steps), val=val, progress=False)
-        seconds = time.perf_counter() - t0
-        probe = paraphrase_twin_accuracy(lambda t, d=out / n: embed_texts(d, t, progress=False), twins)
-        after = summary["val"]["after"]
-        results[n] = {"seconds": round(seconds, 1), "samples_s": summary["contrastive"]["samples_s"],
+        summary = train_text(train, out / n, cfg=variant_cfg(n, steps), progress=False)
+        results[n] = {"seconds": round(time.perf_counter() - t0, 1), "samples_s": summary["contrastive"]["samples_s"],
                       "first_loss": summary["contrastive"]["first_loss"],
-                      "last_loss": summary["contrastive"]["last_loss"],
-                      "val_caption_retrieval": round(after["caption_retrieval"], 4),
-                      "val_caption_retrieval_before": round(summary["val"]["before"]["caption_retrieval"], 4),
-                      "val_twin_probe": round(probe["accuracy"], 4), "val_twin_pairs": probe["n_pairs"],
-                      "val_twin_by_attribute": probe["by_attribute"]}
+                      "last_loss": summary["contrastive"]["last_loss"], **score(out / n, val, twins)}
         sys.stderr.write(f"[bench_stage1] {n}: {json.dumps(results[n])}\n")
     return {"train": str(train), "val": str(val), "steps": steps, "variants": results}
 
@@ -176,7 +188,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("speed", "quality"))
     ap.add_argument("--train", type=Path, default=None, help="training scenes (speed: 200 generated if absent)")
-    ap.add_argument("--val", type=Path, default=None, help="validation scenes (quality; never the test split)")
+    ap.add_argument("--val", type=Path, default=None, help="validation scenes (never the test split): speed scores "
+                                                          "each variant's model after its steps; quality needs it")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (speed, default 3) or "
                                                             "training steps (quality, default 60)")
     ap.add_argument("--variants", default="current,fast",
@@ -200,7 +213,7 @@ def main() -> None:
 
                 train = Path(tmp) / "train"
                 generate_scenes(train, 200, "train", 0, progress=False)
-            result = speed(train, names, args.steps or 3)
+            result = speed(train, names, args.steps or 3, args.val)
         else:
             if args.train is None or args.val is None:
                 raise SystemExit("bench_stage1: error: quality needs --train and --val (a validation split)")
