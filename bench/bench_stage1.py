@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cast_once": {**ORIGINAL, "bf16_weights": True, "cast_once": True},
     "fast": {},  # Stage1Cfg's defaults
     "fast_top15": {"lora_layers": 15},
+    "fast_eager": {"attention": "eager"},
 }
 
 
@@ -67,7 +68,7 @@ def _setup(name: str, cfg: Stage1Cfg, views: Any, tok: Any, base: Path) -> tuple
     from training.stage1.lora import add_lora, load_encoder_base
 
     torch.manual_seed(cfg.seed)
-    model = load_encoder_base(base, "sdpa")
+    model = load_encoder_base(base, cfg.attention)
     enc = LLMEncoder(model)
     peft_model = add_lora(model, cfg)
     sampler = views.sampler(cfg.batch_size, cfg.seed, stream=0)

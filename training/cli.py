@@ -21,7 +21,7 @@ from llm2clip.cliargs import (
 from llm2clip.errors import LLM2CLIPError
 from training.config import EmbedCfg, ExportCfg, ModelShape, TrainCfg
 from training.recipes import STAGE2_PRESETS
-from training.stage1.config import POSITIVES, Stage1Cfg
+from training.stage1.config import ATTENTIONS, POSITIVES, Stage1Cfg
 from training.variants import CheckThresholds
 
 # `train text`'s options: the fields of Stage1Cfg (where their defaults are), in this order
@@ -58,6 +58,8 @@ STAGE1_OPTIONS = {
     "cast_once": Opt("with --bf16: round each layer norm's output to bf16 once for the projections that read it, "
                      "not once per projection"),
     "fused_adam": Opt("AdamW as one fused kernel over the LoRA tensors"),
+    "attention": Opt("attention kernel while training: sdpa (torch's fused kernel) or eager (matmuls + softmax)",
+                     choices=ATTENTIONS),
 }
 
 

@@ -141,3 +141,21 @@ def test_lora_on_the_top_layers_only(tiny_llm_dir, tok):
     assert all(p.grad is None for p in peft_model.parameters() if not p.requires_grad)
     with pytest.raises(BundleError, match="at most 2"):
         _encoder(tiny_llm_dir, Stage1Cfg(lora_layers=3))
+
+
+def test_eager_attention_gives_the_sdpa_embeddings(tiny_llm_dir, tok):
+    from training.stage1.lora import load_encoder_base
+
+    ids, mask, _ = tok(TEXTS)
+    with torch.no_grad():
+        got = {attn: LLMEncoder(load_encoder_base(tiny_llm_dir, attn))(torch.from_numpy(ids), torch.from_numpy(mask))
+               for attn in ("sdpa", "eager")}
+    assert torch.allclose(got["eager"], got["sdpa"], atol=1e-5)
+
+
+def test_unknown_attention_is_refused(tiny_llm_dir, tmp_path):
+    from llm2clip.errors import DatasetError
+    from training.stage1.train import train_text
+
+    with pytest.raises(DatasetError, match="choose among sdpa, eager"):
+        train_text(tmp_path / "none", tmp_path / "out", tiny_llm_dir, Stage1Cfg(attention="flash"))

@@ -24,7 +24,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 # a rerun may change these without invalidating the checkpoint; anything else in the recipe must match
 FREE = ("steps", "save_every", "bf16", "grad_checkpointing", "bf16_weights", "length_buckets",
-        "cast_once", "fused_adam")
+        "cast_once", "fused_adam", "attention")
 
 
 def _replace_dir(tmp: Path, folder: Path) -> None:
