@@ -59,8 +59,9 @@ class Stage1Cfg:
     # each decoder layer's norm output rounded to bf16 once for the projections that read it, not by autocast
     # in each of them (lora.cast_norms_once): the same forward, the backward's sums of its gradients in bf16
     cast_once: bool = True
-    # the attention kernel: "sdpa" (torch's fused CPU kernel; its backward took ~26% of a single-threaded step
-    # in a profile) or "eager" (matmuls and a float32 softmax, as transformers writes it out)
-    attention: str = "sdpa"
+    # the attention kernel: "eager" (matmuls and a float32 softmax, as transformers writes it out) or "sdpa"
+    # (torch's fused CPU kernel, whose backward took ~26% of a single-threaded step in a profile; eager's
+    # steps measured 1.23x faster, bench/RESULTS.md)
+    attention: str = "eager"
     # AdamW as one fused kernel over the LoRA tensors rather than a loop of small ops per tensor
     fused_adam: bool = True
