@@ -21,7 +21,7 @@ from llm2clip.cliargs import (
 from llm2clip.errors import LLM2CLIPError
 from training.config import EmbedCfg, ExportCfg, ModelShape, TrainCfg
 from training.recipes import STAGE2_PRESETS
-from training.stage1.config import POSITIVES, Stage1Cfg
+from training.stage1.config import ATTENTIONS, POSITIVES, Stage1Cfg
 from training.variants import CheckThresholds
 
 # `train text`'s options: the fields of Stage1Cfg (where their defaults are), in this order
@@ -49,6 +49,17 @@ STAGE1_OPTIONS = {
     "seed": Opt("random seed"),
     "bf16": Opt("bf16 autocast on CPU (AMX) and GPU; off: fp32"),
     "grad_checkpointing": Opt("recompute activations in the backward pass: less memory, ~30%% more time"),
+    "lora_layers": Opt("LoRA on the top N transformer layers only, the backward pass stops below them "
+                       "(0: every layer)", non_negative_int),
+    "bf16_weights": Opt("hold the frozen projections in bf16 while training (with --bf16: the same products, "
+                        "no per-call weight rounding); the float32 weights are merged"),
+    "length_buckets": Opt("a micro-batch's texts run in up to N calls of similar length, for less padding "
+                          "(2: the original long/short cut)", positive_int),
+    "cast_once": Opt("with --bf16: round each layer norm's output to bf16 once for the projections that read it, "
+                     "not once per projection"),
+    "fused_adam": Opt("AdamW as one fused kernel over the LoRA tensors"),
+    "attention": Opt("attention kernel while training: sdpa (torch's fused kernel) or eager (matmuls + softmax)",
+                     choices=ATTENTIONS),
 }
 
 

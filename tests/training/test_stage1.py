@@ -236,14 +236,17 @@ def test_first_loss_is_the_base_encoders_on_the_first_micro_batches(hard_run, ti
     pools = json.loads((out / "checkpoint" / "captions.json").read_text())
     twins = json.loads((out / "checkpoint" / "twins.json").read_text())
     sampler = ViewSampler(pools, CFG["batch_size"], CFG["seed"], stream=0, twins=twins)
-    enc = LLMEncoder(AutoModel.from_pretrained(str(tiny_llm_dir), dtype=torch.float32, attn_implementation="sdpa"))
+    run_cfg = Stage1Cfg()  # the run's attention kernel and length buckets
+    enc = LLMEncoder(AutoModel.from_pretrained(str(tiny_llm_dir), dtype=torch.float32,
+                                               attn_implementation=run_cfg.attention))
     tok = Tokenizer(tiny_llm_dir, CFG["max_tokens"])
     losses = []
     # a fresh LoRA adds exactly zero: step 1 sees the base encoder, micro-batches 0 and 1 (grad_accum 2)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for m in range(2):
             texts, labels = sampler(m)
-            losses.append(float(supcon_loss(encode(enc, tok, texts), labels, 0.05, same_text(texts))))
+            emb = encode(enc, tok, texts, run_cfg.length_buckets)
+            losses.append(float(supcon_loss(emb, labels, 0.05, same_text(texts))))
     assert _history(out)["contrastive"][0]["loss"] == pytest.approx(float(np.mean(losses)), abs=2e-5)
 
 

@@ -11,7 +11,10 @@ Where each part lives, and the choices made where the paper and LLM2Vec leave ro
 - ``views``: the caption pools (paraphrases, near twins as hard negatives) and which views make up a
   micro-batch;
 - ``batches``: a micro-batch's loss in each phase (gradient accumulation);
-- ``lora``: the models and their LoRA adapters;
+- ``lora``: the models and their LoRA adapters, and the speed settings that change how a step is computed but
+  not what it computes (frozen projections in bf16, norm outputs rounded to bf16 once; LoRA on the top
+  layers only is an option that does change the recipe); ``batches.length_chunks`` cuts a micro-batch into
+  calls of similar length (bench/bench_stage1.py measures each against the original step);
 - ``loop``: a phase's optimizer loop; ``checkpoint``: resuming and writing the merged model;
 - ``train``: ``train_text``, the run from caption pools to the merged model and ``stage1.json``.
 

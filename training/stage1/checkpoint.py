@@ -23,7 +23,8 @@ from training.stage1.config import Stage1Cfg
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 # a rerun may change these without invalidating the checkpoint; anything else in the recipe must match
-FREE = ("steps", "save_every", "bf16", "grad_checkpointing")
+FREE = ("steps", "save_every", "bf16", "grad_checkpointing", "bf16_weights", "length_buckets",
+        "cast_once", "fused_adam", "attention")
 
 
 def _replace_dir(tmp: Path, folder: Path) -> None:

@@ -10,6 +10,7 @@ HISTORY = "history.json"
 CHECKPOINT = "checkpoint"
 PHASES = ("mntp", "contrastive")
 POSITIVES = ("all", "long")
+ATTENTIONS = ("sdpa", "eager")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -45,3 +46,22 @@ class Stage1Cfg:
     grad_checkpointing: bool = True
     save_every: int = 50
     lora_targets: tuple[str, ...] = field(default_factory=lambda: LORA_TARGETS)
+    # LoRA on the top ``lora_layers`` transformer layers only (0: every layer). The layers below it get no
+    # gradient, so the backward pass stops at the lowest adapted layer: fewer layers, a shorter backward
+    lora_layers: int = 0
+    # speed settings that do not change what is trained (``checkpoint.FREE``):
+    # the frozen projections' weights held in bf16 while training (with ``bf16`` autocast, which rounds them
+    # to bf16 on every call anyway); the float32 weights come back before the LoRA is merged
+    bf16_weights: bool = True
+    # a micro-batch's texts run through the model in up to this many calls of similar length (sorted, cut
+    # where padding is least): fewer padding tokens for the matmuls; 2 is the original long/short cut
+    length_buckets: int = 4
+    # each decoder layer's norm output rounded to bf16 once for the projections that read it, not by autocast
+    # in each of them (lora.cast_norms_once): the same forward, the backward's sums of its gradients in bf16
+    cast_once: bool = True
+    # the attention kernel: "eager" (matmuls and a float32 softmax, as transformers writes it out) or "sdpa"
+    # (torch's fused CPU kernel, whose backward took ~26% of a single-threaded step in a profile; eager's
+    # steps measured 1.23x faster, bench/RESULTS.md)
+    attention: str = "eager"
+    # AdamW as one fused kernel over the LoRA tensors rather than a loop of small ops per tensor
+    fused_adam: bool = True

@@ -52,7 +52,7 @@ def _optimizer(run: Run, phase: Phase, peft_model: nn.Module,
     """AdamW over the trainable (LoRA) parameters, with the adapter, optimizer and RNG of ``state``
     restored; -> (optimizer, the step to go on from). Sets the phase's history in ``run``."""
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=run.cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=run.cfg.weight_decay, fused=run.cfg.fused_adam or None)
     step, history = 0, []
     if state is not None:
         load_adapter(peft_model, state["adapter"])

@@ -10,9 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llm2clip.errors import BundleError
 from training.stage1.config import LORA_TARGETS, Stage1Cfg
 
 log = logging.getLogger(__name__)
+
+# the norms whose output only the projections of a decoder layer read (Llama, Mistral, Qwen2, Gemma naming)
+NORMS_BEFORE_PROJECTIONS = ("input_layernorm", "post_attention_layernorm")
 
 
 def lora_target_names(model: nn.Module, preferred: tuple[str, ...] = LORA_TARGETS) -> list[str]:
@@ -30,7 +34,11 @@ def add_lora(model: nn.Module, cfg: Stage1Cfg) -> nn.Module:
     """A peft model with fresh LoRA adapters on ``model``'s projections, set up to train."""
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_target_names(model, cfg.lora_targets)
+    targets: list[str] | str = lora_target_names(model, cfg.lora_targets)
+    layers = top_layers(model, cfg.lora_layers)
+    if layers is not None:
+        # peft's layers_to_transform wants a prefix before "layers." that a bare LlamaModel's names lack
+        targets = rf"(.*\.)?layers\.({'|'.join(map(str, layers))})\..*\.({'|'.join(targets)})"
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, bias="none")
     with warnings.catch_warnings():
@@ -42,11 +50,74 @@ def add_lora(model: nn.Module, cfg: Stage1Cfg) -> nn.Module:
         set_checkpointing(model, True)
         # peft freezes the embeddings; checkpointed blocks still need an input that carries grad
         model.enable_input_require_grads()
+    if cfg.bf16_weights and cfg.bf16:
+        frozen_to_bf16(peft_model)
+    if cfg.cast_once:
+        cast_norms_once(peft_model)
     return peft_model
 
 
+def top_layers(model: nn.Module, count: int) -> list[int] | None:
+    """Indices of the top ``count`` transformer layers (None: every layer, ``count`` 0)."""
+    if count <= 0:
+        return None
+    total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if not total:
+        raise BundleError("lora_layers needs a model whose config names num_hidden_layers: use lora_layers 0")
+    if count > total:
+        raise BundleError(f"lora_layers {count} is more than the model's {total} layers: use at most {total}")
+    return list(range(total - count, total))
+
+
+def frozen_to_bf16(peft_model: nn.Module) -> None:
+    """The frozen weights of the LoRA-adapted projections in bf16, their float32 values kept aside.
+
+    Under bf16 autocast every matmul rounds its float32 weight to bf16 on each call (a 4-byte read and a
+    2-byte write of every weight, per forward); holding them in bf16 does it once, with the same rounding,
+    so the products are the same. ``restore_frozen`` puts the float32 values back (before merging).
+    """
+    for module in peft_model.modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Linear) and base.weight.dtype == torch.float32 and not base.weight.requires_grad:
+            base.fp32_weight = base.weight.data
+            base.weight.data = base.weight.data.to(torch.bfloat16)
+
+
+def restore_frozen(peft_model: nn.Module) -> None:
+    """Undoes ``frozen_to_bf16``: the projections' float32 weights, exactly as they were."""
+    for module in peft_model.modules():
+        if hasattr(module, "fp32_weight"):
+            module.weight.data = module.fp32_weight
+            del module.fp32_weight
+
+
+def _autocast_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    device = output.device.type
+    return output.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
+
+
+def cast_norms_once(peft_model: nn.Module) -> None:
+    """Under autocast, each decoder layer's two norms hand their projections a bf16 output.
+
+    The norms compute in float32 and autocast rounds their output to bf16 again in every projection that
+    reads it, base and LoRA alike (q, k, v and their LoRA: 6 roundings of one tensor, and as many casts back in
+    the backward pass). Rounding it once gives the projections the same input; the gradients of its readers
+    then add up in bf16 rather than float32. peft's own cast of a LoRA input to the adapter's float32 is
+    turned off: autocast would round it back. ``merge_lora`` removes the hooks.
+    """
+    hooks = [module.register_forward_hook(_autocast_output) for name, module in peft_model.named_modules()
+             if name.endswith(NORMS_BEFORE_PROJECTIONS)]
+    for module in peft_model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+    peft_model.stage1_hooks = hooks
+
+
 def merge_lora(peft_model: nn.Module) -> nn.Module:
-    """The model with its LoRA merged into the weights, activation checkpointing off."""
+    """The model with its LoRA merged into the float32 weights, activation checkpointing off."""
+    for hook in getattr(peft_model, "stage1_hooks", []):
+        hook.remove()
+    restore_frozen(peft_model)
     merged = peft_model.merge_and_unload()
     set_checkpointing(merged, False)
     return merged

@@ -24,7 +24,7 @@ from training.caption_retrieval import caption_retrieval
 from training.embed import text_encoder_info
 from training.stage1.batches import ContrastiveLoss, MntpLoss
 from training.stage1.checkpoint import check_recipe, load_phase, reached, write_model
-from training.stage1.config import FORMAT, PHASES, SUMMARY, Stage1Cfg
+from training.stage1.config import ATTENTIONS, FORMAT, PHASES, SUMMARY, Stage1Cfg
 from training.stage1.loop import Phase, Run, run_phase
 from training.stage1.lora import add_lora, base_of, load_causal, load_encoder_base, merge_lora
 from training.stage1.losses import mask_token_id
@@ -32,7 +32,6 @@ from training.stage1.views import load_views
 
 log = logging.getLogger(__name__)
 
-ATTN = "sdpa"  # the attention implementation both phases load the LLM with
 State = dict[str, Any] | None
 
 
@@ -70,7 +69,7 @@ class _Trainer:
         if done and (out / SUMMARY).is_file():
             log.info("%s is already trained for %d contrastive steps", out, cfg.steps)
             return json.loads((out / SUMMARY).read_text())
-        model = self._mntp(states) if cfg.mntp_steps > 0 else load_encoder_base(self.base, ATTN)
+        model = self._mntp(states) if cfg.mntp_steps > 0 else load_encoder_base(self.base, cfg.attention)
         merged = self._contrastive(model, states["contrastive"])
         write_model(merged.eval(), self.base, out, f"{self.base_info['name']}-llm2clip-cc")
         self.run.write_histories()
@@ -106,7 +105,7 @@ class _Trainer:
         if states["contrastive"] is not None and (state is None or not state["done"]):
             raise BundleError(f"{self.run.ckpt} has contrastive training without a finished MNTP phase: choose "
                               "another output folder")
-        causal = load_causal(self.base, ATTN)
+        causal = load_causal(self.base, cfg.attention)
         LLMEncoder(base_of(causal))  # bidirectional attention for MNTP as well
         peft_model = add_lora(causal, cfg)
         sampler = self.views.sampler(cfg.batch_size, cfg.seed, stream=1)
@@ -123,7 +122,8 @@ class _Trainer:
         enc = LLMEncoder(model)
         peft_model = add_lora(model, cfg)
         sampler = self.views.sampler(cfg.batch_size, cfg.seed, stream=0)
-        phase = Phase("contrastive", cfg.steps, cfg.lr, ContrastiveLoss(enc, self.tok, sampler, cfg.temperature))
+        loss = ContrastiveLoss(enc, self.tok, sampler, cfg.temperature, cfg.length_buckets)
+        phase = Phase("contrastive", cfg.steps, cfg.lr, loss)
         self.steps_run["contrastive"] = run_phase(self.run, phase, peft_model, state)
         return merge_lora(peft_model)
 
@@ -162,6 +162,8 @@ def train_text(
     cfg = cfg or Stage1Cfg()
     if cfg.batch_size < 2 and cfg.steps > 0:
         raise DatasetError("the batch size must be at least 2: a contrastive problem needs negatives")
+    if cfg.attention not in ATTENTIONS:
+        raise DatasetError(f"unknown attention {cfg.attention!r}: choose among {', '.join(ATTENTIONS)}")
     if base is None:
         from llm2clip.defaults import smollm2_dir
 
