@@ -97,7 +97,10 @@ def _selection(selection: dict[str, Any] | None) -> list[str]:
     settings the run takes as given."""
     if not selection:
         return []
-    lines = ["", "## Choices and the split each was made on", "", selection.get("protocol", "") + "."]
+    lines = ["", "## Choices and the split each was made on", "", f"Protocol: {selection.get('protocol')}."]
+    if not selection.get("choices"):
+        lines += ["", "No choice was made by this run (llm_cc, the row chosen among candidates, is not among its "
+                      "rows)."]
     for c in selection.get("choices", []):
         lines += ["", f"**{c['choice']}**: chosen `{c['chosen']}` on the **{c['split']}** split "
                       f"(`{c['dataset']}`). Rule: {c['rule']}.", "",

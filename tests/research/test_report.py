@@ -97,7 +97,10 @@ def test_the_selection_section_lists_each_choice_its_candidates_and_split(report
             "Rule: highest val R@1.") in lines
     assert "| llm_cc:paper (chosen) | 0.375 ± 0.177 | 0.500 ± 0.000 | 2 |" in lines
     assert "| llm_cc:hardneg | 0.375 ± 0.177 | 0.500 ± 0.000 | 2 |" in lines
-    assert "| stage 2 | the preset's |" in lines
+    assert "| stage 2 | the preset's |" in lines and "Protocol: every choice on the val split." in lines
+    assert not any(line.startswith("No choice was made") for line in lines)
+    report["selection"]["choices"] = []
+    assert any(line.startswith("No choice was made") for line in render_markdown(report).split("\n"))
     del report["selection"]
     assert "## Choices" not in render_markdown(report)
 
