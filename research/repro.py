@@ -200,15 +200,20 @@ def _raw_text_side(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict
 
 
 def _text_side(work: Work, specs: dict[str, RowSpec], test: _Test) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each row's raw text encoder alone on the test split, averaged over seeds (a frozen encoder has one)."""
+    """Each raw text encoder alone on the test split, averaged over seeds (a frozen encoder has one): the
+    pretrained ones and llm_cc's. The other stage-1 controls are left out (each costs two LLM passes over the
+    test captions per seed); their text side through their bundle is in every row's ``text_twins``."""
     _say("the text encoders alone on the test split: caption retrieval, near twins by paraphrase")
     done: dict[str, tuple[Any, Any]] = {}
-    for spec in specs.values():
-        if spec.encoder is not None and spec.key not in done:
+    for name, spec in specs.items():
+        if spec.encoder is None or spec.stage1 is not None and name != "llm_cc":
+            continue
+        if spec.key not in done:
             seeds = [_raw_text_side(work, spec, k, test)
                      for k in range(work.cfg.seeds if spec.stage1 is not None else 1)]
             done[spec.key] = (average([a for a, _ in seeds]), average([t for _, t in seeds]))
-    names = {name: spec.key for name, spec in specs.items() if spec.key in done}
+    names = {name: spec.key for name, spec in specs.items()
+             if spec.key in done and (spec.stage1 is None or name == "llm_cc")}
     return {n: done[key][0] for n, key in names.items()}, {n: done[key][1] for n, key in names.items()}
 
 
