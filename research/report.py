@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from research.fact_probe import BOUND_GROUPS, LONG_GROUPS, SHORT_GROUPS
+from research.seed_stats import fmt_mean_sd
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,13 @@ def portable(obj: Any, out: Path) -> Any:
 def render_markdown(report: dict[str, Any]) -> str:
     rows = report["rows"]
     lines = _retrieval(report)
+    lines += _selection(report.get("selection"))
     lines += _direction(rows)
     lines += _twin_breakdown(rows)
     lines += _text_twins(report)
     lines += _fact_probe(rows)
     lines += _caption_retrieval(report["caption_retrieval"])
-    lines += _stage1(report.get("stage1"))
+    lines += _stage1(rows)
     lines += _throughput(report.get("stage2_throughput"))
     lines += _time(report)
     return "\n".join(lines)
@@ -60,25 +62,58 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _seed_evals(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row's eval of every seed (a report without seeds: its one eval)."""
+    return [s["eval"] for s in row.get("seeds") or [{"eval": row["eval"]}]]
+
+
 def _retrieval(report: dict[str, Any]) -> list[str]:
-    """The title, the command and config, and the main table: every row's retrieval on the test split."""
+    """The title, the command and config, and the main table: every row's retrieval on the test split, mean ± sd
+    over the training seeds."""
     lines = ["# LLM2CLIP reproduction on the scene corpus", ""]
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
+    seeds = report["config"].get("seeds", 1)
     lines += [f"Config: `{json.dumps(report['config'], sort_keys=True)}`", "",
               "## Retrieval on the test split", "",
               "Long captions are the main numbers; chance R@1 is 1/test scenes, near-twin chance 0.5 (ties count "
-              "as misses).", "",
+              f"as misses). Mean ± sd over {seeds} training seed(s) (sample sd; none for one seed). llm_cc is "
+              "the stage-1 recipe and step count chosen on the val split (next section).", "",
               "| row | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | short t2i R@1 | short i2t R@1 "
               "| twin t2i (long) | twin i2t (long) | twin t2i (short) |",
               "|---|" + "---|" * 11]
+    getters = [*((lambda e, k=k: e[k]) for k in REPORT_KEYS), lambda e: e["short"]["t2i_r1"],
+               lambda e: e["short"]["i2t_r1"], *(lambda e, c=c, d=d: ((e.get("near_twin") or {}).get(c) or {}).get(d)
+                                                 for c, d in (("long", "t2i"), ("long", "i2t"), ("short", "t2i")))]
     for name, r in report["rows"].items():
-        e = r["eval"]
-        tw = e.get("near_twin") or {}
-        lines.append("| " + " | ".join([name, *(_fmt(e[k]) for k in REPORT_KEYS), _fmt(e["short"]["t2i_r1"]),
-                                         _fmt(e["short"]["i2t_r1"]), _fmt(tw.get("long", {}).get("t2i")),
-                                         _fmt(tw.get("long", {}).get("i2t")), _fmt(tw.get("short", {}).get("t2i"))])
-                     + " |")
+        evals = _seed_evals(r)
+        label = f"{name} (= {r['chosen']})" if r.get("chosen") else name
+        lines.append("| " + " | ".join([label, *(fmt_mean_sd([g(e) for e in evals]) for g in getters)]) + " |")
+    return lines
+
+
+def _selection(selection: dict[str, Any] | None) -> list[str]:
+    """Each choice of this run, its candidates with their val scores and the split it was made on; then the
+    settings the run takes as given."""
+    if not selection:
+        return []
+    lines = ["", "## Choices and the split each was made on", "", f"Protocol: {selection.get('protocol')}."]
+    if not selection.get("choices"):
+        lines += ["", "No choice was made by this run (llm_cc, the row chosen among candidates, is not among its "
+                      "rows)."]
+    for c in selection.get("choices", []):
+        lines += ["", f"**{c['choice']}**: chosen `{c['chosen']}` on the **{c['split']}** split "
+                      f"(`{c['dataset']}`). Rule: {c['rule']}.", "",
+                  "| candidate | val t2i R@1 (long) | val twin t2i (long) | seeds |", "|---|---|---|---|"]
+        for name, s in c["candidates"].items():
+            mark = " (chosen)" if name == c["chosen"] else ""
+            lines.append(f"| {name}{mark} | {fmt_mean_sd(s['t2i_r1']['per_seed'])} | "
+                         f"{fmt_mean_sd(s['twin_t2i']['per_seed'])} | {s['seeds']} |")
+    fixed = selection.get("fixed") or {}
+    if fixed:
+        lines += ["", "Not chosen by this run (no split involved):", "",
+                  "| setting | how it was set |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in fixed.items()]
     return lines
 
 
@@ -200,17 +235,30 @@ def _caption_retrieval(accuracy: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _stage1(s1: dict[str, Any] | None) -> list[str]:
-    if not s1:
+def _stage1(rows: dict[str, Any]) -> list[str]:
+    """Each stage-1 row (each distinct run once): val caption retrieval, loss and time, mean ± sd over seeds."""
+    runs = {}
+    for name, r in rows.items():
+        if r.get("stage1") and r.get("folder") not in {x.get("folder") for x in runs.values()}:
+            runs[name] = r
+    if not runs:
         return []
-    val = s1.get("val") or {}
-    before = (val.get("before") or {}).get("caption_retrieval")
-    after = (val.get("after") or {}).get("caption_retrieval")
-    cc = s1.get("contrastive") or {}
-    return ["", "## Stage 1", "",
-            f"Caption retrieval on the val split: {_fmt(before)} before, {_fmt(after)} after. "
-            f"Contrastive loss {cc.get('first_loss')} -> {cc.get('last_loss')} over {cc.get('steps')} steps, "
-            f"{cc.get('samples_s')} captions/s; {s1.get('seconds')} s."]
+    lines = ["", "## Stage 1", "",
+             "Caption retrieval of the text encoder on the val split before and after stage 1; the contrastive "
+             "loss at the first and last step.", "",
+             "| row | steps | val caption retrieval before | after | first loss | last loss | captions/s | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        s1 = r["stage1"]
+        val = [s.get("val") or {} for s in s1]
+        cc = [s.get("contrastive") or {} for s in s1]
+        cells = [fmt_mean_sd([(v.get("before") or {}).get("caption_retrieval") for v in val]),
+                 fmt_mean_sd([(v.get("after") or {}).get("caption_retrieval") for v in val]),
+                 fmt_mean_sd([c.get("first_loss") for c in cc]), fmt_mean_sd([c.get("last_loss") for c in cc]),
+                 fmt_mean_sd([c.get("samples_s") for c in cc]), fmt_mean_sd([s.get("seconds") for s in s1])]
+        label = f"{name} (= {r['chosen']})" if r.get("chosen") else name
+        lines.append(f"| {label} | {cc[0].get('steps')} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _throughput(t: dict[str, float] | None) -> list[str]:
@@ -222,11 +270,13 @@ def _throughput(t: dict[str, float] | None) -> list[str]:
 
 
 def _time(report: dict[str, Any]) -> list[str]:
-    lines = ["", "## Time", "", "| part | seconds |", "|---|---|"]
-    if report.get("stage1"):
-        lines.append(f"| stage 1 | {report['stage1'].get('seconds')} |")
+    lines = ["", "## Time", "", "Seconds summed over seeds; a row that shares its runs with another (llm_cc and "
+             "the control it equals) counts them again.", "", "| part | seconds |", "|---|---|"]
     for name, r in report["rows"].items():
-        lines.append(f"| {name} (embeddings, stage 2, export, eval) | {r.get('seconds')} |")
+        s1 = sum(s.get("seconds") or 0 for s in r.get("stage1") or [])
+        if s1:
+            lines.append(f"| {name}: stage 1 | {round(s1, 1)} |")
+        lines.append(f"| {name}: embeddings, stage 2, export, eval | {r.get('seconds')} |")
     return lines + [f"| this invocation (a rerun reuses every cached step) | {report['seconds']} |", ""]
 
 
@@ -249,6 +299,8 @@ def plot(report: dict[str, Any], png: Path) -> None:
     axes[2].axhline(0.5, color="grey", lw=1, ls="--")
     axes[2].set_title("near-twin t2i accuracy (long)")
     axes[2].set_ylim(0, 1)
+    for ax in axes:  # nine rows with long names: slanted, so that they do not overlap
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

@@ -1,19 +1,22 @@
-"""`llm2clip repro`: the paper's ablation rows on the scene corpus, same vision tower, data, steps, seed.
+"""`llm2clip repro`: the paper's ablation rows on the scene corpus, same vision tower, data, steps, seeds.
 
-Rows (each writes DIR/<row>/ckpt and DIR/<row>/bundle, and is evaluated on the test split):
-  clip77    a CLIP text transformer with a 77-token context, trained from scratch jointly (vanilla CLIP)
-  minilm    all-MiniLM-L6-v2 mean pooled + adapter (the paper's BERT-type row)
-  llm_nocc  SmolLM2-135M, bidirectional + mean pooled, no caption-contrastive fine-tuning
-  llm_cc    SmolLM2-135M after stage 1 (LLM2CLIP)
-Also: caption retrieval accuracy of each text encoder on the test split (before/after stage 1), and
-stage-2 samples/s with precomputed caption embeddings against running the LLM online.
-Every step is cached in DIR, so an interrupted run continues, and `--rows` runs a subset.
+Rows (each writes DIR/<row>/seed-<k>/{ckpt,bundle}, see research/repro_rows.py, and is scored on the test split):
+  clip77     a CLIP text transformer with a 77-token context, trained from scratch jointly (vanilla CLIP)
+  minilm77   all-MiniLM-L6-v2 cut at 77 tokens + adapter: CLIP's pretrained but short text encoder's stand-in
+  minilm     all-MiniLM-L6-v2 mean pooled + adapter (the paper's BERT-type row)
+  llm_nocc   SmolLM2-135M, bidirectional + mean pooled, no caption-contrastive fine-tuning
+  llm_cc     SmolLM2-135M after stage 1 (LLM2CLIP): the stage-1 recipe and step count chosen on the val split
+  llm_cc:<v> each stage-1 recipe of ``STAGE1_VARIANTS`` at the preset's steps (the controls)
+The choice of llm_cc is made on the val split only (research/selection.py) and recorded in DIR/selection.json;
+the test split is generated after it and scores each final row once per seed. Also: caption retrieval accuracy
+of each text encoder on the test split, and stage-2 samples/s with precomputed caption embeddings against running
+the LLM online. Every step is cached in DIR, so an interrupted run (or one with more seeds) continues, and
+`--rows` runs a subset.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,27 +26,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm2clip.config import AdapterCfg, ClipTextCfg, TextCfg
+from llm2clip.config import TextCfg
 from llm2clip.data import Dataset, generate_scenes, read_dataset
-from llm2clip.defaults import minilm_dir, smollm2_dir
+from llm2clip.defaults import smollm2_dir
 from llm2clip.errors import LLM2CLIPError
 from research.fact_probe import probe_caption_embeddings
-from research.report import write_report
-from research.repro_config import ROWS, ReproCfg, stage2_cfg
+from research.report import portable, write_report
+from research.repro_config import ROWS, STAGE1_VARIANTS, ReproCfg
+from research.repro_rows import (
+    STAGE2_SUMMARY,
+    Candidate,
+    RowSpec,
+    Work,
+    candidate_spec,
+    row_spec,
+    say,
+    text_encoder,
+    train_bundle,
+)
+from research.seed_stats import average
+from research.selection import select, selection_record
 from training.caption_retrieval import caption_retrieval, embed_texts, paraphrase_twin_accuracy
-from training.clip import Stage2Run, default_model_cfg, load_images, normalize, train_clip
+from training.clip import default_model_cfg, load_images, normalize
 from training.clip_recipe import clip_loss
-from training.config import ExportCfg, TrainCfg
-from training.embed import CaptionEmbeddings, embed_captions
+from training.embed import CaptionEmbeddings
 from training.eval import evaluate
-from training.export import export_checkpoint
-from training.stage1.config import Stage1Cfg
-from training.stage1.train import train_text
 
-
-def _say(msg: str) -> None:
-    sys.stderr.write(f"[repro] {msg}\n")
-    sys.stderr.flush()
+_say = say
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}  # added to the data seed: each split its own scenes
 
 
 def _cached_json(path: Path, fn: Callable[[], Any]) -> Any:
@@ -55,14 +65,14 @@ def _cached_json(path: Path, fn: Callable[[], Any]) -> Any:
     return value
 
 
-def _data(out: Path, cfg: ReproCfg) -> dict[str, Path]:
-    paths = {s: out / "data" / s for s in ("train", "val", "test")}
-    sizes = {"train": cfg.train_scenes, "val": cfg.val_scenes, "test": cfg.test_scenes}
-    for split, path in paths.items():
-        if not (path / "items.jsonl").is_file():
-            _say(f"scenes: {split} ({sizes[split]})")
-            generate_scenes(path, sizes[split], split, cfg.seed + {"train": 0, "val": 1, "test": 2}[split])
-    return paths
+def _data(out: Path, cfg: ReproCfg, split: str) -> Path:
+    """The ``split`` corpus of this run (generated once): the test split only once every choice is made."""
+    path = out / "data" / split
+    size = {"train": cfg.train_scenes, "val": cfg.val_scenes, "test": cfg.test_scenes}[split]
+    if not (path / "items.jsonl").is_file():
+        _say(f"scenes: {split} ({size})")
+        generate_scenes(path, size, split, cfg.seed + SPLIT_SEEDS[split])
+    return path
 
 
 def stage2_throughput(dataset: Dataset, llm_dir: Path, emb_dir: Path, cfg: ReproCfg) -> dict[str, float]:
@@ -110,123 +120,145 @@ def bundle_text_twins(bundle: Path, test: Dataset) -> dict[str, Any] | None:
     return paraphrase_twin_accuracy(txt.encode, test)
 
 
-def _text_encoders(out: Path, cfg: ReproCfg, rows: tuple[str, ...], train: Dataset,
-                   val: Dataset) -> dict[str, Path]:
-    """The frozen text encoder of each row asked for that has one; runs stage 1 (cached) for llm_cc.
-    A subset run measures only its own encoders; stage 1's before/after on the val split is in the report
-    whenever llm_cc runs."""
-    encoders: dict[str, Path] = {"llm_nocc": smollm2_dir()} if "llm_nocc" in rows else {}
-    if "minilm" in rows:
-        encoders["minilm"] = minilm_dir()
-    if "llm_cc" in rows:
-        s1 = Stage1Cfg(steps=cfg.stage1_steps, mntp_steps=cfg.stage1_mntp_steps, batch_size=cfg.stage1_batch,
-                       paraphrases=cfg.stage1_paraphrases, positives=cfg.stage1_positives,
-                       hard_negatives=cfg.stage1_hard_negatives, seed=cfg.seed,
-                       warmup_steps=max(1, cfg.stage1_steps // 10),
-                       # SmolLM2 at 8 scenes (+ twins) holds its activations in ~6 GB: recomputing them
-                       # would cost ~30% more time for memory this machine has
-                       grad_checkpointing=False)
-        if not (out / "stage1" / "stage1.json").is_file():
-            _say(f"stage 1: caption-contrastive fine-tuning, {cfg.stage1_steps} steps")
-        train_text(train, out / "stage1", smollm2_dir(), s1, val=val)
-        encoders["llm_cc"] = out / "stage1"
-    return encoders
+FIXED = {
+    "the rows and their controls": "fixed in advance: the paper's ablation rows and issue 14's controls",
+    "stage 2 (epochs, batch size, learning rate, image size, embedding width)": "the preset's, set before this "
+    "protocol existed; not re-selected by this run",
+    "stage 1 (batch, paraphrases, learning rate, LoRA, temperature)": "the preset's and Stage1Cfg's defaults; "
+    "not selected by this run",
+    "MNTP steps of llm_cc:mntp": "the preset's stage1_mntp_steps; not selected by this run",
+}
 
 
-def _text_side(out: Path, encoders: dict[str, Path], test: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each raw text encoder alone on the test split: caption retrieval accuracy and the near-twin probe."""
-    _say("caption retrieval accuracy of the text encoders (test split)")
-    caption_acc = {name: _cached_json(out / "caption_retrieval" / f"{name}.json",
-                                      lambda d=d: caption_retrieval(d, test))
-                   for name, d in encoders.items()}
-    _say("near twins, text side only: paraphrase of a closer to a than to its twin (raw text encoders)")
-    text_twins = {name: _cached_json(out / "caption_retrieval" / f"{name}_twins.json",
-                                     lambda d=d: paraphrase_twin_accuracy(
-                                         lambda t, d=d: embed_texts(d, t, progress=False), test))
-                  for name, d in encoders.items()}
-    return caption_acc, text_twins
+def select_llm_cc(work: Work, val_dir: Path) -> tuple[Candidate, list[dict[str, Any]]]:
+    """llm_cc's stage-1 recipe (among ``STAGE1_VARIANTS`` at the preset's steps), then its step count (the preset's
+    and ``stage1_step_probes``), each chosen on the val corpus; returns the choice and the records."""
+    cfg = work.cfg
+
+    def build(c: Candidate) -> Callable[[int], Path]:
+        return lambda k: train_bundle(work, candidate_spec(c), k)
+
+    recipes = {f"llm_cc:{v}": Candidate(v, cfg.stage1_steps) for v in STAGE1_VARIANTS}
+    _say(f"choosing llm_cc's stage-1 recipe on the val split among {', '.join(recipes)}")
+    first = select("llm_cc: stage-1 recipe", {n: build(c) for n, c in recipes.items()}, cfg.seeds, val_dir)
+    variant = recipes[first["chosen"]].variant
+    counts = {f"{s} steps": Candidate(variant, s) for s in sorted({*cfg.stage1_step_probes, cfg.stage1_steps})}
+    _say(f"choosing llm_cc:{variant}'s stage-1 steps on the val split among {', '.join(counts)}")
+    second = select(f"llm_cc: stage-1 steps of llm_cc:{variant}", {n: build(c) for n, c in counts.items()},
+                    cfg.seeds, val_dir, steps={n: c.steps for n, c in counts.items()})
+    return counts[second["chosen"]], [first, second]
 
 
 @dataclass
-class _Run:
-    """What every row of one invocation shares."""
+class _Test:
+    """The test split, scored once per final row and seed."""
 
-    out: Path
-    cfg: ReproCfg
-    train: Dataset
-    test: Dataset
-    test_dir: Path
-    encoders: dict[str, Path]
-    tcfg: TrainCfg
+    dataset: Dataset
+    path: Path
 
 
-def _train_row(run: _Run, row: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Stage 2 of one row: its training summary and the fact probe of its frozen caption embeddings
-    (None for clip77: its text side is trained jointly, nothing frozen to probe)."""
-    cfg, rdir = run.cfg, run.out / row
-    if row == "clip77":
-        # the adapter's input width is unused: the text tower replaces the LLM and the adapter
-        mcfg = default_model_cfg(cfg.embed_dim, AdapterCfg.in_dim, cfg.image_size, "clip77", 77)
-        mcfg.text_tower = ClipTextCfg(context=77, width=cfg.clip77_width, layers=cfg.clip77_layers,
-                                      heads=max(1, cfg.clip77_width // 64))
-        _say(f"{row}: stage 2 (text tower trained jointly)")
-        return train_clip(Stage2Run(run.train, None, rdir / "ckpt", model_cfg=mcfg, tokenizer_dir=smollm2_dir()),
-                          run.tcfg), None
-    emb = run.out / "embeddings" / row
-    _say(f"{row}: caption embeddings")
-    embed_captions(run.train, run.encoders[row], emb)
-    caps = CaptionEmbeddings(emb)  # read once: the probe and the model's text width
-    facts = _cached_json(rdir / "fact_probe.json", lambda: probe_caption_embeddings(caps, run.train))
-    mcfg = default_model_cfg(cfg.embed_dim, caps.dim, cfg.image_size, row, TextCfg.max_tokens)
-    _say(f"{row}: stage 2")
-    return train_clip(Stage2Run(run.train, emb, rdir / "ckpt", model_cfg=mcfg), run.tcfg), facts
-
-
-def _run_row(run: _Run, row: str) -> dict[str, Any]:
-    """One row end to end: stage 2, export, evaluation on the test split, the text-only twin probe."""
-    rdir = run.out / row
-    t0 = time.perf_counter()
-    summary, facts = _train_row(run, row)
-    if not (rdir / "bundle" / "manifest.json").is_file():
-        # fp32 only: the rows compare models, so every row is scored in the reference precision
-        export_checkpoint(rdir / "ckpt", rdir / "bundle", cfg=ExportCfg(precisions=("fp32",)))
-    metrics = _cached_json(rdir / "eval.json", lambda: evaluate(rdir / "bundle", run.test_dir, precision="fp32"))
-    twins = _cached_json(rdir / "text_twins.json", lambda: bundle_text_twins(rdir / "bundle", run.test))
+def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> dict[str, Any]:
+    """One row at seed ``k``: stage 2 and export (cached), the test scores, the text-only twin probe."""
+    bundle = train_bundle(work, spec, k)
+    rdir, t0 = bundle.parent, time.perf_counter()
+    metrics = _cached_json(rdir / "eval.json", lambda: evaluate(bundle, test.path, precision="fp32"))
+    twins = _cached_json(rdir / "text_twins.json", lambda: bundle_text_twins(bundle, test.dataset))
+    facts = None
+    if spec.encoder is not None:  # clip77's text side is trained jointly: nothing frozen to probe
+        emb = work.embeddings_dir(spec, k)
+        facts = _cached_json(rdir / "fact_probe.json",
+                             lambda: probe_caption_embeddings(CaptionEmbeddings(emb), work.train))
     # the first, uninterrupted pass's time is kept: a resumed run re-times only what it redid
-    seconds = _cached_json(rdir / "seconds.json", lambda: round(time.perf_counter() - t0, 1))
-    twin_t2i = (metrics.get("near_twin") or {}).get("long", {}).get("t2i")
-    _say(f"{row}: t2i R@1 {metrics['t2i_r1']:.3f}, near-twin t2i {twin_t2i}")
-    return {"eval": metrics, "seconds": seconds, "text_twins": twins, "fact_probe": facts,
-            "final_loss": (summary["history"] or [{}])[-1].get("loss")}
+    scoring = _cached_json(rdir / "seconds.json", lambda: round(time.perf_counter() - t0, 1))
+    stage2 = json.loads((rdir / STAGE2_SUMMARY).read_text())
+    return {"seed": work.seed(k), "eval": metrics, "seconds": round(stage2["seconds"] + scoring, 1),
+            "text_twins": twins, "fact_probe": facts, "final_loss": stage2.get("final_loss")}
 
 
-def _stage1_summary(out: Path) -> dict[str, Any] | None:
-    if not (out / "stage1" / "stage1.json").is_file():
+def _run_row(work: Work, name: str, spec: RowSpec, test: _Test) -> dict[str, Any]:
+    """Every seed of one row; ``eval`` and the other records are means over seeds, ``seeds`` keeps each."""
+    seeds = [_run_seed(work, spec, k, test) for k in range(work.cfg.seeds)]
+    twin = (seeds[0]["eval"].get("near_twin") or {}).get("long", {}).get("t2i")
+    _say(f"{name}: t2i R@1 {seeds[0]['eval']['t2i_r1']:.3f}, near-twin t2i {twin} (seed {seeds[0]['seed']})")
+    row = {key: average([s[key] for s in seeds]) if seeds[0][key] is not None else None
+           for key in ("eval", "text_twins", "fact_probe", "final_loss")}
+    row.update(folder=spec.key, seconds=round(sum(s["seconds"] for s in seeds), 1), seeds=seeds,
+               stage1=_stage1_summaries(work, spec))
+    return row
+
+
+def _raw_text_side(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One raw text encoder (seed ``k`` of a stage-1 row) on the test split, cut where its row cuts captions:
+    caption retrieval accuracy and the paraphrase near-twin probe (cached)."""
+    folder, tag = text_encoder(work, spec, k), spec.key + (f"-seed-{k}" if spec.stage1 else "")
+    assert folder is not None
+    cache, cut = work.out / "caption_retrieval", spec.max_tokens
+    acc = _cached_json(cache / f"{tag}.json", lambda: caption_retrieval(folder, test.dataset, max_tokens=cut))
+    twins = _cached_json(cache / f"{tag}_twins.json", lambda: paraphrase_twin_accuracy(
+        lambda t: embed_texts(folder, t, max_tokens=cut, progress=False), test.dataset))
+    return acc, twins
+
+
+def _text_side(work: Work, specs: dict[str, RowSpec], test: _Test) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each raw text encoder alone on the test split, averaged over seeds (a frozen encoder has one): the
+    pretrained ones and llm_cc's. The other stage-1 controls are left out (each costs two LLM passes over the
+    test captions per seed); their text side through their bundle is in every row's ``text_twins``."""
+    _say("the text encoders alone on the test split: caption retrieval, near twins by paraphrase")
+    done: dict[str, tuple[Any, Any]] = {}
+    for name, spec in specs.items():
+        if spec.encoder is None or spec.stage1 is not None and name != "llm_cc":
+            continue
+        if spec.key not in done:
+            seeds = [_raw_text_side(work, spec, k, test)
+                     for k in range(work.cfg.seeds if spec.stage1 is not None else 1)]
+            done[spec.key] = (average([a for a, _ in seeds]), average([t for _, t in seeds]))
+    names = {name: spec.key for name, spec in specs.items()
+             if spec.key in done and (spec.stage1 is None or name == "llm_cc")}
+    return {n: done[key][0] for n, key in names.items()}, {n: done[key][1] for n, key in names.items()}
+
+
+def _stage1_summaries(work: Work, spec: RowSpec) -> list[dict[str, Any]] | None:
+    """Each seed's stage-1 summary of a stage-1 row (time, losses, val caption retrieval before and after)."""
+    if spec.stage1 is None:
         return None
-    s1_summary = json.loads((out / "stage1" / "stage1.json").read_text())
-    return {k: s1_summary.get(k) for k in ("seconds", "contrastive", "mntp", "val")}
+    out = []
+    for k in range(work.cfg.seeds):
+        summary = json.loads((work.stage1_dir(spec.stage1, k) / "stage1.json").read_text())
+        out.append({key: summary.get(key) for key in ("seconds", "contrastive", "mntp", "val")})
+    return out
 
 
 def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
               command: str | None = None) -> dict[str, Any]:
-    """Run (or continue) the rows in ``out`` and write the report; returns report.json's content."""
+    """Run (or continue) the rows in ``out`` and write the report; returns report.json's content.
+
+    With llm_cc among the rows, its recipe and steps are chosen on the val split first (DIR/selection.json);
+    the test split is generated and read only after that."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise LLM2CLIPError(f"unknown rows {sorted(unknown)}: choose among {', '.join(ROWS)}")
+    if cfg.seeds < 1:
+        raise LLM2CLIPError(f"--seeds must be at least 1, got {cfg.seeds}")
     t_start = time.perf_counter()
-    paths = _data(out, cfg)
-    train, val, test = (read_dataset(paths[s]) for s in ("train", "val", "test"))
-    encoders = _text_encoders(out, cfg, rows, train, val)
-    caption_acc, text_twins = _text_side(out, encoders, test)
-    run = _Run(out, cfg, train, test, paths["test"], encoders, stage2_cfg(cfg, len(train)))
-    results = {row: _run_row(run, row) for row in rows}
+    train, val_dir = read_dataset(_data(out, cfg, "train")), _data(out, cfg, "val")
+    work = Work(out, cfg, train, read_dataset(val_dir))
+    chosen, choices = (select_llm_cc(work, val_dir) if "llm_cc" in rows else (None, []))
+    selection = portable(selection_record(choices, FIXED), out)
+    (out / "selection.json").write_text(json.dumps(selection, indent=2, sort_keys=True))
+    test_dir = _data(out, cfg, "test")
+    test = _Test(read_dataset(test_dir), test_dir)
+    specs = {row: row_spec(row, cfg, chosen) for row in rows}
+    results = {row: _run_row(work, row, spec, test) for row, spec in specs.items()}
+    if chosen is not None:
+        results["llm_cc"]["chosen"] = chosen.label
+    caption_acc, text_twins = _text_side(work, specs, test)
     throughput = None
     if "llm_nocc" in rows:
         throughput = _cached_json(out / "throughput.json", lambda: stage2_throughput(
-            train, smollm2_dir(), out / "embeddings" / "llm_nocc", cfg))
+            train, smollm2_dir(), work.embeddings_dir(specs["llm_nocc"], 0), cfg))
     report = {"command": command, "config": asdict(cfg), "rows": results, "caption_retrieval": caption_acc,
-              "text_twins": text_twins, "stage1": _stage1_summary(out),
-              "stage2_throughput": throughput, "seconds": round(time.perf_counter() - t_start, 1)}
+              "text_twins": text_twins, "selection": selection, "stage2_throughput": throughput,
+              "seconds": round(time.perf_counter() - t_start, 1)}
     return write_report(report, out)

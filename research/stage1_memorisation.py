@@ -1,6 +1,6 @@
 """Does the stage-1 encoder of a repro run know the training scenes it saw better than the ones it did not?
 
-Usage: python -m research.stage1_memorisation --repro DIR [--n 300]
+Usage: python -m research.stage1_memorisation --stage1 DIR/stage1/<recipe>-<steps>/seed-<k> [--n 300]
 
 Stage 1 draws scenes in the order of its view sampler (epoch 0: a seeded permutation), so the scenes it
 saw are the first ``steps x batch`` of that permutation. Caption retrieval accuracy (long <-> short) is
@@ -25,11 +25,13 @@ from training.stage1.views import ViewSampler
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder with stage1/")
+    ap.add_argument("--stage1", required=True, type=Path,
+                    help="a stage-1 run folder: in a `llm2clip repro --out DIR` run, DIR/stage1/<recipe>-<steps>/seed-<k>")
     ap.add_argument("--n", type=int, default=300, help="scenes per group (default 300)")
     args = ap.parse_args(argv)
-    stage1 = args.repro / "stage1"
-    recipe = json.loads((stage1 / "stage1.json").read_text())["recipe"]
+    stage1 = args.stage1
+    summary = json.loads((stage1 / "stage1.json").read_text())
+    recipe = summary["recipe"]
     if recipe.get("hard_negatives") or recipe.get("mntp_steps"):
         raise SystemExit("only plain contrastive stage-1 runs are supported (no MNTP, no hard negatives)")
     pools = json.loads((stage1 / "checkpoint" / "captions.json").read_text())
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     sampler = ViewSampler(pools, recipe["batch_size"], seed, 0)
     drawn = {t for m in range(steps * recipe["grad_accum"]) for t in sampler(m)[0]}
     assert drawn <= {t for i in seen_idx for t in pools[i]}, "the sampler's order is not the one reconstructed"
-    ds = read_dataset(args.repro / "data" / "train")
+    ds = read_dataset(summary["train"]["dataset"])  # the training scenes the run recorded
     rng = np.random.default_rng(0)
     out = {"seen_scenes": len(seen_idx), "train_scenes": len(ds)}
     for name, keep in (("seen", True), ("unseen", False)):

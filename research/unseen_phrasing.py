@@ -28,7 +28,7 @@ import numpy as np
 from llm2clip.data import Dataset, read_dataset
 from llm2clip.data.captions.unseen import twin_groups
 from llm2clip.errors import DatasetError
-from research.twin_significance import mcnemar_p
+from research.stats import paired_cluster_test
 from training.eval import embed_images, embed_texts, ranks, twin_hits, twin_pairs
 
 
@@ -63,10 +63,15 @@ def cluster_drop(own: np.ndarray, unseen: np.ndarray, clusters: list[np.ndarray]
     drops = (1 - su / np.maximum(so, 1))[so > 0]  # a resample without an own hit has no drop
     ci = [round(float(x), 4) for x in np.percentile(drops, [2.5, 97.5])] if len(drops) else [None, None]
     only_own, only_unseen = int((own & ~unseen).sum()), int((unseen & ~own).sum())
+    # the paired test clusters as the interval does: queries of one twin group are not independent
+    ids = np.arange(len(own)) + len(clusters)  # a query in no group is a group of its own
+    for g, members in enumerate(clusters):
+        ids[members] = g
+    test = paired_cluster_test(own.astype(float), unseen.astype(float), ids, seed=seed)
     return {"own": float(own.mean()), "unseen": float(unseen.mean()),
             "drop": float(1 - unseen.sum() / own.sum()) if own.sum() else None,
             "drop_ci95": ci,
-            "only_own": only_own, "only_unseen": only_unseen, "p_sign": mcnemar_p(only_own, only_unseen)}
+            "only_own": only_own, "only_unseen": only_unseen, "p_clustered": test.p}
 
 
 def compare_styles(own_hits: dict[str, np.ndarray], unseen_hits: dict[str, np.ndarray], dataset: Dataset,

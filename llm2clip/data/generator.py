@@ -7,13 +7,16 @@ pair 0, which widens its captions' referring expressions).
 
 ``meta`` holds ``split``, ``background``, ``objects`` (class, colour, size, orientation, row, col,
 fmnist_index; drawn in this order), ``relations`` (``{"subject", "object", "relation"}``, object
-indices, as stated in the caption), ``long_tokens`` and, for ``test``, ``twin_of``, ``twin_diff``
+indices, as stated in the caption), ``long_tokens`` and, for ``val`` and ``test``, ``twin_of``, ``twin_diff``
 (``{"object", "attribute"}``), ``twin_mention_token`` and ``twin_late``; with
 ``caption_style="unseen"`` also ``caption_style: "unseen"`` (own-style items carry no such key, so
 their bytes stay as they were).
 
 Choices where DATASET.md is silent (see also ``scene_graph``, ``fashion_mnist`` and ``captions``):
-- ``test`` needs ``n >= 2`` (every scene needs a twin). Scenes come in pairs (base, twin) that
+- ``val`` is built exactly as ``test`` (from its own random streams and its own photos, the held-out
+  end of the Fashion-MNIST train split), so that every choice of a recipe can be made on near twins
+  without looking at ``test``; ``train`` has no twins.
+- ``val`` and ``test`` need ``n >= 2`` (every scene needs a twin). Scenes come in pairs (base, twin) that
   differ in one attribute of one object; for an odd ``n`` the last scene mutates the same
   attribute of the same object of scene 0 to a third value, so the three are mutual twins.
   Even-numbered pairs (and that third scene) have 3 to 6 objects and captions that mention the
@@ -65,13 +68,14 @@ from llm2clip.errors import DatasetError
 
 SPLITS = tuple(SPLIT_CODES)
 CAPTION_STYLES = ("own", UNSEEN_STYLE)  # own: what training reads; unseen: an evaluation-only grammar
+TWIN_SPLITS = ("val", "test")  # splits whose scenes come in near-twin pairs
 LATE_MIN_OBJECTS = 3  # a late pair needs other objects to fill the first 77 tokens
 _IMAGE_NAME = re.compile(r"^\d{6,}\.png$")
 
 
 @dataclass
 class PlannedScene:
-    """A scene's graph and, in the test split, its twins (scene indices) and what tells them apart."""
+    """A scene's graph and, in the val and test splits, its twins (scene indices) and what tells them apart."""
 
     graph: SceneGraph
     twins: list[int] = field(default_factory=list)
@@ -79,8 +83,8 @@ class PlannedScene:
     late: bool = False  # the caption mentions the mutated object after LATE_TOKEN tokens
 
 
-def _twin_pair(seed: int, p: int, pools: ClassPools) -> tuple[PlannedScene, PlannedScene]:
-    rng = split_rng(seed, "test", SCENE, p)
+def _twin_pair(seed: int, split: str, p: int, pools: ClassPools) -> tuple[PlannedScene, PlannedScene]:
+    rng = split_rng(seed, split, SCENE, p)
     late = p % 2 == 0
     base = draw_scene(rng, pools, LATE_MIN_OBJECTS if late else 1, MAX_OBJECTS)
     k = int(rng.integers(len(base.objects)))
@@ -90,14 +94,15 @@ def _twin_pair(seed: int, p: int, pools: ClassPools) -> tuple[PlannedScene, Plan
     return PlannedScene(base, [2 * p + 1], diff, late), PlannedScene(twin, [2 * p], diff, late)
 
 
-def _test_scenes(n: int, seed: int, pools: ClassPools) -> list[PlannedScene]:
-    scenes = [scene for p in range(n // 2) for scene in _twin_pair(seed, p, pools)]
+def _test_scenes(n: int, split: str, seed: int, pools: ClassPools) -> list[PlannedScene]:
+    """The scenes of a split of twin pairs (``val``, ``test``), each split from its own random streams."""
+    scenes = [scene for p in range(n // 2) for scene in _twin_pair(seed, split, p, pools)]
     if n % 2:
         first, second = scenes[0], scenes[1]
         assert first.diff is not None
         k, attribute = first.diff.object, first.diff.attribute
         taken = [s.graph.objects[k].attribute(attribute) for s in (first, second)]
-        third = mutate(split_rng(seed, "test", SCENE, EXTRA_UNIT), first.graph, first.diff, pools, taken)
+        third = mutate(split_rng(seed, split, SCENE, EXTRA_UNIT), first.graph, first.diff, pools, taken)
         scenes.append(PlannedScene(third, [0, 1], first.diff, True))
         first.twins.append(n - 1)
         second.twins.append(n - 1)
@@ -105,13 +110,13 @@ def _test_scenes(n: int, seed: int, pools: ClassPools) -> list[PlannedScene]:
 
 
 def _plan(n: int, split: str, seed: int, pools: ClassPools) -> list[PlannedScene]:
-    if split == "test":
-        return _test_scenes(n, seed, pools)
+    if split in TWIN_SPLITS:
+        return _test_scenes(n, split, seed, pools)
     return [PlannedScene(draw_scene(split_rng(seed, split, SCENE, i), pools, 1, MAX_OBJECTS)) for i in range(n)]
 
 
 def _distractors(scene: PlannedScene, scenes: list[PlannedScene]) -> list[list[SceneObject]]:
-    """Per object, what its referring expression must not fit: the other objects, and for a test scene
+    """Per object, what its referring expression must not fit: the other objects, and for a val or test scene
     the twins' versions of the mutated object, so the words that pick out an unchanged object are
     the same in every twin's caption."""
     graph = scene.graph
@@ -192,8 +197,8 @@ def _check_arguments(n: int, split: str, seed: int) -> None:
         raise DatasetError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DatasetError(f"the number of scenes must be a positive integer, got {n!r}")
-    if split == "test" and n < 2:
-        raise DatasetError("the test split needs 2 scenes or more: every test scene has a near twin")
+    if split in TWIN_SPLITS and n < 2:
+        raise DatasetError(f"the {split} split needs 2 scenes or more: every {split} scene has a near twin")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DatasetError(f"the seed must be a non-negative integer, got {seed!r}")
 

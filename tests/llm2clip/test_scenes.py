@@ -17,7 +17,16 @@ from PIL import Image
 
 from llm2clip.data import Background, SceneGraph, SceneObject, generate_scenes, read_dataset, short_caption
 from llm2clip.data.render import CANVAS
-from llm2clip.data.scene_graph import CLASSES, COLS, ORIENTATIONS, PALETTE, ROWS, SIZES, TEXTURES
+from llm2clip.data.scene_graph import (
+    CLASSES,
+    COLS,
+    ORIENTATIONS,
+    PALETTE,
+    ROWS,
+    SIZES,
+    TEXTURES,
+    TWIN_ATTRIBUTES,
+)
 from llm2clip.defaults import default_tokenizer, fashion_mnist_dir
 from llm2clip.errors import DatasetError
 
@@ -92,6 +101,17 @@ def test_split(tmp_path_factory):
     # odd: the last scene joins pair 0 as a third twin; seed 12 has twins whose look-alikes need
     # longer referring expressions (the small red sneaker), which the late-mention test checks
     return generate_scenes(tmp_path_factory.mktemp("test"), 41, "test", 12, progress=False)
+
+
+@pytest.fixture(scope="module")
+def val_split(tmp_path_factory):
+    # val is built as test is, from its own streams and photos: odd too, so it has a three-member pair 0
+    return generate_scenes(tmp_path_factory.mktemp("val"), 41, "val", 12, progress=False)
+
+
+@pytest.fixture(scope="module", params=["val", "test"])
+def twin_split(request, val_split, test_split):
+    return val_split if request.param == "val" else test_split
 
 
 @pytest.fixture(scope="module", params=["train", "test"])
@@ -351,7 +371,8 @@ def test_objects_sit_in_their_cells_in_their_colour(split, fmnist):
 # ---------------------------------------------------------------- near twins
 
 
-def test_every_test_scene_has_a_near_twin(test_split):
+def test_every_test_scene_has_a_near_twin(twin_split):
+    test_split = twin_split  # val scenes have near twins exactly as test scenes do
     by_id = {it.id: it for it in test_split}
     attrs = ("colour", "class", "size", "orientation", "cell")
     n = len(test_split)
@@ -377,6 +398,17 @@ def test_every_test_scene_has_a_near_twin(test_split):
             assert diffs == [item.meta["twin_diff"]], (item.id, twin_id, diffs)
             assert not np.array_equal(load(test_split, item), load(test_split, twin))
     assert len({it.meta["twin_diff"]["attribute"] for it in test_split}) == len(attrs)
+    # the differing attribute takes turns from pair to pair, starting at seed % 5 (seed 12 here)
+    cycle = [test_split.items[2 * p].meta["twin_diff"]["attribute"] for p in range(n // 2)]
+    assert cycle == [TWIN_ATTRIBUTES[(p + 12) % len(TWIN_ATTRIBUTES)] for p in range(n // 2)]
+
+
+def test_val_twins_are_not_test_twins(val_split, test_split):
+    """Same seed, other split: val draws its own scenes from its own photos (the held-out train photos)."""
+    assert all(it.meta["split"] == "val" and it.id.startswith("scene-val-") for it in val_split)
+    assert [it.meta["objects"] for it in val_split] != [it.meta["objects"] for it in test_split]
+    val_photos = {o["fmnist_index"] for it in val_split for o in it.meta["objects"]}
+    assert min(val_photos) >= 55_000  # the end of the Fashion-MNIST train part, which train never uses
 
 
 REFERENCE = re.compile(
@@ -396,7 +428,8 @@ def fits(match: re.Match, obj: dict) -> bool:
     )
 
 
-def test_half_the_twins_differ_after_77_tokens(test_split, tokenizer):
+def test_half_the_twins_differ_after_77_tokens(twin_split, tokenizer):
+    test_split = twin_split
     by_id = {it.id: it for it in test_split}
     late = 0
     for item in test_split:
@@ -435,6 +468,7 @@ def test_half_the_twins_differ_after_77_tokens(test_split, tokenizer):
         (0, "train", 0, "positive"),
         (5, "dev", 0, "unknown split"),
         (1, "test", 0, "twin"),
+        (1, "val", 0, "twin"),
         (3, "val", -1, "seed"),
     ],
 )

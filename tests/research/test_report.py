@@ -24,11 +24,13 @@ def report() -> dict:
             "rows": {"clip77": {"eval": _eval(0.25, None), "seconds": 3.5, "text_twins": None, "fact_probe": None},
                      "llm_cc": {"eval": _eval(0.5, twin), "seconds": 7.0, "fact_probe": probe,
                                 "text_twins": {"accuracy": 0.625, "early": {"accuracy": 0.5},
-                                               "by_attribute": {"size": {"accuracy": 1.0}}}}},
+                                               "by_attribute": {"size": {"accuracy": 1.0}}},
+                                "folder": "llm_cc-hardneg-2",
+                                "stage1": [{"seconds": 12.5, "val": {"before": {"caption_retrieval": 0.25}, "after": {}},
+                                            "contrastive": {"first_loss": 2.0, "last_loss": 1.5, "steps": 2,
+                                                            "samples_s": 0.1}}]}},
             "caption_retrieval": {"llm_cc": {"long_to_short": 0.5, "short_to_long": 0.25, "caption_retrieval": 0.375}},
             "text_twins": {"llm_cc": {"accuracy": 0.5}},
-            "stage1": {"seconds": 12.5, "val": {"before": {"caption_retrieval": 0.25}, "after": {}},
-                       "contrastive": {"first_loss": 2.0, "last_loss": 1.5, "steps": 2, "samples_s": 0.1}},
             "stage2_throughput": {"precomputed": 40.0, "online": 10.0, "speedup": 4.0}, "seconds": 30.0}
 
 
@@ -60,16 +62,47 @@ def test_llm_cc_minus_each_row(report):
 
 def test_stage1_throughput_and_time(report):
     md = render_markdown(report)
-    assert ("Caption retrieval on the val split: 0.250 before, - after. Contrastive loss 2.0 -> 1.5 over 2 steps, "
-            "0.1 captions/s; 12.5 s.") in md
+    assert "| llm_cc | 2 | 0.250 | - | 2.000 | 1.500 | 0.100 | 12.500 |" in md
     assert "Precomputed caption embeddings: 40.0 samples/s; LLM run online: 10.0 samples/s (4.0x)." in md
-    assert md.endswith("| stage 1 | 12.5 |\n| clip77 (embeddings, stage 2, export, eval) | 3.5 |\n"
-                       "| llm_cc (embeddings, stage 2, export, eval) | 7.0 |\n"
+    assert md.endswith("| clip77: embeddings, stage 2, export, eval | 3.5 |\n| llm_cc: stage 1 | 12.5 |\n"
+                       "| llm_cc: embeddings, stage 2, export, eval | 7.0 |\n"
                        "| this invocation (a rerun reuses every cached step) | 30.0 |\n")
-    report.update(stage1=None, stage2_throughput=None, command=None)
+    report["rows"]["llm_cc"]["stage1"] = None
+    report.update(stage2_throughput=None, command=None)
     md = render_markdown(report)
-    assert "## Stage 1" not in md and "| stage 1 |" not in md and "## Stage-2 throughput" not in md
+    assert "## Stage 1" not in md and ": stage 1 |" not in md and "## Stage-2 throughput" not in md
     assert "Command:" not in md
+
+
+def test_rows_show_mean_and_sd_over_seeds(report):
+    llm = report["rows"]["llm_cc"]
+    llm["seeds"] = [{"eval": _eval(0.25, None)}, {"eval": _eval(0.75, None)}]
+    llm["chosen"] = "llm_cc:hardneg (2 steps)"
+    report["config"]["seeds"] = 2
+    lines = render_markdown(report).split("\n")
+    assert ("| llm_cc (= llm_cc:hardneg (2 steps)) | 0.500 ± 0.354 | 0.500 ± 0.000 | 0.750 ± 0.000 | 0.250 ± 0.177 "
+            "| 0.500 ± 0.000 | 1.000 ± 0.000 | 0.125 ± 0.000 | 0.000 ± 0.000 | - | - | - |") in lines
+    assert any("Mean ± sd over 2 training seed(s)" in line for line in lines)
+
+
+def test_the_selection_section_lists_each_choice_its_candidates_and_split(report):
+    cand = {"seeds": 2, "t2i_r1": {"per_seed": [0.25, 0.5]}, "twin_t2i": {"per_seed": [0.5, 0.5]}}
+    report["selection"] = {"protocol": "every choice on the val split", "fixed": {"stage 2": "the preset's"},
+                           "choices": [{"choice": "llm_cc: stage-1 recipe", "split": "val", "dataset": "DIR/data/val",
+                                        "rule": "highest val R@1", "chosen": "llm_cc:paper",
+                                        "candidates": {"llm_cc:hardneg": cand, "llm_cc:paper": cand}}]}
+    lines = render_markdown(report).split("\n")
+    assert "## Choices and the split each was made on" in lines
+    assert ("**llm_cc: stage-1 recipe**: chosen `llm_cc:paper` on the **val** split (`DIR/data/val`). "
+            "Rule: highest val R@1.") in lines
+    assert "| llm_cc:paper (chosen) | 0.375 ± 0.177 | 0.500 ± 0.000 | 2 |" in lines
+    assert "| llm_cc:hardneg | 0.375 ± 0.177 | 0.500 ± 0.000 | 2 |" in lines
+    assert "| stage 2 | the preset's |" in lines and "Protocol: every choice on the val split." in lines
+    assert not any(line.startswith("No choice was made") for line in lines)
+    report["selection"]["choices"] = []
+    assert any(line.startswith("No choice was made") for line in render_markdown(report).split("\n"))
+    del report["selection"]
+    assert "## Choices" not in render_markdown(report)
 
 
 def test_sections_without_data_are_left_out(report):

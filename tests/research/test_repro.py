@@ -1,9 +1,11 @@
-"""`llm2clip repro --quick`: the real pipeline of every row on tiny data; each row's bundle indexes and serves."""
+"""`llm2clip repro --quick`: the real pipeline of every row and seed on tiny data; choices on val, scores on test;
+each row's bundle indexes and serves."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,92 +13,137 @@ from fastapi.testclient import TestClient
 from llm2clip.data import read_dataset
 from llm2clip_cli.main import main as cli
 from research.fact_probe import probe_caption_embeddings
-from research.repro_config import QUICK, ROWS
+from research.repro_config import CC_ROWS, QUICK, ROWS, STAGE1_VARIANTS
 from training.embed import CaptionEmbeddings
 from training.eval import twin_pairs
 
-# every row trained, exported and evaluated with the real default models: minutes
+# every row trained twice (two seeds), exported and evaluated with the real default models: many minutes
 pytestmark = pytest.mark.slow
+SEEDS = 2
+
+
+def _snapshot(out: Path) -> dict[str, str]:
+    """What a rerun must not redo: each seed-0 run's recorded time and stage-1 summary."""
+    files = [*out.glob("*/seed-0/seconds.json"), *out.glob("stage1/*/seed-0/stage1.json")]
+    return {str(p.relative_to(out)): p.read_text() for p in files}
 
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
     out = tmp_path_factory.mktemp("repro")
+    # one seed first, then two: the second run trains only seed 1 and reuses every seed-0 folder
     assert cli(["repro", "--out", str(out), "--quick"]) == 0
+    assert not list(out.glob("*/seed-1")) and not list(out.glob("stage1/*/seed-1"))
+    first = _snapshot(out)
+    assert cli(["repro", "--out", str(out), "--quick", "--seeds", str(SEEDS)]) == 0
+    assert _snapshot(out) == first
     return out
 
 
-def test_every_row_is_scored_on_the_test_split(repro):
-    report = json.loads((repro / "report.json").read_text())
+@pytest.fixture(scope="module")
+def report(repro):
+    return json.loads((repro / "report.json").read_text())
+
+
+def test_every_row_and_seed_is_scored_on_the_test_split(repro, report):
     n, pairs = QUICK.test_scenes, len(twin_pairs(read_dataset(repro / "data" / "test")))
     assert set(report["rows"]) == set(ROWS) and pairs == QUICK.test_scenes  # each scene has its twin
     for row in ROWS:
-        ev = report["rows"][row]["eval"]
-        assert ev["n"] == n and ev["dataset"] == "DIR/data/test"
-        for direction in ("t2i", "i2t"):
-            recalls = [ev[f"{direction}_r{k}"] for k in (1, 5, 10)]
+        seeds = report["rows"][row]["seeds"]
+        assert [s["seed"] for s in seeds] == [QUICK.seed + k for k in range(SEEDS)]
+        for ev in (s["eval"] for s in seeds):
+            assert ev["n"] == n and ev["dataset"] == "DIR/data/test"
+            recalls = [ev[f"t2i_r{k}"] for k in (1, 5, 10)]
             assert recalls == sorted(recalls) and all((r * n).is_integer() for r in recalls)
-            assert (ev["short"][f"{direction}_r1"] * n).is_integer()
-        assert ev["near_twin"]["n_pairs"] == pairs and (ev["near_twin"]["long"]["t2i"] * pairs).is_integer()
+            assert ev["near_twin"]["n_pairs"] == pairs
+        mean = report["rows"][row]["eval"]["t2i_r1"]
+        assert mean == pytest.approx(sum(s["eval"]["t2i_r1"] for s in seeds) / SEEDS)
         twins = report["rows"][row]["text_twins"]  # through the row's exported text side
-        assert twins["n_pairs"] == pairs and twins["early"]["n_pairs"] + twins["late"]["n_pairs"] == pairs
-    assert set(report["caption_retrieval"]) == {"llm_nocc", "minilm", "llm_cc"}
-    assert {k: v["n_pairs"] for k, v in report["text_twins"].items()} == dict.fromkeys(report["caption_retrieval"], pairs)
+        assert twins["n_pairs"] == pairs
+    # the raw encoders: the pretrained ones and llm_cc's (the controls' text side is in their rows)
+    assert set(report["caption_retrieval"]) == {"minilm77", "minilm", "llm_nocc", "llm_cc"} == set(report["text_twins"])
     t = report["stage2_throughput"]
     assert t["speedup"] == pytest.approx(t["precomputed"] / t["online"], rel=0.05)
 
 
-def test_report_records_the_run_without_machine_paths(repro):
-    text = (repro / "report.json").read_text()
-    report = json.loads(text)
-    assert report["command"] == "llm2clip repro --out DIR --quick" and report["config"] == asdict(QUICK)
-    assert str(repro) not in text  # no machine paths: it gets committed
-    assert report["stage1"]["contrastive"]["steps"] == QUICK.stage1_steps
+def test_choices_are_made_on_val_and_only_final_rows_are_scored_on_test(repro, report):
+    selection = json.loads((repro / "selection.json").read_text())
+    assert report["selection"] == selection
+    recipe, steps = selection["choices"]
+    assert list(recipe["candidates"]) == list(CC_ROWS) and recipe["chosen"] in CC_ROWS
+    assert list(steps["candidates"]) == ["1 steps", "2 steps"]  # the probe and the preset's count
+    for choice in (recipe, steps):
+        assert choice["split"] == "val" and choice["dataset"] == "DIR/data/val"
+        assert all(c["seeds"] == SEEDS for c in choice["candidates"].values())
+    variant = recipe["chosen"].removeprefix("llm_cc:")
+    chosen_key = f"llm_cc-{variant}-{steps['chosen'].split()[0]}"
+    assert report["rows"]["llm_cc"]["folder"] == chosen_key
+    # every candidate and seed scored on val; test only for the rows of the report
+    val_scored = {p.parent.parent.name for p in repro.glob("*/seed-*/val.json")}
+    assert val_scored == {f"llm_cc-{v}-2" for v in STAGE1_VARIANTS} | {f"llm_cc-{variant}-1"}
+    assert all(Path(json.loads(p.read_text())["dataset"]) == repro / "data" / "val"
+               for p in repro.glob("*/seed-*/val.json"))
+    test_scored = {p.parent.parent.name for p in repro.glob("*/seed-*/eval.json")}
+    assert test_scored == {r["folder"] for r in report["rows"].values()}
     md = (repro / "report.md").read_text()
-    assert all(f"| {row} |" in md for row in ROWS)
-    assert "Command: `llm2clip repro --out DIR --quick`" in md
-    assert "vs clip77 | vs minilm | vs llm_nocc |" in md and "| llm_cc (row's bundle) |" in md
-    assert "| stage 1 |" in md and "Caption retrieval on the val split" in md
+    assert "## Choices and the split each was made on" in md and f"| {recipe['chosen']} (chosen) |" in md
+    assert f"| llm_cc (= {report['rows']['llm_cc']['chosen']}) |" in md
+
+
+def test_report_records_the_run_without_machine_paths(repro, report):
+    text = (repro / "report.json").read_text()
+    assert report["command"] == "llm2clip repro --out DIR --quick --seeds 2"
+    assert report["config"] == json.loads(json.dumps(asdict(replace(QUICK, seeds=SEEDS))))
+    assert str(repro) not in text and str(repro) not in (repro / "selection.json").read_text()
+    md = (repro / "report.md").read_text()
+    assert all(f"| {row} |" in md or f"| {row} (= " in md for row in ROWS)
+    assert " ± " in md and "Mean ± sd over 2 training seed(s)" in md
+    assert "| llm_cc:mntp: stage 1 |" in md and "## Stage 1" in md
     from PIL import Image
 
     with Image.open(repro / "report.png") as png:
         assert png.format == "PNG" and png.size == (1430, 418)
 
 
-def test_fact_probe_of_each_frozen_text_side(repro):
-    report = json.loads((repro / "report.json").read_text())
-    # clip77's text side is trained jointly: nothing frozen to probe
-    assert report["rows"]["clip77"]["fact_probe"] is None
-    train = read_dataset(repro / "data" / "train")
-    for row in ("minilm", "llm_nocc", "llm_cc"):
-        probe = report["rows"][row]["fact_probe"]
-        assert probe == probe_caption_embeddings(CaptionEmbeddings(repro / "embeddings" / row), train)
-        assert probe["train_scenes"] + probe["test_scenes"] == QUICK.train_scenes
-
-
-def test_bundles_read_the_rows_context(repro):
-    # the 77-token row's bundle cuts captions at 77 tokens; the LLM rows read 512
-    manifests = {row: json.loads((repro / row / "bundle" / "manifest.json").read_text()) for row in ROWS}
-    assert manifests["clip77"]["text"]["max_tokens"] == 77
-    assert manifests["llm_cc"]["text"]["max_tokens"] == 512
-    assert manifests["minilm"]["text"]["add_special_tokens"] is True
-    assert (repro / "llm_cc" / "ckpt" / "curves.png").is_file()
-
-
-def test_stage1_changed_the_text_encoder(repro):
-    summary = json.loads((repro / "stage1" / "stage1.json").read_text())
-    assert summary["recipe"]["steps"] == QUICK.stage1_steps and summary["recipe"]["positives"] == "long"
-    nocc = json.loads((repro / "caption_retrieval" / "llm_nocc.json").read_text())
-    cc = json.loads((repro / "caption_retrieval" / "llm_cc.json").read_text())
+def test_stage1_runs_follow_their_recipes(repro, report):
+    for v, recipe in STAGE1_VARIANTS.items():
+        for k in range(SEEDS):
+            summary = json.loads((repro / "stage1" / f"{v}-2" / f"seed-{k}" / "stage1.json").read_text())
+            r = summary["recipe"]
+            assert (r["steps"], r["seed"], r["positives"], r["hard_negatives"]) == (
+                QUICK.stage1_steps, QUICK.seed + k, recipe["positives"], recipe["hard_negatives"])
+            assert r["mntp_steps"] == (QUICK.stage1_mntp_steps if recipe["mntp"] else 0)
+            assert summary["val"]["dataset"].endswith("data/val")
+    nocc, cc = report["caption_retrieval"]["llm_nocc"], report["caption_retrieval"]["llm_cc"]
     assert nocc["text_encoder"]["fingerprint"] != cc["text_encoder"]["fingerprint"]
 
 
-@pytest.mark.parametrize("row", ROWS)
-def test_every_row_bundle_indexes_and_serves(repro, row, tmp_path):
+def test_minilm77_cuts_at_77_tokens_in_training_and_serving(repro, report):
+    manifests = {row: json.loads((repro / report["rows"][row]["folder"] / "seed-0" / "bundle" / "manifest.json")
+                                 .read_text()) for row in ("clip77", "minilm77", "minilm", "llm_cc")}
+    assert manifests["clip77"]["text"]["max_tokens"] == 77 and manifests["minilm77"]["text"]["max_tokens"] == 77
+    assert manifests["minilm"]["text"]["max_tokens"] == 512 and manifests["llm_cc"]["text"]["max_tokens"] == 512
+    assert manifests["minilm77"]["text"]["add_special_tokens"] is True
+    emb = json.loads((repro / "embeddings" / "minilm77" / "manifest.json").read_text())
+    assert emb["max_tokens"] == 77 and report["caption_retrieval"]["minilm77"]["max_tokens"] == 77
+    assert report["caption_retrieval"]["minilm"]["max_tokens"] == 512
+
+
+def test_fact_probe_of_each_frozen_text_side(repro, report):
+    assert report["rows"]["clip77"]["fact_probe"] is None  # trained jointly: nothing frozen to probe
+    train = read_dataset(repro / "data" / "train")
+    probe = report["rows"]["minilm77"]["seeds"][1]["fact_probe"]
+    assert probe == probe_caption_embeddings(CaptionEmbeddings(repro / "embeddings" / "minilm77"), train)
+    cc = report["rows"]["llm_cc:paper"]["seeds"][1]["fact_probe"]
+    assert cc == probe_caption_embeddings(CaptionEmbeddings(repro / "embeddings" / "llm_cc-paper-2" / "seed-1"), train)
+
+
+@pytest.mark.parametrize("row", ["clip77", "minilm77", "llm_cc"])
+def test_row_bundles_index_and_serve(repro, report, row, tmp_path):
     from service.app import create_app
     from service.settings import Settings
 
-    bundle, data = repro / row / "bundle", repro / "data" / "test"
+    bundle, data = repro / report["rows"][row]["folder"] / "seed-1" / "bundle", repro / "data" / "test"
     assert cli(["index", "build", "--model", str(bundle), "--data", str(data), "--out", str(tmp_path / "idx"),
                 "--no-progress"]) == 0
     settings = Settings(model=bundle, image_index=tmp_path / "idx" / "image", text_index=tmp_path / "idx" / "text")

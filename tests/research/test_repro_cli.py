@@ -21,23 +21,29 @@ def seen(monkeypatch):
     return calls
 
 
-def test_cli_passes_the_stage1_variant_and_records_it(seen, tmp_path, capsys):
-    # the paper's pairs without hard negatives: both away from the preset, both recorded
-    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc", "--stage1-positives", "all",
-                 "--no-stage1-hard-negatives", "--stage1-steps", "160"]) == 0
-    assert seen["cfg"].stage1_positives == "all" and seen["cfg"].stage1_hard_negatives is False
-    assert seen["cfg"].stage1_steps == 160 and seen["rows"] == ("llm_cc",)
-    assert seen["command"] == ("llm2clip repro --out DIR --rows llm_cc --stage1-steps 160 --stage1-positives all "
-                               "--no-stage1-hard-negatives")
+def test_cli_passes_seeds_and_steps_and_records_them(seen, tmp_path, capsys):
+    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc", "--seeds", "3", "--stage1-steps", "160"]) == 0
+    assert seen["cfg"].seeds == 3 and seen["cfg"].stage1_steps == 160 and seen["rows"] == ("llm_cc",)
+    assert seen["command"] == "llm2clip repro --out DIR --rows llm_cc --stage1-steps 160 --seeds 3"
     assert capsys.readouterr().out == (f'{{"report": "{tmp_path / "report.md"}", '
                                        '"rows": {"llm_cc": {"t2i_r1": 0.25, "i2t_r1": 0.5}}}\n')
-    # the preset: long positives, hard negatives
+    # the preset: one seed, every row and control
     assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc"]) == 0
-    assert seen["cfg"].stage1_positives == "long" and seen["cfg"].stage1_hard_negatives is True
-    assert seen["cfg"] == ReproCfg() and seen["command"] == "llm2clip repro --out DIR --rows llm_cc"
+    assert seen["cfg"] == ReproCfg() and seen["cfg"].seeds == 1
+    assert seen["command"] == "llm2clip repro --out DIR --rows llm_cc"
     assert main(["repro", "--out", str(tmp_path)]) == 0
     assert seen["cfg"] == ReproCfg() and seen["command"] == "llm2clip repro --out DIR"
-    assert seen["rows"] == ("clip77", "minilm", "llm_nocc", "llm_cc")
+    assert seen["rows"] == ("clip77", "minilm77", "minilm", "llm_nocc", "llm_cc", "llm_cc:hardneg", "llm_cc:longpos",
+                            "llm_cc:paper", "llm_cc:mntp")
+
+
+def test_the_stage1_recipe_is_a_row_not_a_flag(seen, tmp_path, capsys):
+    # the recipe flags of before: llm_cc's recipe is chosen on val now, and each recipe is its own row
+    with pytest.raises(SystemExit) as exc:
+        main(["repro", "--out", str(tmp_path), "--stage1-positives", "all"])
+    assert exc.value.code == 2 and seen == {}
+    assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc:paper,minilm77"]) == 0
+    assert seen["rows"] == ("llm_cc:paper", "minilm77")
 
 
 def test_quick_and_overrides_are_recorded_in_flag_order(seen, tmp_path):
@@ -49,7 +55,7 @@ def test_quick_and_overrides_are_recorded_in_flag_order(seen, tmp_path):
                                "--seed 3")
 
 
-@pytest.mark.parametrize("flag", ["--epochs", "--train-scenes", "--stage1-steps"])
+@pytest.mark.parametrize("flag", ["--epochs", "--train-scenes", "--stage1-steps", "--seeds"])
 def test_counts_must_be_positive(seen, tmp_path, flag, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["repro", "--out", str(tmp_path), flag, "0"])
@@ -60,5 +66,6 @@ def test_counts_must_be_positive(seen, tmp_path, flag, capsys):
 def test_unknown_rows_are_a_user_error(tmp_path, capsys):
     assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc,clip78"]) == 2
     err = capsys.readouterr().err
-    assert err == "llm2clip: error: unknown rows ['clip78']: choose among clip77, minilm, llm_nocc, llm_cc\n"
+    assert err == ("llm2clip: error: unknown rows ['clip78']: choose among clip77, minilm77, minilm, llm_nocc, "
+                   "llm_cc, llm_cc:hardneg, llm_cc:longpos, llm_cc:paper, llm_cc:mntp\n")
     assert not (tmp_path / "data").exists()  # rejected before any scene is generated

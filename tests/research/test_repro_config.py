@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from research.repro_config import QUICK, ReproCfg, preset, stage2_cfg
+from research.repro_config import CC_ROWS, QUICK, ROWS, STAGE1_VARIANTS, ReproCfg, preset, stage2_cfg
 
 
 def test_preset_applies_only_the_given_overrides():
     assert preset(False) == ReproCfg() and preset(True) == QUICK
-    cfg = preset(True, epochs=3, seed=None, stage1_positives="all")
-    assert cfg.epochs == 3 and cfg.stage1_positives == "all"
+    cfg = preset(True, epochs=3, seed=None, seeds=2)
+    assert cfg.epochs == 3 and cfg.seeds == 2
     assert cfg.seed == QUICK.seed and cfg.train_scenes == QUICK.train_scenes == 24
     assert QUICK.epochs == 1  # the preset object itself is not changed
 
@@ -23,3 +23,15 @@ def test_stage2_recipe_warms_up_over_a_twentieth_and_logs_a_hundred_points():
     # fewer scenes than one batch: still one step an epoch, and never a zero warmup or logging interval
     tiny = stage2_cfg(QUICK, 5)
     assert (tiny.epochs, tiny.batch_size, tiny.warmup_steps, tiny.log_every) == (1, 8, 1, 1)
+
+
+def test_each_stage1_control_is_a_row_and_llm_cc_is_chosen_among_them():
+    assert ROWS[:5] == ("clip77", "minilm77", "minilm", "llm_nocc", "llm_cc")
+    assert ROWS[5:] == CC_ROWS == tuple(f"llm_cc:{v}" for v in STAGE1_VARIANTS)
+    assert STAGE1_VARIANTS["paper"] == {"positives": "all", "hard_negatives": False, "mntp": False}
+    assert STAGE1_VARIANTS["longpos"] == {"positives": "long", "hard_negatives": False, "mntp": False}
+    # mntp is hardneg with MNTP first: one setting apart, as each control is from the recipe it tests
+    assert {**STAGE1_VARIANTS["mntp"], "mntp": False} == STAGE1_VARIANTS["hardneg"]
+    assert ReproCfg().stage1_mntp_steps > 0 and QUICK.stage1_mntp_steps > 0
+    assert all(0 < s < ReproCfg().stage1_steps for s in ReproCfg().stage1_step_probes)
+    assert ReproCfg().seeds == 1

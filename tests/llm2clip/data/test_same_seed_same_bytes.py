@@ -31,7 +31,8 @@ CORPORA = {
     (12, "train", 0): "ec2e4d5916dc95d2d29201277f1ed9168c1d77e10005e09b914a2093d62a3442",
     # odd n: the third member of test pair 0
     (9, "test", 3): "9bb67280277d5fcfa6ad5cf55a1418a429fdcc5a2baf4a2a3a3c461e838bf80f",
-    (6, "val", 1): "acb631f51c90643e1dd6340e0c8522d663fee5b849d4a58f7be5a3daf0a888a7",
+    # val has near-twin pairs since issue 14 (re-pinned then; train and test kept their bytes)
+    (6, "val", 1): "51e0810b8374021b19fdb776d3f1151bb78308ef8d42e0c81825bd398c8627b7",
 }
 PARAPHRASES = "0f3f7100d8c03ec8b91e44b47e88ca8f6235161ff90c00c882d12ca6817e8ae1"
 NEAR_TWINS = "70d560bf4fb7d566bc9dabee555a624ae79f665950609ccb5570fcd01deef4bf"

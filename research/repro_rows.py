@@ -1,0 +1,178 @@
+"""One row of the reproduction at one training seed: its text encoder (stage 1 when it has one), stage 2, the
+exported bundle. Every step is cached in a folder of its own, so that a rerun (or one with more seeds) continues.
+
+Layout under the run's folder ``out``:
+  stage1/<variant>-<steps>/seed-<k>     a stage-1 run (Hugging Face folder + stage1.json)
+  embeddings/<row>[/seed-<k>]            frozen caption embeddings (a stage-1 row's differ per seed)
+  <row>/seed-<k>/{ckpt,bundle}           stage 2 and its export; val.json / eval.json: its val / test scores
+where <row> is a row's folder key: clip77, minilm77, minilm, llm_nocc, or llm_cc-<variant>-<steps>.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from llm2clip.config import AdapterCfg, ClipTextCfg, TextCfg
+from llm2clip.data import Dataset
+from llm2clip.defaults import minilm_dir, smollm2_dir
+from llm2clip.errors import LLM2CLIPError
+from research.repro_config import STAGE1_VARIANTS, ReproCfg, stage2_cfg
+from training.clip import Stage2Run, default_model_cfg, train_clip
+from training.config import EmbedCfg, ExportCfg
+from training.embed import embed_captions
+from training.export import export_checkpoint
+from training.stage1.config import Stage1Cfg
+from training.stage1.train import train_text
+
+STAGE2_SUMMARY = "stage2.json"  # in a row's seed folder: stage 2's steps, final loss and seconds
+CLIP_CONTEXT = 77  # CLIP's text context: clip77's tower and minilm77's cut
+
+
+def say(msg: str) -> None:
+    sys.stderr.write(f"[repro] {msg}\n")
+    sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stage-1 recipe (a name of ``STAGE1_VARIANTS``) trained for ``steps`` contrastive steps."""
+
+    variant: str
+    steps: int
+
+    @property
+    def key(self) -> str:
+        return f"llm_cc-{self.variant}-{self.steps}"
+
+    @property
+    def label(self) -> str:
+        return f"llm_cc:{self.variant} ({self.steps} steps)"
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What a row is: its folder key, its frozen text encoder ("minilm", "smollm2"; None for clip77's tower
+    trained jointly), where captions are cut, and its stage-1 recipe if it has one."""
+
+    key: str
+    encoder: str | None
+    max_tokens: int
+    stage1: Candidate | None = None
+
+
+def row_spec(name: str, cfg: ReproCfg, chosen: Candidate | None = None) -> RowSpec:
+    """The spec of report row ``name``; ``llm_cc`` is the ``chosen`` candidate (research/selection.py)."""
+    fixed = {"clip77": RowSpec("clip77", None, CLIP_CONTEXT),
+             "minilm77": RowSpec("minilm77", "minilm", CLIP_CONTEXT),
+             "minilm": RowSpec("minilm", "minilm", TextCfg.max_tokens),
+             "llm_nocc": RowSpec("llm_nocc", "smollm2", TextCfg.max_tokens)}
+    if name in fixed:
+        return fixed[name]
+    if name == "llm_cc":
+        if chosen is None:
+            raise LLM2CLIPError("llm_cc is the stage-1 recipe chosen on the val split: choose it first")
+        return candidate_spec(chosen)
+    variant = name.removeprefix("llm_cc:")
+    if not name.startswith("llm_cc:") or variant not in STAGE1_VARIANTS:
+        raise LLM2CLIPError(f"unknown row {name!r}")
+    return candidate_spec(Candidate(variant, cfg.stage1_steps))
+
+
+def candidate_spec(c: Candidate) -> RowSpec:
+    return RowSpec(c.key, "smollm2", TextCfg.max_tokens, c)
+
+
+def stage1_cfg(cfg: ReproCfg, c: Candidate, seed: int) -> Stage1Cfg:
+    """Stage 1 of candidate ``c`` at training seed ``seed``: only the recipe's own settings differ between rows."""
+    recipe = STAGE1_VARIANTS[c.variant]
+    return Stage1Cfg(steps=c.steps, mntp_steps=cfg.stage1_mntp_steps if recipe["mntp"] else 0,
+                     batch_size=cfg.stage1_batch, paraphrases=cfg.stage1_paraphrases,
+                     positives=recipe["positives"], hard_negatives=recipe["hard_negatives"], seed=seed,
+                     warmup_steps=max(1, c.steps // 10),
+                     # SmolLM2 at 8 scenes (+ twins) holds its activations in ~6 GB: recomputing them
+                     # would cost ~30% more time for memory this machine has
+                     grad_checkpointing=False)
+
+
+@dataclass
+class Work:
+    """What every row and seed of one invocation shares."""
+
+    out: Path
+    cfg: ReproCfg
+    train: Dataset
+    val: Dataset  # stage 1's held-out caption retrieval
+
+    def seed(self, k: int) -> int:
+        return self.cfg.seed + k
+
+    def row_dir(self, spec: RowSpec, k: int) -> Path:
+        return self.out / spec.key / f"seed-{k}"
+
+    def stage1_dir(self, c: Candidate, k: int) -> Path:
+        return self.out / "stage1" / f"{c.variant}-{c.steps}" / f"seed-{k}"
+
+    def embeddings_dir(self, spec: RowSpec, k: int) -> Path:
+        base = self.out / "embeddings" / spec.key
+        return base / f"seed-{k}" if spec.stage1 is not None else base
+
+
+def text_encoder(work: Work, spec: RowSpec, k: int) -> Path | None:
+    """The frozen text encoder's folder of ``spec`` at seed ``k``; runs (or continues) stage 1 for a stage-1 row."""
+    if spec.encoder is None:
+        return None
+    if spec.stage1 is None:
+        return minilm_dir() if spec.encoder == "minilm" else smollm2_dir()
+    folder = work.stage1_dir(spec.stage1, k)
+    if (folder / "stage1.json").is_file():  # finished: not even the base's fingerprint to hash again
+        return folder
+    say(f"stage 1: {spec.stage1.label}, seed {k}")
+    train_text(work.train, folder, smollm2_dir(), stage1_cfg(work.cfg, spec.stage1, work.seed(k)), val=work.val)
+    return folder
+
+
+def embeddings(work: Work, spec: RowSpec, k: int) -> Path:
+    """The row's frozen caption embeddings of the train split, cut at its ``max_tokens`` (cached)."""
+    encoder = text_encoder(work, spec, k)
+    assert encoder is not None
+    emb = work.embeddings_dir(spec, k)
+    embed_captions(work.train, encoder, emb, EmbedCfg(max_tokens=spec.max_tokens))
+    return emb
+
+
+def train_bundle(work: Work, spec: RowSpec, k: int) -> Path:
+    """Stage 2 of one row at seed ``k`` and its fp32 bundle (cached): ``<row>/seed-<k>/bundle``."""
+    cfg, rdir = work.cfg, work.row_dir(spec, k)
+    bundle = rdir / "bundle"
+    if (bundle / "manifest.json").is_file():
+        return bundle
+    t0 = time.perf_counter()
+    tcfg = replace(stage2_cfg(cfg, len(work.train)), seed=work.seed(k))
+    if spec.encoder is None:
+        # the adapter's input width is unused: the text tower replaces the LLM and the adapter
+        mcfg = default_model_cfg(cfg.embed_dim, AdapterCfg.in_dim, cfg.image_size, spec.key, spec.max_tokens)
+        mcfg.text_tower = ClipTextCfg(context=spec.max_tokens, width=cfg.clip77_width, layers=cfg.clip77_layers,
+                                      heads=max(1, cfg.clip77_width // 64))
+        say(f"{spec.key} seed {k}: stage 2 (text tower trained jointly)")
+        summary = train_clip(Stage2Run(work.train, None, rdir / "ckpt", model_cfg=mcfg,
+                                       tokenizer_dir=smollm2_dir()), tcfg)
+    else:
+        emb = embeddings(work, spec, k)
+        from training.embed import CaptionEmbeddings
+
+        # the model's max_tokens is what the exported bundle cuts captions at when it serves
+        mcfg = default_model_cfg(cfg.embed_dim, CaptionEmbeddings(emb).dim, cfg.image_size, spec.key,
+                                 spec.max_tokens)
+        say(f"{spec.key} seed {k}: stage 2")
+        summary = train_clip(Stage2Run(work.train, emb, rdir / "ckpt", model_cfg=mcfg), tcfg)
+    # fp32 only: the rows compare models, so every row is scored in the reference precision
+    export_checkpoint(rdir / "ckpt", bundle, cfg=ExportCfg(precisions=("fp32",)))
+    final = (summary["history"] or [{}])[-1].get("loss")
+    # the first, uninterrupted pass's time (embeddings when this seed made them, stage 2, export)
+    (rdir / STAGE2_SUMMARY).write_text(json.dumps({"steps": summary["steps"], "final_loss": final,
+                                                   "seconds": round(time.perf_counter() - t0, 1)}))
+    return bundle
