@@ -4,6 +4,7 @@ each row's bundle indexes and serves."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def repro(tmp_path_factory):
     # runs that existed are untouched; with two seeds the choices may differ, so new seed-0 runs may appear
     second = _snapshot(out)
     assert {k: second.get(k) for k in first} == first
-    return out
+    yield out
+    # some 15 GB of bundles, checkpoints and stage-1 models: pytest keeps its last three temporary folders
+    shutil.rmtree(out, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
