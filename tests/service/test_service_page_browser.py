@@ -149,11 +149,14 @@ def test_long_caption_finds_images_and_says_where_it_was_cut(server, open_page):
 
 
 def test_an_image_finds_captions(server, open_page, tmp_path):
+    from playwright.sync_api import expect  # the browser fixture says how to install it when it is missing
+
     query = tmp_path / "query.png"
     query.write_bytes(png_bytes(draw_shape("blue", "square")))
     page = open_page(server)
     page.set_input_files("#file", str(query))
-    assert page.locator("#preview").is_visible()
+    # the preview has no size until the browser has decoded the blob: wait for it (up to 10 s), not a snapshot
+    expect(page.locator("#preview")).to_be_visible(timeout=10_000)
     page.select_option("#target", "text")
     page.fill("#k", "4")
     # hold the request in the browser to see the loading state, then let it go to the server
