@@ -69,10 +69,11 @@ def add_parser(subparsers) -> None:
         description="Stage 1 of LLM2CLIP: `text` fine-tunes the LLM text encoder on captions. Stage 2: `embed` "
                     "computes frozen LLM caption embeddings once; `clip` trains the vision tower and the adapter "
                     "against them with the CLIP loss.")
-    sub = train.add_subparsers(dest="train_cmd", required=True, metavar="{text,embed,clip}")
+    sub = train.add_subparsers(dest="train_cmd", required=True, metavar="{text,embed,clip,adapter}")
     _add_text(sub)
     _add_embed(sub)
     _add_clip(sub)
+    _add_adapter(sub)
     _add_export(subparsers)
 
 
@@ -120,6 +121,16 @@ def _add_clip(sub) -> None:
     add_dataclass_options(c, TrainCfg, suppress=True)
 
 
+def _add_adapter(sub) -> None:
+    a = add_command(sub, "adapter", _run_adapter)
+    a.add_argument("--run", required=True, type=Path, help="a finished stage-1 run (`llm2clip train text --out`)")
+    a.add_argument("--out", required=True, type=Path, help="the adapter folder to write (replaced if it exists)")
+    a.add_argument("--name", required=True, help="the adapter's name (its cache folder and model name)")
+    a.add_argument("--check", type=Path, default=None,
+                   help="a dataset: compare the long-caption embeddings of the exported adapter with the run's "
+                        "own model on it, and record the cosines in the card")
+
+
 def _add_export(subparsers) -> None:
     x = add_command(subparsers, "export", _run_export)
     x.add_argument("--checkpoint", required=True, type=Path, help="folder written by `llm2clip train clip`")
@@ -151,6 +162,28 @@ def _run_text(args: argparse.Namespace) -> int:
     if val:
         print(f"caption retrieval on {val['dataset']}: {val['before']['caption_retrieval']:.3f} -> "
               f"{val['after']['caption_retrieval']:.3f}")
+    return 0
+
+
+def _run_adapter(args: argparse.Namespace) -> int:
+    """export a stage-1 run's LoRA as a small bf16 adapter with its card
+
+    A stage-1 output folder is a full copy of the LLM; the adapter is its contrastive LoRA alone (~10 MB for
+    SmolLM2-135M at rank 16) with a card that records the base, the recipe, the validation and a sha256.
+    `llm2clip demo` ships one; training.stage1.adapter.merged_text_encoder merges it into the base once per
+    machine.
+    """
+    from llm2clip.data import read_dataset
+    from training.stage1.adapter import check_adapter, export_adapter
+
+    card = export_adapter(args.run, args.out, args.name)
+    size = (args.out / "adapter_model.safetensors").stat().st_size
+    print(f"adapter {args.name}: {card['params']:,} parameters, {size / 2**20:.1f} MiB in {args.out}")
+    if args.check is not None:
+        texts = [item.captions["long"] for item in read_dataset(args.check) if "long" in item.captions]
+        check = check_adapter(args.out, args.run, texts)
+        print(f"against the run's own model on {check['texts']} captions: cosine min {check['min_cosine']:.6f}, "
+              f"mean {check['mean_cosine']:.6f}")
     return 0
 
 
