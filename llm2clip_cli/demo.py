@@ -2,7 +2,8 @@
 
 Every artifact stays in one work folder so that it can be reused and inspected:
   WORKDIR/data/{train,test}        scene corpora (items.jsonl + images)
-  WORKDIR/embeddings/train         frozen SmolLM2 caption embeddings (bf16 shards)
+  WORKDIR/embeddings/train         frozen caption embeddings (bf16 shards) of SmolLM2 with the shipped stage-1
+                                   LoRA merged (llm2clip/adapters/, merged once per machine into the cache)
   WORKDIR/checkpoints/stage2       the stage-2 checkpoint (resumable)
   WORKDIR/bundle                   the model bundle (ONNX encoders, tokenizer, manifest)
   WORKDIR/indexes/{image,text}     index bundles of the test corpus
@@ -29,6 +30,7 @@ from training.recipes import stage2_preset
 
 DEFAULT_WORKDIR = "llm2clip-work"
 DEMO_PRECISIONS = ("fp32", "bf16")
+TEXT_ENCODERS = ("cc", "base")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class DemoCfg:
     epochs: int = field(default=stage2_preset("demo").epochs, metadata=opt("stage-2 epochs", positive_int))
     image_size: int = field(default=160, metadata=opt("vision tower input side", positive_int))
     seed: int = field(default=0, metadata=opt("random seed"))
+    text_encoder: str = field(default="cc", metadata=opt(
+        "the frozen LLM: cc, SmolLM2 with the stage-1 (caption-contrastive) LoRA that ships with the package "
+        "(llm2clip/adapters/, see its adapter.json); base, SmolLM2 as it comes", choices=TEXT_ENCODERS))
     eval: bool = field(default=False, metadata=opt("also run `llm2clip eval` on the test corpus"))
 
 
@@ -117,21 +122,39 @@ def build(workdir: Path, cfg: DemoCfg) -> dict[str, Path]:
     return paths
 
 
+def text_encoder(which: str) -> tuple[str, Callable[[], Path]]:
+    """(name, folder getter) of the demo's frozen LLM: the name holds the shipped adapter's sha256, so a new
+    adapter re-embeds; the getter merges it (once per machine) only when the embeddings are (re)computed."""
+    from llm2clip.defaults import SMOLLM2_NAME, shipped_adapter, smollm2_dir
+
+    if which == "base":
+        return SMOLLM2_NAME, smollm2_dir
+    from training.stage1.adapter import merged_text_encoder, read_card
+
+    adapter = shipped_adapter()
+    card = read_card(adapter)
+    return f"{SMOLLM2_NAME}+{card['name']}-{card['sha256'][:16]}", lambda: merged_text_encoder(adapter)
+
+
 def _build_model(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, train_p: dict[str, Any]) -> str:
     """Caption embeddings, the stage-2 checkpoint and the bundle; returns the bundle's fingerprint."""
     from llm2clip.bundle import load_bundle
     from llm2clip.data import read_dataset
-    from llm2clip.defaults import smollm2_dir
     from training.clip import Stage2Run, train_clip
     from training.config import EmbedCfg, ExportCfg, ModelShape
     from training.embed import embed_captions
     from training.export import export_checkpoint
 
     embed_cfg = EmbedCfg()
-    embed_p = {**train_p, "llm": "smollm2-135m-instruct", "max_tokens": embed_cfg.max_tokens,
-               "precision": embed_cfg.precision}
+    llm_name, llm_dir = text_encoder(cfg.text_encoder)
+    embed_p = {**train_p, "llm": llm_name, "max_tokens": embed_cfg.max_tokens, "precision": embed_cfg.precision}
+    if steps.changed("embed", embed_p):
+        # another text encoder: its embeddings, not a resume of the old ones
+        import shutil
+
+        shutil.rmtree(paths["embeddings"], ignore_errors=True)
     steps.run("embed", embed_p, [paths["embeddings"] / "manifest.json"],
-              lambda: embed_captions(read_dataset(paths["train"]), smollm2_dir(), paths["embeddings"], embed_cfg))
+              lambda: embed_captions(read_dataset(paths["train"]), llm_dir(), paths["embeddings"], embed_cfg))
     train_params = {**embed_p, "epochs": cfg.epochs, "image_size": cfg.image_size}
     if steps.changed("train", train_params):
         # other parameters: a fresh checkpoint, not a resume of the old one
@@ -175,7 +198,8 @@ def _build_indexes(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, index_p: 
 def run(args: argparse.Namespace) -> int:
     """build everything on the offline defaults and serve it on 127.0.0.1:8000
 
-    Generate the scene corpus, embed captions with SmolLM2-135M, train the vision side (EfficientNet-Lite0 +
+    Generate the scene corpus, embed captions with SmolLM2-135M and the stage-1 LoRA that ships with the package
+    (--text-encoder base: without it), train the vision side (EfficientNet-Lite0 +
     adapter), export ONNX encoders, index the test corpus and serve it. Artifacts are cached in --workdir; a
     second run only starts the service.
     """

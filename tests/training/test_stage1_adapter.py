@@ -62,6 +62,7 @@ def test_the_adapter_is_the_runs_lora_in_bf16_with_a_card(exported, scenes, tiny
         text = (adapter / name).read_text()
         assert str(tiny_llm_dir) not in text and str(run) not in text and str(scenes.root) not in text
     assert read_card(adapter) == card
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in [adapter, *adapter.iterdir()])  # anyone can read it
 
 
 def test_merged_on_a_fresh_machine_it_is_the_runs_text_encoder(exported, scenes, tiny_llm_dir, tmp_path):
@@ -103,4 +104,18 @@ def test_a_damaged_or_foreign_adapter_is_refused(exported, tmp_path, tiny_llm_di
 def test_an_unfinished_run_is_refused(tmp_path):
     with pytest.raises(BundleError, match="no finished stage-1 run"):
         export_adapter(tmp_path, tmp_path / "out", "x")
+
+
+# ---------------------------------------------------------------- the adapter the demo ships
+
+
+@pytest.mark.slow
+def test_the_shipped_adapter_is_intact_and_fits_the_default_base():
+    from llm2clip.defaults import shipped_adapter, smollm2_dir
+    from training.embed import text_encoder_info
+
+    card = read_card(shipped_adapter())  # checks the sha256 of the weights
+    assert card["base"]["fingerprint"] == text_encoder_info(smollm2_dir())["fingerprint"]
+    assert card["recipe"]["mntp_steps"] == 0 and card["check"]["min_cosine"] > 0.99
+    assert (shipped_adapter() / WEIGHTS).stat().st_size < 12 * 2**20  # small enough to ship in the package
 

@@ -50,6 +50,13 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def _readable(folder: Path) -> None:
+    """mkdtemp makes a folder only its owner can read: an adapter ships in a package, a merge is shared."""
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+
+
 def export_adapter(run: str | Path, out: str | Path, name: str) -> dict[str, Any]:
     """The contrastive LoRA of the finished stage-1 run in ``run`` as a bf16 adapter folder ``out``; -> its card."""
     from safetensors.torch import load_file, save_file
@@ -88,6 +95,7 @@ def export_adapter(run: str | Path, out: str | Path, name: str) -> dict[str, Any
             "sha256": _sha256(tmp / WEIGHTS),
         })
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        _readable(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -167,6 +175,7 @@ def merged_text_encoder(adapter: str | Path, base: str | Path | None = None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         write_model(merged.eval(), base, tmp, f"{card['base']['name']}-{card['name']}")
+        _readable(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)  # a killed merge never leaves a half folder under the final name
