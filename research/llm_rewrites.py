@@ -39,7 +39,7 @@ def _words(text: str) -> list[str]:
 def _class_forms() -> dict[str, set[str]]:
     from llm2clip.data.captions.wording import NOUNS
 
-    return {cls: {w for form in forms for w in [form.split()[-1]]} for cls, forms in NOUNS.items()}
+    return {cls: {form.split()[-1] for form in forms} for cls, forms in NOUNS.items()}
 
 
 def check_rewrite(text: str, meta: dict[str, Any], source: str) -> dict[str, Any]:

@@ -6,14 +6,12 @@ bf16 (~10 MB, peft's format) with a card (``adapter.json``): the base's fingerpr
 trained and validated on, and the sha256 of the weights. ``merged_text_encoder`` merges it into the base once
 per machine and caches the folder, so that ``train embed`` and ``export`` read it as any other text encoder.
 
-The bf16 rounding of the LoRA factors changes the merged weights by ~1e-3 of the update itself; the card
-records the cosine between the embeddings of the exported adapter and of the run's own merged model on the
+The bf16 rounding of the LoRA factors changes the merged weights slightly; the card records the cosine between the embeddings of the exported adapter and of the run's own merged model on the
 validation captions, measured when it was exported (``check``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,19 +23,12 @@ from typing import Any
 import torch
 
 from llm2clip.errors import BundleError
+from llm2clip.hashing import sha256_file
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 CARD = "adapter.json"
 FORMAT = 1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _scrub(value: Any) -> Any:
@@ -92,7 +83,7 @@ def export_adapter(run: str | Path, out: str | Path, name: str) -> dict[str, Any
             "contrastive": summary.get("contrastive"),
             "val": _scrub(val) or None,
             "params": int(sum(v.numel() for v in state.values())),
-            "sha256": _sha256(tmp / WEIGHTS),
+            "sha256": sha256_file(tmp / WEIGHTS),
         })
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
         _readable(tmp)
@@ -138,7 +129,7 @@ def read_card(adapter: str | Path) -> dict[str, Any]:
     card = json.loads(path.read_text())
     if card.get("format") != FORMAT:
         raise BundleError(f"{adapter} has adapter format {card.get('format')}; this code reads {FORMAT}")
-    if _sha256(adapter / WEIGHTS) != card["sha256"]:
+    if sha256_file(adapter / WEIGHTS) != card["sha256"]:
         raise BundleError(f"{adapter / WEIGHTS} does not match the sha256 in its card: the file is damaged; "
                           "reinstall the package or export the adapter again")
     return card
