@@ -6,8 +6,9 @@ bf16 (~10 MB, peft's format) with a card (``adapter.json``): the base's fingerpr
 trained and validated on, and the sha256 of the weights. ``merged_text_encoder`` merges it into the base once
 per machine and caches the folder, so that ``train embed`` and ``export`` read it as any other text encoder.
 
-The bf16 rounding of the LoRA factors changes the merged weights slightly; the card records the cosine between the embeddings of the exported adapter and of the run's own merged model on the
-validation captions, measured when it was exported (``check``).
+The bf16 rounding of the LoRA factors changes the merged weights slightly; the card records the cosine
+between the embeddings of the exported adapter and of the run's own merged model on validation captions,
+measured when it was exported (``check``).
 """
 
 from __future__ import annotations
