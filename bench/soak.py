@@ -128,13 +128,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(serve_args: list[str], log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """``llm2clip serve SERVE_ARGS`` on a free port; returns once /readyz answers 200."""
+def start_server(serve_args: list[str], log: Path | None = None, log_level: str = "warning",
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """``llm2clip serve SERVE_ARGS`` on a free port (this process's environment and ``env``); returns once
+    /readyz answers 200."""
     port = free_port()
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115  # the server outlives this function
     proc = subprocess.Popen([sys.executable, "-m", "llm2clip_cli.main", "serve", *serve_args, "--port", str(port),
-                             "--log-level", "warning"], cwd=HERE.parent, stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                             "--log-level", log_level], cwd=HERE.parent, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

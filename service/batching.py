@@ -48,6 +48,9 @@ class _Job(Generic[T, R]):
     future: concurrent.futures.Future[list[R]]
 
 
+_NOT_RUN = object()  # an item of a round whose encoder call did not start because the batcher closed
+
+
 def _unit_cost(_item: object) -> int:
     return 1
 
@@ -116,6 +119,8 @@ class Batcher(Generic[T, R]):
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._call_seconds: deque[float] = deque(maxlen=32)  # the last encoder calls' durations
+        self._running: list[_Job[T, R]] = []  # the round the worker is on
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,6 +137,21 @@ class Batcher(Generic[T, R]):
             self._cond.notify_all()
         self._fail_queued()
 
+    def abandon(self) -> None:
+        """``close()``, and fail the requests of the round that is running too: their handlers answer now
+        (503) instead of waiting for an encoder call that cannot end in time; the call's results are dropped.
+        The shutdown's last resort, just before the server's deadline."""
+        self.close()
+        with self._cond:
+            running = list(self._running)
+        for job in running:
+            self._resolve(job, exc=ShuttingDown(f"the {self.name} encoder is shutting down"))
+
+    @property
+    def busy(self) -> bool:
+        """The worker is inside a round."""
+        return bool(self._running)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the running batch, fail what is still queued with ``ShuttingDown``, join the worker for at
         most ``timeout`` seconds."""
@@ -146,6 +166,12 @@ class Batcher(Generic[T, R]):
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._closed
+
+    @property
+    def slowest_call_s(self) -> float:
+        """The longest of the last 32 encoder calls, in seconds (0 before any): how long a call that has
+        just started may still hold the worker, which the shutdown drain plans for."""
+        return max(self._call_seconds, default=0.0)
 
     @property
     def pending(self) -> int:
@@ -225,6 +251,8 @@ class Batcher(Generic[T, R]):
         done = sum(len(j.items) for j in batch)
         done_cost = sum(j.cost for j in batch)
         live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+        with self._cond:
+            self._running = live
         try:
             if not live:
                 return
@@ -232,21 +260,22 @@ class Batcher(Generic[T, R]):
                 results = self._call([x for j in live for x in j.items])
             except Exception as exc:
                 if len(live) == 1:
-                    live[0].future.set_exception(exc)
+                    self._resolve(live[0], exc=exc)
                     return
                 # one bad request must not fail the others batched with it: run each alone
                 for job in live:
                     try:
-                        job.future.set_result(self._call(job.items))
+                        self._settle(job, self._call(job.items))
                     except Exception as job_exc:
-                        job.future.set_exception(job_exc)
+                        self._resolve(job, exc=job_exc)
                 return
             start = 0
             for job in live:
-                job.future.set_result(results[start : start + len(job.items)])
+                self._settle(job, results[start : start + len(job.items)])
                 start += len(job.items)
         finally:
             with self._cond:
+                self._running = []
                 self._pending -= done
                 self._pending_cost -= done_cost
                 depth = (self._pending, self._pending_cost)
@@ -255,19 +284,44 @@ class Batcher(Generic[T, R]):
     def _chunks(self, items: list[T]) -> list[Sequence[int]]:
         return [range(s, min(s + self.batch_size, len(items))) for s in range(0, len(items), self.batch_size)]
 
+    def _settle(self, job: _Job[T, R], results: list[R]) -> None:
+        """A job's results, or ShuttingDown when the batcher closed before all of its items ran."""
+        if any(r is _NOT_RUN for r in results):
+            self._resolve(job, exc=ShuttingDown(f"the {self.name} encoder is shutting down"))
+        else:
+            self._resolve(job, results)
+
+    @staticmethod
+    def _resolve(job: _Job[T, R], results: list[R] | None = None, exc: BaseException | None = None) -> None:
+        """Set a job's outcome unless it has one already (``abandon`` may have failed it meanwhile)."""
+        try:
+            if exc is not None:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(results)  # type: ignore[arg-type]
+        except concurrent.futures.InvalidStateError:
+            pass
+
     def _call(self, items: list[T]) -> list[R]:
-        out: list[R | None] = [None] * len(items)
+        """Runs the planned encoder calls of a round. Once the batcher is closed no further call starts: the
+        items of those calls stay ``_NOT_RUN`` (their requests get ShuttingDown), so a closed batcher is
+        busy for at most the one call already running, not for the rest of a long round."""
+        out: list[R | object] = [_NOT_RUN] * len(items)
         for idx in self.plan(items):
+            if self._closed:
+                break
             chunk = [items[i] for i in idx]
             t0 = self.clock()
             results = list(self.fn(chunk))
+            seconds = self.clock() - t0
+            self._call_seconds.append(seconds)
             if len(results) != len(chunk):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(chunk)} items")
             if self._on_batch is not None:
-                self._on_batch(len(chunk), self.clock() - t0, sum(self.cost(x) for x in chunk))
+                self._on_batch(len(chunk), seconds, sum(self.cost(x) for x in chunk))
             for i, r in zip(idx, results, strict=True):
                 out[i] = r
-        return out  # type: ignore[return-value]  # every index is in exactly one planned call
+        return out  # type: ignore[return-value]  # _NOT_RUN only for calls skipped after close
 
     def _fail_queued(self) -> None:
         with self._cond:

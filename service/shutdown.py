@@ -6,15 +6,21 @@ the lifespan's shutdown. A request cancelled there gets no answer at all, so the
 
 - from the signal on, /readyz answers 503 ``shutting_down`` (a load balancer stops sending), and so does a
   request that finds the encoders already stopped;
-- ``margin`` seconds before uvicorn's deadline it closes the batchers: the running batch finishes, every
-  request still queued fails with ``ShuttingDown``, which its handler answers as 503 ``shutting_down``
-  while uvicorn still waits for it;
-- the lifespan's shutdown then joins the batcher workers for no longer than what is left of the deadline
-  (at least ``margin``): a stuck encoder call cannot hold the exit (the workers are daemon threads).
+- ``margin`` seconds plus the slowest recent encoder call before uvicorn's deadline it closes the
+  batchers: the encoder call already running finishes (no further call of its round starts), every request
+  not served by then fails with ``ShuttingDown``, which its handler answers as 503 ``shutting_down`` while
+  uvicorn still waits for it;
+- ``margin`` seconds before the deadline, an encoder call still running (one longer than the time left:
+  a short ``shutdown_timeout_s`` and a slow model) is abandoned: its requests get their 503 at once and its
+  results are dropped when it ends;
+- the lifespan's shutdown then joins the batcher workers for what is left of the deadline, or for the
+  slowest recent encoder call if that is longer (at least ``margin``): the process does not exit with a
+  worker inside a native call (that can abort it), and a stuck call cannot hold the exit for longer (the
+  workers are daemon threads).
 
 So every accepted request ends with its answer or a 503 within ``shutdown_timeout_s`` of the signal, and the
-process exits within about ``shutdown_timeout_s + margin`` plus its own teardown (closing the indexes, the
-interpreter's exit: a second or two).
+process exits within about ``max(shutdown_timeout_s, slowest encoder call) + margin`` plus its own teardown
+(closing the indexes, the interpreter's exit: a second or two).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Drain:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batchers: Sequence[Any] = ()
         self._timer: asyncio.TimerHandle | None = None
+        self._last_timer: asyncio.TimerHandle | None = None
 
     @property
     def draining(self) -> bool:
@@ -65,8 +72,9 @@ class Drain:
             loop.call_soon_threadsafe(self._arm)
 
     def detach(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._last_timer):
+            if timer is not None:
+                timer.cancel()
         self._loop = None
         self._batchers = ()
 
@@ -82,7 +90,15 @@ class Drain:
         if self._loop is None or self._timer is not None:
             return
         log.info("shutting down: answering what was accepted for up to %.0f s", self.timeout_s)
-        self._timer = self._loop.call_later(max(0.0, self.left() - self.margin_s), self.close_batchers)
+        self._timer = self._loop.call_later(max(0.0, self.left() - self.lead_s()), self.close_batchers)
+        self._last_timer = self._loop.call_later(max(0.0, self.left() - self.margin_s), self.abandon_running)
+
+    def lead_s(self) -> float:
+        """How long before the deadline the batchers close: the margin for the handlers to answer, plus the
+        slowest recent encoder call, which a worker may have just started when they close (a real LLM's
+        call of thousands of tokens takes seconds on a CPU)."""
+        slowest = max((getattr(b, "slowest_call_s", 0.0) for b in self._batchers), default=0.0)
+        return self.margin_s + slowest
 
     def left(self) -> float:
         """Seconds until uvicorn's graceful deadline (the whole timeout when no signal came)."""
@@ -97,10 +113,22 @@ class Drain:
                 log.warning("shutting down: failing %d queued %s items", batcher.pending, batcher.name)
             batcher.close()
 
+    def abandon_running(self) -> None:
+        """``margin`` seconds before the deadline: an encoder call still running cannot be stopped, so the
+        requests waiting on it get their 503 now, while uvicorn still waits for their answers."""
+        for batcher in self._batchers:
+            if getattr(batcher, "busy", False):
+                log.warning("shutting down: the %s encoder's call is still running: its requests get 503",
+                            batcher.name)
+            batcher.abandon()
+
     async def stop_batchers(self) -> None:
-        """The lifespan's end: close, then join each worker for what is left of the deadline (at least the
-        margin), all at once."""
+        """The lifespan's end: close, then join each worker for what is left of the deadline, or for as long
+        as the slowest recent encoder call if that is longer (at least the margin), all at once. A worker
+        left inside a native encoder call when the interpreter exits can abort the process, so a call that
+        started just before the deadline is waited for; one stuck for longer is given up."""
         self.close_batchers()
-        timeout = max(self.margin_s, self.left())
+        slowest = max((getattr(b, "slowest_call_s", 0.0) for b in self._batchers), default=0.0)
+        timeout = max(self.margin_s, self.left(), slowest + self.margin_s)
         await asyncio.gather(*(asyncio.to_thread(b.stop, timeout) for b in self._batchers))
         self.detach()

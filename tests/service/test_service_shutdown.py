@@ -67,12 +67,13 @@ def test_close_fails_the_queue_at_once_and_lets_the_running_batch_finish():
 
 
 def test_drain_closes_the_batchers_before_its_deadline_and_stops_within_it():
-    """SIGTERM's Drain: queued work fails `margin` seconds before the deadline; the final stop does not wait
-    for an encoder call that never ends past what is left of the timeout."""
+    """SIGTERM's Drain: queued work fails before the deadline; the request inside an encoder call that does
+    not end in time gets ShuttingDown `margin` seconds before the deadline (its handler answers 503); the final
+    stop does not wait for that call past what is left of the timeout."""
     b, gate = gated_batcher()
     drain = Drain(timeout_s=1.0)
 
-    async def scenario() -> tuple[bool, float]:
+    async def scenario() -> tuple[BaseException | None, float]:
         drain.attach(asyncio.get_running_loop(), [b])
         running = asyncio.wrap_future(b.submit_nowait([1]))
         await asyncio.to_thread(gate.entered.wait, 5)
@@ -81,16 +82,83 @@ def test_drain_closes_the_batchers_before_its_deadline_and_stops_within_it():
         assert drain.draining and b.alive
         with pytest.raises(ShuttingDown):
             await asyncio.wait_for(queued, 5)  # failed at the deadline minus the margin
+        abandoned = await asyncio.wait_for(asyncio.gather(running, return_exceptions=True), 5)
+        assert drain.left() > 0  # answered before the deadline
         t0 = time.monotonic()
         await drain.stop_batchers()  # the running call is stuck: joined for what is left, then given up
-        return running.done(), time.monotonic() - t0
+        return abandoned[0], time.monotonic() - t0
 
     try:
-        running_done, stop_seconds = asyncio.run(scenario())
+        running_outcome, stop_seconds = asyncio.run(scenario())
     finally:
         gate.open.set()
-    assert not running_done
+    assert isinstance(running_outcome, ShuttingDown)
     assert stop_seconds < 5  # the gate would hold it 60 s
+
+
+class CallGate:
+    """A batch function whose every call waits for its own go-ahead (at most 60 s)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.started = threading.Semaphore(0)
+        self.go = threading.Semaphore(0)
+
+    def __call__(self, items):
+        self.calls.append(list(items))
+        self.started.release()
+        assert self.go.acquire(timeout=60)
+        return [x * 10 for x in items]
+
+
+def test_a_closed_batcher_starts_no_further_call_of_its_round():
+    """A round planned into several encoder calls: closing it lets the running call finish, starts none of
+    the others, answers the requests served by that call and fails the rest with ShuttingDown."""
+    gate = CallGate()
+    b = Batcher("test", gate, QueueLimits(batch_size=6, queue_size=100, wait_s=0.5),
+                plan=lambda items: [range(i, min(i + 2, len(items))) for i in range(0, len(items), 2)])
+    b.start()
+    try:
+        first, second, third = (b.submit_nowait(items) for items in ([1, 2], [3], [4, 5, 6]))
+        assert gate.started.acquire(timeout=5)  # one round of 6 items: calls [1, 2], [3, 4], [5, 6]
+        b.close()
+        gate.go.release()
+        assert first.result(5) == [10, 20]
+        for job in (second, third):
+            assert isinstance(job.exception(5), ShuttingDown)
+        assert gate.calls == [[1, 2]]
+        assert b.slowest_call_s > 0
+    finally:
+        for _ in range(3):
+            gate.go.release()
+        b.stop()
+    assert b.pending == 0 and b.pending_cost == 0
+
+
+def test_abandon_answers_the_running_round_and_drops_its_late_results(monkeypatch):
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    b, gate = gated_batcher()
+    running = b.submit_nowait([1])
+    assert gate.entered.wait(5) and b.busy
+    queued = b.submit_nowait([2])
+    b.abandon()
+    assert isinstance(running.exception(1), ShuttingDown)  # answered while the call still runs
+    assert isinstance(queued.exception(1), ShuttingDown)
+    gate.open.set()  # the call ends: its results have nowhere to go, and that is no error
+    b.stop(5)
+    assert not b.busy and b.pending == 0 and errors == []
+
+
+def test_the_drain_closes_earlier_by_the_slowest_encoder_call():
+    class Slow:
+        slowest_call_s = 4.0
+
+    drain = Drain(timeout_s=20.0)
+    drain._batchers = [Slow(), Slow()]
+    assert drain.lead_s() == pytest.approx(drain.margin_s + 4.0)
+    drain._batchers = []
+    assert drain.lead_s() == drain.margin_s
 
 
 def test_readyz_and_new_work_answer_503_shutting_down_while_draining(app_client):
@@ -203,3 +271,37 @@ def test_sigterm_during_load_answers_every_accepted_request_and_exits_0(tiny_bun
     late = [o for o in outcomes if o.start + o.seconds > max(o.start, signalled) + SHUTDOWN_TIMEOUT_S + 1]
     assert not late, late[:3]
     assert probes and probes[0] in ("ConnectError", "503 shutting_down"), probes
+
+
+def test_the_shutdown_script_classifies_what_requests_got():
+    import shutdown as bench_shutdown
+
+    outcomes = [
+        bench_load.Outcome("text", 0.0, 1.0, status=200),
+        bench_load.Outcome("text", 4.0, 1.5, status=503, code="shutting_down"),
+        bench_load.Outcome("image", 5.5, 0.01, error="ConnectError"),
+        bench_load.Outcome("embed", 4.8, 0.5, error="ReadError"),  # closed unanswered after the signal: fine
+        bench_load.Outcome("embed", 1.0, 0.5, error="ReadError"),  # closed unanswered before it: broken
+        bench_load.Outcome("text", 4.0, 2.0, status=500, code="internal"),  # broken
+        bench_load.Outcome("text", 4.5, 9.0, status=200),  # waited past the grace period: broken
+    ]
+    report = bench_shutdown.classify(outcomes, signalled=5.0, grace=3.0)
+    assert report["broken"] == 3
+    assert {(e["start"], e["error"] or e["status"]) for e in report["broken_examples"]} == {
+        (1.0, "ReadError"), (4.0, 500), (4.5, 200)}
+    assert report["outcomes"]["200 (before the signal)"] == 1
+    assert report["outcomes"]["503 shutting_down (after the signal)"] == 1
+
+
+@pytest.mark.slow
+def test_the_shutdown_script_passes_on_a_real_server(tiny_bundle, indexes, corpus):
+    import shutdown as bench_shutdown
+
+    cfg = bench_load.LoadConfig("", requests=1500, concurrency=32)
+    report = bench_shutdown.run(["--model", str(tiny_bundle), "--image-index", str(indexes[0]), "--text-index",
+                                 str(indexes[1]), "--threads", "1"], cfg,
+                                bench_load.corpus_payloads(corpus / "items.jsonl"), signal_after=2.0, grace=3.0)
+    assert report["passed"], report
+    assert report["exit_status"] == 0 and not report["cancelled_at_deadline"]
+    assert report["outcomes"].get("200 (before the signal)", 0) > 10
+    assert report["outcomes"].get("ConnectError (after the signal)", 0) > 0
