@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,19 @@ def classify(outcomes: list[Outcome], signalled: float, grace: float) -> dict[st
             "broken_examples": [vars(o) for o in bad[:5]]}
 
 
-def run(serve_args: list[str], cfg: LoadConfig, payloads: Any, signal_after: float, grace: float,
-        server_log: Path | None = None, exit_within: float | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Plan:
+    """When to signal, the server's grace period, the exit bound (default grace + 5 s), where its log goes."""
+
+    signal_after: float = 5.0
+    grace: float = 3.0
+    exit_within: float | None = None
+    server_log: Path | None = None
+
+
+def run(serve_args: list[str], cfg: LoadConfig, payloads: Any, plan: Plan) -> dict[str, Any]:
+    signal_after, grace, server_log = plan.signal_after, plan.grace, plan.server_log
+    exit_within = plan.exit_within or grace + EXIT_MARGIN_S
     log = server_log or Path(tempfile.mkstemp(prefix="llm2clip-shutdown-", suffix=".log")[1])
     proc, url = start_server(serve_args, log=log, log_level="info", env={"LLM2CLIP_SHUTDOWN_TIMEOUT_S": str(grace)})
     cfg = LoadConfig(url, cfg.requests, cfg.concurrency, cfg.mix, cfg.key, cfg.timeout_s)
@@ -85,7 +97,7 @@ def run(serve_args: list[str], cfg: LoadConfig, payloads: Any, signal_after: flo
     watcher.start()
     try:
         outcomes = asyncio.run(run_load(cfg, payloads, on_start=on_start))
-        watcher.join((exit_within or grace + EXIT_MARGIN_S) + EXIT_MARGIN_S)
+        watcher.join(exit_within + EXIT_MARGIN_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -101,7 +113,7 @@ def run(serve_args: list[str], cfg: LoadConfig, payloads: Any, signal_after: flo
               "cancelled_at_deadline": "timeout graceful shutdown exceeded" in output,
               "traceback_in_log": "Traceback" in output,
               **classify(outcomes, events["signal"], grace)}
-    report["passed"] = (report["exit_status"] == 0 and exited_after < (exit_within or grace + EXIT_MARGIN_S)
+    report["passed"] = (report["exit_status"] == 0 and exited_after < exit_within
                         and not report["cancelled_at_deadline"] and not report["traceback_in_log"]
                         and report["broken"] == 0)
     return report
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             serve_args += [flag, str(value)]
     payloads = corpus_payloads(args.items) if args.items else generated_payloads()
     cfg = LoadConfig("", args.requests, args.concurrency, args.mix, timeout_s=30.0)
-    report = run(serve_args, cfg, payloads, args.signal_after, args.grace, args.server_log, args.exit_within)
+    report = run(serve_args, cfg, payloads, Plan(args.signal_after, args.grace, args.exit_within, args.server_log))
     text = json.dumps(report, indent=2)
     if args.json is not None:
         args.json.write_text(text + "\n")

@@ -300,7 +300,8 @@ def test_the_shutdown_script_passes_on_a_real_server(tiny_bundle, indexes, corpu
     cfg = bench_load.LoadConfig("", requests=1500, concurrency=32)
     report = bench_shutdown.run(["--model", str(tiny_bundle), "--image-index", str(indexes[0]), "--text-index",
                                  str(indexes[1]), "--threads", "1"], cfg,
-                                bench_load.corpus_payloads(corpus / "items.jsonl"), signal_after=2.0, grace=3.0)
+                                bench_load.corpus_payloads(corpus / "items.jsonl"),
+                                bench_shutdown.Plan(signal_after=2.0, grace=3.0))
     assert report["passed"], report
     assert report["exit_status"] == 0 and not report["cancelled_at_deadline"]
     assert report["outcomes"].get("200 (before the signal)", 0) > 10
