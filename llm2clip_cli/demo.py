@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from llm2clip.cliargs import add_command, add_dataclass_options, dataclass_values, opt, positive_int
-from training.recipes import stage2_preset
+from training.recipes import STAGE2_PRESETS, stage2_preset
 
 DEFAULT_WORKDIR = "llm2clip-work"
 DEMO_PRECISIONS = ("fp32", "bf16")
 TEXT_ENCODERS = ("cc", "base")
+STAGE2_PRESET = "demo"  # training/recipes.py; its values are part of the train step's stamp
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class DemoCfg:
 
     train_scenes: int = field(default=2000, metadata=opt("training scenes", positive_int))
     test_scenes: int = field(default=500, metadata=opt("scenes in the indexed test corpus", positive_int))
-    epochs: int = field(default=stage2_preset("demo").epochs, metadata=opt("stage-2 epochs", positive_int))
+    epochs: int = field(default=STAGE2_PRESETS[STAGE2_PRESET].values["epochs"], metadata=opt("stage-2 epochs", positive_int))
     image_size: int = field(default=160, metadata=opt("vision tower input side", positive_int))
     seed: int = field(default=0, metadata=opt("random seed"))
     text_encoder: str = field(default="cc", metadata=opt(
@@ -155,7 +156,9 @@ def _build_model(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, train_p: di
         shutil.rmtree(paths["embeddings"], ignore_errors=True)
     steps.run("embed", embed_p, [paths["embeddings"] / "manifest.json"],
               lambda: embed_captions(read_dataset(paths["train"]), llm_dir(), paths["embeddings"], embed_cfg))
-    train_params = {**embed_p, "epochs": cfg.epochs, "image_size": cfg.image_size}
+    recipe = STAGE2_PRESETS[STAGE2_PRESET]
+    train_params = {**embed_p, "epochs": cfg.epochs, "image_size": cfg.image_size, "preset": STAGE2_PRESET,
+                    "recipe": {**recipe.values, "scaled_schedule": recipe.scaled_schedule}}
     if steps.changed("train", train_params):
         # other parameters: a fresh checkpoint, not a resume of the old one
         import shutil
@@ -164,7 +167,8 @@ def _build_model(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, train_p: di
     run = Stage2Run(read_dataset(paths["train"]), paths["embeddings"], paths["checkpoint"],
                     shape=ModelShape(image_size=cfg.image_size))
     steps.run("train", train_params, [paths["checkpoint"] / "model.safetensors"],
-              lambda: train_clip(run, stage2_preset("demo", epochs=cfg.epochs, seed=cfg.seed)))
+              lambda: train_clip(run, stage2_preset(STAGE2_PRESET, train_items=len(run.dataset),
+                                                    epochs=cfg.epochs, seed=cfg.seed)))
     # no int8 text encoder: on the default model it fails its check against fp32 (top-1 agreement 0.86 < 0.9,
     # measured), so writing and checking it would only cost the demo a minute
     export_p = {**train_params, "precisions": list(DEMO_PRECISIONS)}

@@ -220,10 +220,12 @@ def test_training_sees_a_non_square_image_as_the_service_does(tmp_path):
 
 
 def test_presets_are_the_recipes_they_replace():
-    # the demo's recipe: one backbone lr, BatchNorm in train mode, no stochastic depth
-    assert stage2_preset("demo", epochs=3, seed=2) == TrainCfg(
+    # the demo's recipe: the paper's for 8 epochs with the repro's scaled schedule (2,000 scenes: 248 steps)
+    assert stage2_preset("demo", train_items=2000, seed=2) == TrainCfg(
+        epochs=8, seed=2, warmup_steps=12, log_every=2)
+    # the demo's earlier recipe: one backbone lr, BatchNorm in train mode, no stochastic depth
+    assert stage2_preset("simple", epochs=3, seed=2) == TrainCfg(
         epochs=3, seed=2, backbone_lr=2e-4, layer_decay=1.0, freeze_bn=False, drop_path=0.0)
-    assert stage2_preset("demo").epochs == 8
     # the repro's: warmup over 1/20 of the steps and 100 history points, from the training set's size
     assert stage2_preset("repro", train_items=4000, batch_size=64, lr=5e-4, seed=0) == TrainCfg(
         epochs=10, batch_size=64, lr=5e-4, seed=0, warmup_steps=31, log_every=6)
@@ -231,11 +233,11 @@ def test_presets_are_the_recipes_they_replace():
         epochs=1, batch_size=8, warmup_steps=1, log_every=1)
     assert stage2_preset("repro", train_items=4000, warmup_steps=7).warmup_steps == 7  # an override wins
     assert stage2_preset("default") == TrainCfg()
-    assert set(STAGE2_PRESETS) == {"default", "demo", "repro"}
+    assert set(STAGE2_PRESETS) == {"default", "demo", "simple", "repro"}
     with pytest.raises(LLM2CLIPError, match="unknown stage-2 preset 'fast'"):
         stage2_preset("fast")
     with pytest.raises(TypeError, match="lr_max"):
-        stage2_preset("demo", lr_max=1.0)
+        stage2_preset("simple", lr_max=1.0)
     with pytest.raises(ValueError, match="train_items"):
         stage2_preset("repro")
 
@@ -248,10 +250,10 @@ def test_cli_trains_the_preset_with_the_options_given(scenes, shards, tmp_path, 
     monkeypatch.setattr(training.clip, "train_clip",
                         lambda run, cfg: calls.append((run, cfg)) or {"rank": 0, "steps": 0, "history": []})
     base = ["train", "clip", "--data", str(scenes.root), "--embeddings", str(shards), "--out", str(tmp_path / "c")]
-    assert main([*base, "--preset", "demo", "--layer-decay", "0.5", "--no-bf16", "--image-size", "64"]) == 0
+    assert main([*base, "--preset", "simple", "--layer-decay", "0.5", "--no-bf16", "--image-size", "64"]) == 0
     run, cfg = calls[-1]
     # the preset's values, except the ones given, which win even over the preset's own
-    assert cfg == stage2_preset("demo", layer_decay=0.5, bf16=False)
+    assert cfg == stage2_preset("simple", layer_decay=0.5, bf16=False)
     assert run.shape.image_size == 64 and run.shape.embed_dim == 256 and run.embeddings == shards
     assert main([*base, "--epochs", "2"]) == 0
     assert calls[-1][1] == TrainCfg(epochs=2)  # no preset: the default one, TrainCfg's defaults
