@@ -97,8 +97,10 @@ class Drain:
         """How long before the deadline the batchers close: the margin for the handlers to answer, plus the
         slowest recent encoder call, which a worker may have just started when they close (a real LLM's
         call of thousands of tokens takes seconds on a CPU)."""
-        slowest = max((getattr(b, "slowest_call_s", 0.0) for b in self._batchers), default=0.0)
-        return self.margin_s + slowest
+        return self.margin_s + self._slowest_call_s()
+
+    def _slowest_call_s(self) -> float:
+        return max((getattr(b, "slowest_call_s", 0.0) for b in self._batchers), default=0.0)
 
     def left(self) -> float:
         """Seconds until uvicorn's graceful deadline (the whole timeout when no signal came)."""
@@ -128,7 +130,6 @@ class Drain:
         left inside a native encoder call when the interpreter exits can abort the process, so a call that
         started just before the deadline is waited for; one stuck for longer is given up."""
         self.close_batchers()
-        slowest = max((getattr(b, "slowest_call_s", 0.0) for b in self._batchers), default=0.0)
-        timeout = max(self.margin_s, self.left(), slowest + self.margin_s)
+        timeout = max(self.left(), self.lead_s())
         await asyncio.gather(*(asyncio.to_thread(b.stop, timeout) for b in self._batchers))
         self.detach()
