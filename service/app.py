@@ -22,18 +22,12 @@ from llm2clip import __version__
 from service.access_log import RequestLogMiddleware, install_stderr_handler
 from service.asgi import HttpMiddleware
 from service.auth import AuthMiddleware, document_security, key_ring, rate_limiter
-from service.batching import (
-    Batcher,
-    BatchHooks,
-    QueueLimits,
-    image_batch_fn,
-    text_batch_fn,
-    text_cost,
-    text_plan,
-)
+from service.batching import Batcher, BatchHooks, QueueLimits
 from service.cache import TextEmbeddingCache
 from service.contract import install_openapi
+from service.encode_fns import image_batch_fn, text_batch_fn, text_cost, text_plan
 from service.errors import CatchAllMiddleware, register_error_handlers
+from service.memory import HeapTrimmer
 from service.metrics import HttpMetricsMiddleware, Metrics
 from service.reload import IndexReloader, Watcher, show_index
 from service.routes import api_router
@@ -99,8 +93,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if resources is None:
             resources = await asyncio.to_thread(load_resources, settings)
         await asyncio.to_thread(resources.warmup)
-        text_batcher = _text_batcher(resources, settings, metrics)
-        image_batcher = _image_batcher(resources, settings, metrics)
+        trim = _heap_trimmer(settings, metrics)
+        text_batcher = _text_batcher(resources, settings, _hooks("text", metrics, trim))
+        image_batcher = _image_batcher(resources, settings, _hooks("image", metrics, trim))
         batchers = [text_batcher, image_batcher]
         state.drain.attach(asyncio.get_running_loop(), batchers)
         for batcher in batchers:
@@ -135,7 +130,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         Image.MAX_IMAGE_PIXELS = previous_pixels
 
 
-def _hooks(modality: str, metrics: Metrics) -> BatchHooks:
+def _heap_trimmer(settings: Settings, metrics: Metrics) -> HeapTrimmer | None:
+    """One per app, shared by both batchers: the heap is the process's."""
+    if settings.memory_trim_idle_s <= 0:
+        return None
+
+    def on_trim(released: int, _seconds: float) -> None:
+        metrics.heap_trims.inc()
+        metrics.heap_trimmed_bytes.inc(released)
+
+    return HeapTrimmer(min_interval_s=settings.memory_trim_idle_s, on_trim=on_trim)
+
+
+def _hooks(modality: str, metrics: Metrics, trim: HeapTrimmer | None = None) -> BatchHooks:
     encode_seconds = metrics.encode_seconds.labels(modality=modality)
     batch_size = metrics.encode_batch_size.labels(modality=modality)
     depth = metrics.queue_depth.labels(modality=modality)
@@ -153,7 +160,9 @@ def _hooks(modality: str, metrics: Metrics) -> BatchHooks:
         if text:
             metrics.queue_tokens.set(cost)
 
-    return BatchHooks(on_batch, on_depth)
+    if trim is None:
+        return BatchHooks(on_batch, on_depth)
+    return BatchHooks(on_batch, on_depth, on_idle=trim, idle_s=trim.min_interval_s)
 
 
 def _limits(settings: Settings) -> QueueLimits:
@@ -161,12 +170,11 @@ def _limits(settings: Settings) -> QueueLimits:
     return QueueLimits(batch_size=b.batch_size, queue_size=b.queue_size, wait_s=b.wait_ms / 1000)
 
 
-def _image_batcher(resources: Resources, settings: Settings, metrics: Metrics) -> Batcher:
-    return Batcher("image", image_batch_fn(resources.image_encoder), _limits(settings),
-                   hooks=_hooks("image", metrics))
+def _image_batcher(resources: Resources, settings: Settings, hooks: BatchHooks) -> Batcher:
+    return Batcher("image", image_batch_fn(resources.image_encoder), _limits(settings), hooks=hooks)
 
 
-def _text_batcher(resources: Resources, settings: Settings, metrics: Metrics) -> Batcher:
+def _text_batcher(resources: Resources, settings: Settings, hooks: BatchHooks) -> Batcher:
     """Texts arrive tokenized; a round gathers up to one token budget of them and is cut into calls by
     length, so that padding stays small."""
     b = settings.batch
@@ -175,7 +183,7 @@ def _text_batcher(resources: Resources, settings: Settings, metrics: Metrics) ->
     # a variant whose embeddings depend on their batch mates lowers the encoder's own batch size
     return Batcher("text", text_batch_fn(encoder), limits, cost=text_cost,
                    plan=text_plan(b.max_batch_tokens, min(b.batch_size, encoder.max_batch_size)),
-                   hooks=_hooks("text", metrics))
+                   hooks=hooks)
 
 
 def _cache(settings: Settings, metrics: Metrics) -> TextEmbeddingCache:

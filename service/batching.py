@@ -22,11 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import numpy as np
-
-from llm2clip.encoders import ImageEncoder, TextEncoder
-from llm2clip.encoders.base import pad_batch, plan_batches
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -72,11 +67,15 @@ class QueueLimits:
 
 @dataclass(frozen=True)
 class BatchHooks:
-    """For metrics; neither may raise. ``on_batch(items, seconds, cost)`` runs after each ``fn`` call,
-    ``on_depth(items, cost)`` whenever the pending items change."""
+    """None of them may raise. ``on_batch(items, seconds, cost)`` runs after each ``fn`` call,
+    ``on_depth(items, cost)`` whenever the pending items change (both for metrics), and ``on_idle()`` on the
+    worker thread once per idle period: when no work has come for ``idle_s`` seconds after an encoder call
+    (the service hands free heap memory back to the system there, see service/memory.py)."""
 
     on_batch: Callable[[int, float, int], None] | None = None
     on_depth: Callable[[int, int], None] | None = None
+    on_idle: Callable[[], None] | None = None
+    idle_s: float = 1.0
 
 
 class Batcher(Generic[T, R]):
@@ -112,6 +111,8 @@ class Batcher(Generic[T, R]):
         self.plan = plan or self._chunks
         self._on_batch = hooks.on_batch
         self._on_depth = hooks.on_depth
+        self._on_idle = hooks.on_idle
+        self._idle_s = hooks.idle_s
         self.clock: Callable[[], float] = time.perf_counter  # what on_batch's seconds are measured with
         self._jobs: deque[_Job[T, R]] = deque()
         self._pending = 0  # items queued or inside the running round
@@ -218,7 +219,11 @@ class Batcher(Generic[T, R]):
 
     # the worker --------------------------------------------------------------------------------------
     def _run(self) -> None:
+        settled = True  # no encoder call since the last on_idle
         while True:
+            if not settled and self._quiet_for(self._idle_s):
+                self._notify_idle()
+                settled = True
             with self._cond:
                 while not self._jobs and not self._closed:
                     self._cond.wait()
@@ -226,7 +231,20 @@ class Batcher(Generic[T, R]):
                     break
                 batch = self._gather()
             self._process(batch)
+            settled = self._on_idle is None
         self._fail_queued()
+
+    def _quiet_for(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for work; True when none came and the batcher is still open."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._jobs or self._closed, timeout=seconds)
+            return not self._jobs and not self._closed
+
+    def _notify_idle(self) -> None:
+        try:
+            self._on_idle()  # type: ignore[misc]
+        except Exception:  # a hook must not take the worker down
+            log.exception("batcher %s: on_idle failed", self.name)
 
     def _gather(self) -> list[_Job[T, R]]:
         """Called with the lock held and at least one job queued."""
@@ -342,50 +360,3 @@ class Batcher(Generic[T, R]):
 
 
 # batch functions for the two encoders ------------------------------------------------------------------
-@dataclass
-class TokenizedText:
-    """A text after the tokenizer, before the encoder: what the text batcher queues."""
-
-    ids: np.ndarray  # int64 token ids, unpadded, already cut at max_tokens
-    truncated: bool  # the text had more than max_tokens tokens
-
-
-@dataclass
-class TextEmbedding:
-    vector: np.ndarray  # unit float32 (dim,)
-    tokens: int  # tokens the encoder saw (after truncation)
-    truncated: bool  # the text had more than max_tokens tokens
-
-
-def text_cost(item: TokenizedText) -> int:
-    return len(item.ids)
-
-
-def text_plan(max_batch_tokens: int, max_batch_size: int) -> Callable[[list[TokenizedText]], list[Sequence[int]]]:
-    """Encoder calls for a round of texts: by length, each padded call under the token budget."""
-
-    def plan(items: list[TokenizedText]) -> list[Sequence[int]]:
-        return list(plan_batches([len(t.ids) for t in items], max_batch_tokens, max_batch_size))
-
-    return plan
-
-
-def text_batch_fn(encoder: TextEncoder) -> Callable[[list[TokenizedText]], list[TextEmbedding]]:
-    """Items are tokenized already (in the request's thread): the single worker only pads and encodes."""
-
-    def encode(items: list[TokenizedText]) -> list[TextEmbedding]:
-        batch = pad_batch([t.ids for t in items], encoder.pad_id, [t.truncated for t in items])
-        vectors = encoder.encode_tokens(batch)
-        return [TextEmbedding(vectors[i], len(t.ids), t.truncated) for i, t in enumerate(items)]
-
-    return encode
-
-
-def image_batch_fn(encoder: ImageEncoder) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    """Items are preprocessed pixels (3, S, S): decoding and resizing run in the request's own thread, in
-    parallel, so the single worker spends its time in the encoder."""
-
-    def encode(pixels: list[np.ndarray]) -> list[np.ndarray]:
-        return list(encoder.encode_pixels(np.stack(pixels)))
-
-    return encode

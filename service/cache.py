@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from service.batching import TextEmbedding
+from service.encode_fns import TextEmbedding
 
 # what an entry costs besides its slab row: the ordered dict's node, the key tuple and its digest, the slot
 # number (tracemalloc over 20,000 puts of 500-character texts: 219 bytes, whatever the text's length)

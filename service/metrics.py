@@ -89,6 +89,7 @@ class Metrics:
             ["fingerprint", "precision", "backend", "device", "version"], registry=r,
         )
         self._add_index_metrics(r)
+        self._add_memory_metrics(r)
         self.ready = Gauge("llm2clip_ready", "1 while /readyz answers ready (model, indexes and encoder workers up).",
                            registry=r)
         self.queue_tokens_limit = Gauge(
@@ -98,6 +99,13 @@ class Metrics:
             "llm2clip_rejected_requests", "Requests refused with a 4xx, by error code.", ["reason"],
             registry=r,
         )
+
+    def _add_memory_metrics(self, r: CollectorRegistry) -> None:
+        self.heap_trims = Counter(
+            "llm2clip_heap_trims", "Times the free heap memory was handed back to the system (the encoders "
+            "idle for LLM2CLIP_MEMORY_TRIM_IDLE_S after a call).", registry=r)
+        self.heap_trimmed_bytes = Counter(
+            "llm2clip_heap_trimmed_bytes", "Resident memory those trims gave back, in bytes.", registry=r)
 
     def _add_index_metrics(self, r: CollectorRegistry) -> None:
         self.index_items = Gauge("llm2clip_index_items", "Rows in each loaded index.", ["index"], registry=r)

@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         description="Memory the text query cache may hold, in bytes (texts, vectors and bookkeeping; "
                     "llm2clip_query_cache_bytes shows it): the least recently used entries go first.",
     )
+    memory_trim_idle_s: float = Field(
+        default=1.0, ge=0, le=3600,
+        description="When an encoder has had no work for this many seconds after a call, hand the heap's "
+                    "free memory back to the system (glibc malloc_trim; llm2clip_heap_trims and "
+                    "llm2clip_heap_trimmed_bytes show it): resident memory then falls back after a burst of "
+                    "large batches instead of keeping their high-water mark. 0: never.",
+    )
     batch: BatchSettings = Field(default_factory=lambda: BatchSettings(), description="Batching per encoder.")
 
     # request limits: each is checked before any expensive work

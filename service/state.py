@@ -13,8 +13,9 @@ from llm2clip.bundle import ModelBundle, load_bundle
 from llm2clip.encoders import BatchLimits, ImageEncoder, TextEncoder, load_encoders
 from llm2clip.errors import SettingError
 from llm2clip.index import MODALITIES
-from service.batching import Batcher, TextEmbedding, TokenizedText
+from service.batching import Batcher
 from service.cache import TextEmbeddingCache
+from service.encode_fns import TextEmbedding, TokenizedText
 from service.indexes import IndexSet, ServedIndex, index_setting, load_checked
 from service.metrics import Metrics
 from service.reload import IndexReloader

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from llm2clip.tokenizer import normalize_text
-from service.batching import Overloaded, ShuttingDown, TextEmbedding, TokenizedText
+from service.batching import Overloaded, ShuttingDown
 from service.contract import JSON_CONTAINER_RE
+from service.encode_fns import TextEmbedding, TokenizedText
 from service.errors import ApiError
 from service.settings import Settings
 from service.shutdown import shutting_down

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from llm2clip.encoders.base import plan_batches
-from service.batching import Batcher, BatchHooks, Overloaded, QueueLimits, ShuttingDown, TextEmbedding
+from service.batching import Batcher, BatchHooks, Overloaded, QueueLimits, ShuttingDown
+from service.encode_fns import TextEmbedding
 
 
 class Gate:
