@@ -173,3 +173,14 @@ def test_trimming_can_be_turned_off(app_client):
     assert c.post("/search", json={"text": "a red circle", "k": 1}).status_code == 200
     time.sleep(0.3)
     assert "llm2clip_heap_trims_total 0.0" in c.get("/metrics").text
+
+
+def test_text_encoder_memory_bench_samples_a_bundle(tiny_bundle, corpus, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import text_encoder_memory
+
+    assert text_encoder_memory.main([str(tiny_bundle), str(corpus / "items.jsonl"), "--calls", "50", "--trim",
+                                     "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["trim"] is True and [s[0] for s in report["samples"]] == [25, 50]
+    assert all(s[1] > 0 for s in report["samples"]) and report["end_mib"] == report["samples"][-1][1]
