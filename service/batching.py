@@ -357,6 +357,3 @@ class Batcher(Generic[T, R]):
     def _report_depth(self, items: int, cost: int) -> None:
         if self._on_depth is not None:
             self._on_depth(items, cost)
-
-
-# batch functions for the two encoders ------------------------------------------------------------------

@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    """Polls ``condition`` until it holds; a test fails only if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.001)
 
 
 def png_bytes(image: Image.Image) -> bytes:

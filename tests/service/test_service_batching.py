@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import numpy as np
 import pytest
+from service_helpers import wait_until
 
 from llm2clip.encoders.base import plan_batches
 from service.batching import Batcher, BatchHooks, Overloaded, QueueLimits, ShuttingDown
@@ -183,14 +183,6 @@ def test_async_submit_and_metrics_hooks():
         b.stop()
     assert seen == [(2, 1.0, 2), (1, 1.0, 1)]
     assert depths == [(2, 2), (0, 0), (1, 1), (0, 0)]
-
-
-def wait_until(condition, timeout: float = 10.0) -> None:
-    """Polls ``condition`` until it holds; a test fails only if it never does."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.001)
 
 
 def send_in_order(client, texts: list[str], batcher) -> list:

@@ -11,16 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from service_helpers import wait_until
 
 from service.batching import Batcher, BatchHooks, QueueLimits
 from service.memory import can_trim
-
-
-def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.002)
 
 
 class Held:
@@ -114,7 +108,7 @@ def test_stop_does_not_wait_for_the_idle_period():
     assert time.monotonic() - t0 < 5 and not b.alive
 
 
-needs_glibc = pytest.mark.skipif(not can_trim(), reason="malloc_trim is glibc's")
+needs_glibc = pytest.mark.skipif(not can_trim(), reason="malloc_trim exists only in glibc; on other C libraries the trimmer does nothing, by design")
 
 
 HOLES = """
