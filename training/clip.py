@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -161,13 +162,20 @@ def train_clip(run: Stage2Run, cfg: TrainCfg | None = None) -> dict[str, Any]:
         return Stage2Trainer(run, cfg or TrainCfg(), dist_info).fit()
 
 
+def drawable(available: Iterable[str], caption_keys: Sequence[str]) -> list[str]:
+    """The keys a sample of this item draws from, uniformly: ``caption_keys`` in their order, repeats kept (a key
+    listed twice is drawn twice as often), less those the item has no caption for."""
+    have = set(available)
+    return [k for k in caption_keys if k in have]
+
+
 def _text_side(run: Stage2Run, cfg: TrainCfg, out: Path) -> _TextSide:
     if run.embeddings is None:
         side = _joint_text(run, cfg, out)
     else:
         caps = CaptionEmbeddings(run.embeddings)
         side = _TextSide({**caps.manifest["text_encoder"], "embeddings": str(Path(run.embeddings).resolve())},
-                         [[k for k in caps.keys_for(item.id) if k in cfg.caption_keys] for item in run.dataset],
+                         [drawable(caps.keys_for(item.id), cfg.caption_keys) for item in run.dataset],
                          caps=caps)
     missing = [item.id for item, k in zip(run.dataset, side.keys, strict=True) if not k]
     if missing:
@@ -185,7 +193,7 @@ def _joint_text(run: Stage2Run, cfg: TrainCfg, out: Path) -> _TextSide:
         raise LLM2CLIPError(f"{tok_dir} has no tokenizer.json: pass a tokenizer folder")
     if (run.model_cfg is None or run.model_cfg.text_tower is None) and not is_checkpoint(out):
         raise LLM2CLIPError("training without caption embeddings needs a model config with a text tower")
-    keys = [[k for k in item.captions if k in cfg.caption_keys] for item in run.dataset]
+    keys = [drawable(item.captions, cfg.caption_keys) for item in run.dataset]
     return _TextSide({"name": "clip-text-transformer", "tokenizer": str(tok_dir.resolve())}, keys, tok_dir=tok_dir)
 
 

@@ -47,7 +47,8 @@ class TrainCfg:
     cache_frozen_tokens: bool = field(default=True, metadata=opt(
         "with a DINOv2 backbone and --trainable-blocks, compute the frozen blocks' tokens once per image into a "
         "disk cache (token_cache/ in the run's folder) and train from them; off: recompute them every step"))
-    caption_keys: tuple[str, ...] = ("long", "short")  # drawn uniformly per sample
+    # drawn uniformly per sample among those the item has; a key listed twice is drawn twice as often
+    caption_keys: tuple[str, ...] = ("long", "short")
     log_every: int = field(default=10, metadata=opt("history entry every N steps (and at epoch ends)",
                                                     positive_int))
 

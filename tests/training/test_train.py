@@ -13,7 +13,7 @@ from llm2clip.model import LLM2CLIP
 from training.checkpoint import load_checkpoint, load_state
 from training.clip import Stage2Run, train_clip
 from training.clip_recipe import clip_loss, layer_ids, param_groups
-from training.config import EmbedCfg, TrainCfg
+from training.config import EmbedCfg, ModelShape, TrainCfg
 from training.embed import CaptionEmbeddings, embed_captions
 from training.recipes import STAGE2_PRESETS, stage2_preset
 
@@ -222,7 +222,7 @@ def test_training_sees_a_non_square_image_as_the_service_does(tmp_path):
 def test_presets_are_the_recipes_they_replace():
     # the demo's recipe: the paper's for 8 epochs with the repro's scaled schedule (2,000 scenes: 248 steps)
     assert stage2_preset("demo", train_items=2000, seed=2) == TrainCfg(
-        epochs=8, seed=2, warmup_steps=12, log_every=2)
+        epochs=8, seed=2, warmup_steps=12, log_every=2, caption_keys=("long", "long", "long", "short"))
     # the demo's earlier recipe: one backbone lr, BatchNorm in train mode, no stochastic depth
     assert stage2_preset("simple", epochs=3, seed=2) == TrainCfg(
         epochs=3, seed=2, backbone_lr=2e-4, layer_decay=1.0, freeze_bn=False, drop_path=0.0)
@@ -266,3 +266,23 @@ def test_validation_needs_its_embeddings(scenes, shards, tmp_path):
     with pytest.raises(LLM2CLIPError, match="validation needs both"):
         train_clip(Stage2Run(scenes, shards, tmp_path / "c", model_cfg=tiny_cfg(), val=scenes), TrainCfg())
     assert not (tmp_path / "c").exists()
+
+
+def test_caption_draws_follow_the_keys_listed(scenes, shards, tmp_path, monkeypatch):
+    """A key listed three times is drawn three times as often; a key the item lacks is never drawn."""
+    from training.clip import Stage2Trainer, drawable
+    from training.distributed import DistInfo
+
+    assert drawable(["long", "short"], ("long", "long", "long", "short", "long_w")) == ["long"] * 3 + ["short"]
+    assert drawable(["short", "long"], ("long", "short")) == ["long", "short"]
+    run = Stage2Run(scenes, shards, tmp_path / "run", shape=ModelShape(image_size=32, embed_dim=16),
+                    progress=False)
+    trainer = Stage2Trainer(run, TrainCfg(batch_size=8, caption_keys=("long", "long", "long", "short")), DistInfo())
+    drawn: list[str] = []
+    get = CaptionEmbeddings.get
+    monkeypatch.setattr(CaptionEmbeddings, "get", lambda self, item, key: (drawn.append(key), get(self, item, key))[1])
+    for step in range(100):
+        trainer.step = step
+        trainer._batch(torch.arange(8))
+    assert len(drawn) == 800
+    assert 0.70 < drawn.count("long") / 800 < 0.80
