@@ -29,6 +29,10 @@ def _add_data(subparsers) -> None:
     s.add_argument("--caption-style", choices=["own", "unseen"], default="own",
                    help="own (default): the grammar training reads; unseen: the same scenes and images, captioned "
                         "by a second, independent grammar (other sentence orders and words), for evaluation only")
+    s.add_argument("--other-words", type=non_negative_int, default=0, metavar="N",
+                   help="add N captions per scene for training (keys long_w1..N): the long caption with each class, "
+                        "size, orientation and texture word swapped, with probability 1/2, for a WordNet synonym "
+                        "(purse for bag, inverted for upside down); default 0")
     r = add_command(sub, "restyle", _run_restyle)
     r.add_argument("--data", required=True, type=Path, help="a scene corpus folder (`llm2clip data scenes`)")
     r.add_argument("--out", required=True, type=Path, help="output folder for the restyled corpus")
@@ -49,7 +53,8 @@ def _run_data(args: argparse.Namespace) -> int:
     """
     from llm2clip.data import generate_scenes
 
-    ds = generate_scenes(args.out, args.n, args.split, args.seed, caption_style=args.caption_style)
+    ds = generate_scenes(args.out, args.n, args.split, args.seed, caption_style=args.caption_style,
+                         other_words=args.other_words)
     print(f"{len(ds)} {args.split} scenes in {args.out} ({args.caption_style} captions)")
     return 0
 

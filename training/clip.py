@@ -177,6 +177,10 @@ def _text_side(run: Stage2Run, cfg: TrainCfg, out: Path) -> _TextSide:
         side = _TextSide({**caps.manifest["text_encoder"], "embeddings": str(Path(run.embeddings).resolve())},
                          [drawable(caps.keys_for(item.id), cfg.caption_keys) for item in run.dataset],
                          caps=caps)
+    unused = set(cfg.caption_keys) - {k for keys in side.keys for k in keys}
+    if unused:
+        raise DatasetError(f"caption keys {', '.join(sorted(unused))} are in no item's captions (or embeddings): "
+                           "check --caption-keys against the dataset")
     missing = [item.id for item, k in zip(run.dataset, side.keys, strict=True) if not k]
     if missing:
         raise DatasetError(f"{len(missing)} items have no caption embedding (e.g. {missing[0]!r}): run "

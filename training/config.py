@@ -20,6 +20,14 @@ COMPUTE_DTYPES = ("bf16", "fp32")
 INT8_METHODS = ("blockwise", "smoothquant")
 
 
+def drawn_keys(value: str) -> tuple[str, ...]:
+    """argparse type: comma-separated caption keys, repeats kept (they weigh the draw)."""
+    keys = tuple(k.strip() for k in value.split(",") if k.strip())
+    if not keys:
+        raise argparse.ArgumentTypeError("give at least one caption key, e.g. long,short")
+    return keys
+
+
 @dataclass
 class TrainCfg:
     """The stage-2 recipe (``training.clip``); its defaults are the paper's, ``training.recipes`` has others."""
@@ -47,8 +55,9 @@ class TrainCfg:
     cache_frozen_tokens: bool = field(default=True, metadata=opt(
         "with a DINOv2 backbone and --trainable-blocks, compute the frozen blocks' tokens once per image into a "
         "disk cache (token_cache/ in the run's folder) and train from them; off: recompute them every step"))
-    # drawn uniformly per sample among those the item has; a key listed twice is drawn twice as often
-    caption_keys: tuple[str, ...] = ("long", "short")
+    caption_keys: tuple[str, ...] = field(default=("long", "short"), metadata=opt(
+        "comma-separated caption keys a sample draws its caption from, uniformly among those its item has; a "
+        "key listed k times is drawn k times as often (the demo preset: long,long,long,short)", drawn_keys))
     log_every: int = field(default=10, metadata=opt("history entry every N steps (and at epoch ends)",
                                                     positive_int))
 

@@ -49,6 +49,7 @@ from llm2clip.data.captions import (
     long_caption,
     short_caption,
 )
+from llm2clip.data.captions.lexical import relexicalise
 from llm2clip.data.captions.unseen import STYLE as UNSEEN_STYLE
 from llm2clip.data.captions.unseen import restyle_items
 from llm2clip.data.dataset import ITEMS_FILE, Dataset, Item, write_items
@@ -62,12 +63,13 @@ from llm2clip.data.scene_graph import (
     SceneObject,
     draw_scene,
 )
-from llm2clip.data.streams import CAPTION, EXTRA_UNIT, SCENE, SPLIT_CODES, split_rng
+from llm2clip.data.streams import CAPTION, EXTRA_UNIT, OTHER_WORDS, SCENE, SPLIT_CODES, split_rng
 from llm2clip.data.twins import TwinDiff, mutate
 from llm2clip.errors import DatasetError
 
 SPLITS = tuple(SPLIT_CODES)
 CAPTION_STYLES = ("own", UNSEEN_STYLE)  # own: what training reads; unseen: an evaluation-only grammar
+OTHER_WORDS_P = 0.5  # each attribute word of a caption in other words is swapped with this probability
 TWIN_SPLITS = ("val", "test")  # splits whose scenes come in near-twin pairs
 LATE_MIN_OBJECTS = 3  # a late pair needs other objects to fill the first 77 tokens
 _IMAGE_NAME = re.compile(r"^\d{6,}\.png$")
@@ -203,16 +205,34 @@ def _check_arguments(n: int, split: str, seed: int) -> None:
         raise DatasetError(f"the seed must be a non-negative integer, got {seed!r}")
 
 
+def add_other_words(items: list[Item], split: str, seed: int, variants: int) -> None:
+    """Give each item ``variants`` more captions, ``long_w1`` ...: its long caption with each class, size,
+    orientation and texture word swapped for a WordNet synonym with probability ``OTHER_WORDS_P``
+    (``captions.lexical``), drawn from the item's own OTHER_WORDS stream."""
+    for i, item in enumerate(items):
+        rng = split_rng(seed, split, OTHER_WORDS, i)
+        for k in range(1, variants + 1):
+            item.captions[f"long_w{k}"] = relexicalise(item.captions["long"], rng, OTHER_WORDS_P)
+
+
 def generate_scenes(
-    out: Path | str, n: int, split: str, seed: int, progress: bool = True, caption_style: str = "own"
+    out: Path | str, n: int, split: str, seed: int, progress: bool = True, caption_style: str = "own",
+    other_words: int = 0,
 ) -> Dataset:
     """Write ``n`` scenes of ``split`` (DATASET.md) to ``out``; same arguments, same bytes.
 
     ``caption_style="unseen"``: the same scenes and image bytes, captioned by the evaluation-only grammar
-    (``captions.unseen``); items are what ``restyle_items`` makes of the own style's, with the same seed."""
+    (``captions.unseen``); items are what ``restyle_items`` makes of the own style's, with the same seed.
+    ``other_words``: this many more captions per scene in other words (``add_other_words``), for training;
+    every other caption and image stays byte for byte what it is without them."""
     _check_arguments(n, split, seed)
     if caption_style not in CAPTION_STYLES:
         raise DatasetError(f"unknown caption style {caption_style!r}: expected one of {', '.join(CAPTION_STYLES)}")
+    if isinstance(other_words, bool) or not isinstance(other_words, int) or other_words < 0:
+        raise DatasetError(f"other_words must be a non-negative integer, got {other_words!r}")
+    if other_words and caption_style != "own":
+        raise DatasetError("captions in other words are made from the own style's long captions: use them with "
+                           "caption_style='own'")
     out = Path(out)
     prepare_out(out)
     photos, _ = load_fashion_mnist(fashion_mnist_part(split))
@@ -222,6 +242,7 @@ def generate_scenes(
     items = [_write_scene(corpus, scenes, i) for i in steps]
     if caption_style == UNSEEN_STYLE:
         items = restyle_items(items, seed, corpus.count_tokens, progress)
+    add_other_words(items, split, seed, other_words)
     # written last: a folder without items.jsonl is an unfinished run
     write_items(out, items)
     return Dataset(root=out, items=items)

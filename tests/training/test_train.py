@@ -8,7 +8,7 @@ import torch
 from tiny_models import tiny_cfg
 
 from llm2clip.data import read_dataset
-from llm2clip.errors import BundleError, LLM2CLIPError
+from llm2clip.errors import BundleError, DatasetError, LLM2CLIPError
 from llm2clip.model import LLM2CLIP
 from training.checkpoint import load_checkpoint, load_state
 from training.clip import Stage2Run, train_clip
@@ -259,7 +259,12 @@ def test_cli_trains_the_preset_with_the_options_given(scenes, shards, tmp_path, 
     assert calls[-1][1] == TrainCfg(epochs=2)  # no preset: the default one, TrainCfg's defaults
     assert main([*base, "--preset", "repro", "--batch-size", "8"]) == 0
     assert calls[-1][1] == stage2_preset("repro", train_items=len(scenes), batch_size=8)
+    assert main([*base, "--preset", "demo", "--caption-keys", "long,long,long_w1,short"]) == 0
+    assert calls[-1][1].caption_keys == ("long", "long", "long_w1", "short") and calls[-1][1].epochs == 8
     assert "checkpoint" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*base, "--caption-keys", " , "])
+    assert "at least one caption key" in capsys.readouterr().err
 
 
 def test_validation_needs_its_embeddings(scenes, shards, tmp_path):
@@ -286,3 +291,9 @@ def test_caption_draws_follow_the_keys_listed(scenes, shards, tmp_path, monkeypa
         trainer._batch(torch.arange(8))
     assert len(drawn) == 800
     assert 0.70 < drawn.count("long") / 800 < 0.80
+
+
+def test_a_caption_key_no_item_has_is_refused(scenes, shards, tmp_path):
+    run = Stage2Run(scenes, shards, tmp_path / "run", shape=ModelShape(image_size=32, embed_dim=16), progress=False)
+    with pytest.raises(DatasetError, match="caption keys lnog are in no item"):
+        train_clip(run, TrainCfg(epochs=1, batch_size=8, caption_keys=("long", "lnog")))
