@@ -1,0 +1,132 @@
+"""Models against each other on the same validation queries, in both caption styles (issue 14's protocol).
+
+    python -m research.compare_models --own val --unseen val-unseen \\
+        --arm A=a0/bundle,a1/bundle --arm C=c0/bundle,c1/bundle --compare C-A [--json out.json]
+
+An arm is one recipe: its bundles are its seeds. Each bundle is scored on OWN (a val corpus) and UNSEEN (the same
+scenes restyled, ``llm2clip data restyle``) with ``training.eval.evaluate_per_query``; the results are cached in
+``--cache`` by model fingerprint and corpus, since scoring a bundle costs a minute. For each ``--compare X-Y``, X's
+hits (averaged over its seeds) are paired with Y's on every metric below, one cluster per twin pair
+(``research.stats.paired_cluster_test``). Every comparison of the run is one family for Holm's correction. A
+difference is called one only when its Holm p is below 0.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from research.stats import holm, paired_cluster_test
+
+# (caption style, caption, direction, k): the long-caption R@1 both ways in both styles, the short-caption T2I
+# R@1 (what drawing long captions more often could cost), and R@5 on unseen phrasing, where R@1 is near the floor
+METRICS: tuple[tuple[str, str, str, int], ...] = (
+    ("own", "long", "t2i", 1), ("own", "long", "i2t", 1), ("own", "short", "t2i", 1),
+    ("unseen", "long", "t2i", 1), ("unseen", "long", "i2t", 1), ("unseen", "long", "t2i", 5),
+    ("unseen", "long", "i2t", 5),
+)
+ALPHA = 0.05
+
+
+def metric_name(metric: tuple[str, str, str, int]) -> str:
+    style, caption, direction, k = metric
+    return f"{style} {caption} {direction} R@{k}"
+
+
+def clusters(n: int, pairs: list[list[int]]) -> np.ndarray:
+    """One cluster id per query: a scene and its near twin share one."""
+    c = np.arange(n)
+    for a, b in pairs:
+        c[b] = c[a]
+    return c
+
+
+def hits(per_query: dict[str, Any], metric: tuple[str, str, str, int]) -> np.ndarray:
+    _, caption, direction, k = metric
+    return np.asarray(per_query["ranks"][caption][direction]) < k
+
+
+def family(arms: dict[str, dict[str, list[dict[str, Any]]]], comparisons: list[tuple[str, str]]) -> dict[str, Any]:
+    """``arms[name][style]``: per seed, ``evaluate_per_query``'s ``per_query``. Every (comparison, metric) test and
+    its Holm p over all of them."""
+    tests = {}
+    for x, y in comparisons:
+        for metric in METRICS:
+            style = metric[0]
+            hx = np.stack([hits(pq, metric) for pq in arms[x][style]])
+            hy = np.stack([hits(pq, metric) for pq in arms[y][style]])
+            cl = clusters(hx.shape[1], arms[x][style][0]["twin_pairs"])
+            tests[(f"{x}-{y}", metric_name(metric))] = paired_cluster_test(hx, hy, cl)
+    adjusted = holm({f"{c}\t{m}": t.p for (c, m), t in tests.items()})
+    out: dict[str, Any] = {"alpha": ALPHA, "correction": "holm", "family": len(tests), "comparisons": {}}
+    for (comp, metric), t in tests.items():
+        p_holm = adjusted[f"{comp}\t{metric}"]
+        out["comparisons"].setdefault(comp, {})[metric] = {**t.as_dict(), "p_holm": p_holm,
+                                                            "significant": bool(p_holm < ALPHA)}
+    out["means"] = {name: {metric_name(m): [float(hits(pq, m).mean()) for pq in styles[m[0]]] for m in METRICS}
+                    for name, styles in arms.items()}
+    return out
+
+
+def scored(bundle: Path, corpus: Path, cache: Path, threads: int | None) -> dict[str, Any]:
+    """``evaluate_per_query``'s ``per_query`` for ``bundle`` on ``corpus``, from the cache when it is there."""
+    from llm2clip.bundle import load_bundle
+    from training.eval import evaluate_per_query
+
+    corpus_id = hashlib.sha256((corpus / "items.jsonl").read_bytes()).hexdigest()[:16]
+    path = cache / f"{load_bundle(bundle, verify=False).fingerprint[:16]}-{corpus_id}.json"
+    if not path.is_file():
+        result = evaluate_per_query(bundle, corpus, threads=threads, progress=False)
+        cache.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result["per_query"]))
+    return json.loads(path.read_text())
+
+
+def _arm(value: str) -> tuple[str, list[Path]]:
+    name, _, bundles = value.partition("=")
+    paths = [Path(b) for b in bundles.split(",") if b]
+    if not name or not paths:
+        raise argparse.ArgumentTypeError(f"{value!r}: write an arm as NAME=BUNDLE[,BUNDLE...]")
+    return name, paths
+
+
+def _comparison(value: str) -> tuple[str, str]:
+    x, _, y = value.partition("-")
+    if not x or not y:
+        raise argparse.ArgumentTypeError(f"{value!r}: write a comparison as X-Y (X minus Y)")
+    return x, y
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m research.compare_models", description=__doc__.split("\n\n")[0])
+    p.add_argument("--own", required=True, type=Path, help="a val corpus in the own caption style")
+    p.add_argument("--unseen", required=True, type=Path, help="the same scenes in the unseen style")
+    p.add_argument("--arm", required=True, action="append", type=_arm, help="NAME=BUNDLE[,BUNDLE...]: one per seed")
+    p.add_argument("--compare", required=True, action="append", type=_comparison, help="X-Y: X minus Y")
+    p.add_argument("--cache", type=Path, default=Path("compare-cache"), help="scores per bundle and corpus")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: every core)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    arms = dict(args.arm)
+    unknown = sorted({n for c in args.compare for n in c} - set(arms))
+    if unknown:
+        p.error(f"--compare names arms that no --arm gives: {', '.join(unknown)}")
+    per_query = {name: {style: [scored(b, corpus, args.cache, args.threads) for b in bundles]
+                        for style, corpus in (("own", args.own), ("unseen", args.unseen))}
+                 for name, bundles in arms.items()}
+    result = family(per_query, args.compare)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
