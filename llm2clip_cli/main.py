@@ -52,9 +52,10 @@ def _run_data(args: argparse.Namespace) -> int:
     orientations and relations): score a model on both to see whether it learned the scenes or the template.
     """
     from llm2clip.data import generate_scenes
+    from llm2clip.data.generator import SceneCaptions
 
-    ds = generate_scenes(args.out, args.n, args.split, args.seed, caption_style=args.caption_style,
-                         other_words=args.other_words)
+    ds = generate_scenes(args.out, args.n, args.split, args.seed,
+                         captions=SceneCaptions(args.caption_style, args.other_words))
     print(f"{len(ds)} {args.split} scenes in {args.out} ({args.caption_style} captions)")
     return 0
 

@@ -4,7 +4,7 @@ The scene corpus, by concern: ``fashion_mnist`` (the photos), ``scene_graph`` (w
 and how it is drawn), ``render`` (its picture), ``captions`` (long and short), ``twins`` (one fact
 changed), ``paraphrase`` (another long caption) and ``generator`` (the folder, split by split);
 ``streams`` names every random stream they draw from. ``captions.unseen`` is a second caption grammar,
-for evaluation only (``generate_scenes(..., caption_style="unseen")``, ``restyle`` for a corpus folder).
+for evaluation only (``generate_scenes(..., captions="unseen")``, ``restyle`` for a corpus folder).
 """
 
 from llm2clip.data.captions import LongCaption, long_caption, short_caption

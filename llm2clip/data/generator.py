@@ -9,7 +9,7 @@ pair 0, which widens its captions' referring expressions).
 fmnist_index; drawn in this order), ``relations`` (``{"subject", "object", "relation"}``, object
 indices, as stated in the caption), ``long_tokens`` and, for ``val`` and ``test``, ``twin_of``, ``twin_diff``
 (``{"object", "attribute"}``), ``twin_mention_token`` and ``twin_late``; with
-``caption_style="unseen"`` also ``caption_style: "unseen"`` (own-style items carry no such key, so
+``captions="unseen"`` also ``caption_style: "unseen"`` (own-style items carry no such key, so
 their bytes stay as they were).
 
 Choices where DATASET.md is silent (see also ``scene_graph``, ``fashion_mnist`` and ``captions``):
@@ -215,24 +215,36 @@ def add_other_words(items: list[Item], split: str, seed: int, variants: int) -> 
             item.captions[f"long_w{k}"] = relexicalise(item.captions["long"], rng, OTHER_WORDS_P)
 
 
+@dataclass(frozen=True)
+class SceneCaptions:
+    """How a corpus is captioned: the grammar (``style``), and how many training captions in other words each
+    scene gets besides (``other_words``, see ``add_other_words``)."""
+
+    style: str = "own"
+    other_words: int = 0
+
+    def __post_init__(self) -> None:
+        if self.style not in CAPTION_STYLES:
+            raise DatasetError(f"unknown caption style {self.style!r}: expected one of {', '.join(CAPTION_STYLES)}")
+        if isinstance(self.other_words, bool) or not isinstance(self.other_words, int) or self.other_words < 0:
+            raise DatasetError(f"other_words must be a non-negative integer, got {self.other_words!r}")
+        if self.other_words and self.style != "own":
+            raise DatasetError("captions in other words are made from the own style's long captions: use them "
+                               "with the own style")
+
+
 def generate_scenes(
-    out: Path | str, n: int, split: str, seed: int, progress: bool = True, caption_style: str = "own",
-    other_words: int = 0,
+    out: Path | str, n: int, split: str, seed: int, progress: bool = True,
+    captions: SceneCaptions | str = "own",
 ) -> Dataset:
     """Write ``n`` scenes of ``split`` (DATASET.md) to ``out``; same arguments, same bytes.
 
-    ``caption_style="unseen"``: the same scenes and image bytes, captioned by the evaluation-only grammar
-    (``captions.unseen``); items are what ``restyle_items`` makes of the own style's, with the same seed.
-    ``other_words``: this many more captions per scene in other words (``add_other_words``), for training;
+    ``captions="unseen"`` (or ``SceneCaptions("unseen")``): the same scenes and image bytes, captioned by the
+    evaluation-only grammar (``captions.unseen``); items are what ``restyle_items`` makes of the own style's, with
+    the same seed. ``SceneCaptions(other_words=k)``: k more captions per scene in other words, for training;
     every other caption and image stays byte for byte what it is without them."""
     _check_arguments(n, split, seed)
-    if caption_style not in CAPTION_STYLES:
-        raise DatasetError(f"unknown caption style {caption_style!r}: expected one of {', '.join(CAPTION_STYLES)}")
-    if isinstance(other_words, bool) or not isinstance(other_words, int) or other_words < 0:
-        raise DatasetError(f"other_words must be a non-negative integer, got {other_words!r}")
-    if other_words and caption_style != "own":
-        raise DatasetError("captions in other words are made from the own style's long captions: use them with "
-                           "caption_style='own'")
+    opts = captions if isinstance(captions, SceneCaptions) else SceneCaptions(captions)
     out = Path(out)
     prepare_out(out)
     photos, _ = load_fashion_mnist(fashion_mnist_part(split))
@@ -240,9 +252,9 @@ def generate_scenes(
     scenes = _plan(n, split, seed, class_pools(split))
     steps = tqdm(range(n), desc=f"scenes ({split})", unit="scene", disable=not progress)
     items = [_write_scene(corpus, scenes, i) for i in steps]
-    if caption_style == UNSEEN_STYLE:
+    if opts.style == UNSEEN_STYLE:
         items = restyle_items(items, seed, corpus.count_tokens, progress)
-    add_other_words(items, split, seed, other_words)
+    add_other_words(items, split, seed, opts.other_words)
     # written last: a folder without items.jsonl is an unfinished run
     write_items(out, items)
     return Dataset(root=out, items=items)

@@ -4,7 +4,7 @@
 ``captions.unseen`` made from each item's scene graph, without rendering anything again: a corpus
 made elsewhere (the demo's test corpus) gets an unseen-style twin whose images are byte for byte its
 own. With the seed the corpus was generated with, the result is what ``generate_scenes(...,
-caption_style="unseen")`` writes.
+captions="unseen")`` writes.
 """
 
 from __future__ import annotations

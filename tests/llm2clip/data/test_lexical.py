@@ -95,6 +95,7 @@ def test_missing_wordnet_says_what_to_install(tmp_path, capsys):
 
 def test_scenes_with_other_words_keep_everything_else(tmp_path, capsys):
     from llm2clip.data import read_dataset
+    from llm2clip.data.generator import SceneCaptions
     from llm2clip.errors import DatasetError
     from llm2clip_cli.main import main as cli
 
@@ -102,7 +103,8 @@ def test_scenes_with_other_words_keep_everything_else(tmp_path, capsys):
     assert cli(["data", "scenes", "--out", str(tmp_path / "w"), "--n", "8", "--split", "train", "--seed", "4",
                 "--other-words", "2"]) == 0
     other = read_dataset(tmp_path / "w")
-    again = generate_scenes(tmp_path / "again", 8, "train", seed=4, progress=False, other_words=2)
+    again = generate_scenes(tmp_path / "again", 8, "train", seed=4, progress=False,
+                            captions=SceneCaptions(other_words=2))
     for a, b, c in zip(plain, other, again, strict=True):
         assert set(b.captions) == {"long", "short", "long_w1", "long_w2"}
         assert {k: b.captions[k] for k in ("long", "short")} == a.captions and b.meta == a.meta
@@ -111,7 +113,7 @@ def test_scenes_with_other_words_keep_everything_else(tmp_path, capsys):
         assert canonical(b.captions["long_w1"]) == canonical(a.captions["long"])
     assert sum(b.captions["long_w1"] != b.captions["long"] for b in other) >= 6
     assert any(b.captions["long_w1"] != b.captions["long_w2"] for b in other)
-    with pytest.raises(DatasetError, match="caption_style='own'"):
-        generate_scenes(tmp_path / "u", 4, "val", seed=4, progress=False, caption_style="unseen", other_words=1)
+    with pytest.raises(DatasetError, match="with the own style"):
+        SceneCaptions("unseen", other_words=1)
     with pytest.raises(DatasetError, match="non-negative"):
-        generate_scenes(tmp_path / "u", 4, "val", seed=4, progress=False, other_words=-1)
+        generate_scenes(tmp_path / "u", 4, "val", seed=4, progress=False, captions=SceneCaptions(other_words=-1))

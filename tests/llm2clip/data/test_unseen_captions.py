@@ -35,7 +35,7 @@ def words(text: str) -> int:
 def corpora(tmp_path_factory) -> dict[tuple[int, str, int, str], Dataset]:
     root = tmp_path_factory.mktemp("styles")
     return {
-        (*key, style): generate_scenes(root / f"{key[1]}-{style}", *key, progress=False, caption_style=style)
+        (*key, style): generate_scenes(root / f"{key[1]}-{style}", *key, progress=False, captions=style)
         for key in KEYS
         for style in ("own", "unseen")
     }
@@ -198,7 +198,7 @@ def test_late_groups_stay_late_and_meta_is_measured(corpora):
 
 def test_same_arguments_same_bytes_and_seeds_change_phrasing(corpora, tmp_path):
     first = corpora[(9, "test", 3, "unseen")]
-    again = generate_scenes(tmp_path / "again", 9, "test", 3, progress=False, caption_style="unseen")
+    again = generate_scenes(tmp_path / "again", 9, "test", 3, progress=False, captions="unseen")
     assert (again.root / "items.jsonl").read_bytes() == (first.root / "items.jsonl").read_bytes()
     other = restyle_items(corpora[(9, "test", 3, "own")].items, seed=4, progress=False)
     assert [it.meta["objects"] for it in other] == [it.meta["objects"] for it in first]
@@ -207,7 +207,7 @@ def test_same_arguments_same_bytes_and_seeds_change_phrasing(corpora, tmp_path):
 
 def test_unknown_style_and_foreign_items_are_refused(tmp_path, corpora):
     with pytest.raises(DatasetError, match="unknown caption style"):
-        generate_scenes(tmp_path / "x", 2, "test", 0, progress=False, caption_style="fancy")
+        generate_scenes(tmp_path / "x", 2, "test", 0, progress=False, captions="fancy")
     item = corpora[(12, "train", 0, "own")].items[0]
     bare = type(item)(id="x", image=item.image, captions=item.captions, meta={})
     with pytest.raises(DatasetError, match="no scene graph"):
