@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from research.outcomes import clusters_from_pairs
 from research.stats import holm, paired_cluster_test
 
 # (caption style, caption, direction, k): the long-caption R@1 both ways in both styles, the short-caption T2I
@@ -39,14 +40,6 @@ def metric_name(metric: tuple[str, str, str, int]) -> str:
     return f"{style} {caption} {direction} R@{k}"
 
 
-def clusters(n: int, pairs: list[list[int]]) -> np.ndarray:
-    """One cluster id per query: a scene and its near twin share one."""
-    c = np.arange(n)
-    for a, b in pairs:
-        c[b] = c[a]
-    return c
-
-
 def hits(per_query: dict[str, Any], metric: tuple[str, str, str, int]) -> np.ndarray:
     _, caption, direction, k = metric
     return np.asarray(per_query["ranks"][caption][direction]) < k
@@ -61,7 +54,7 @@ def family(arms: dict[str, dict[str, list[dict[str, Any]]]], comparisons: list[t
             style = metric[0]
             hx = np.stack([hits(pq, metric) for pq in arms[x][style]])
             hy = np.stack([hits(pq, metric) for pq in arms[y][style]])
-            cl = clusters(hx.shape[1], arms[x][style][0]["twin_pairs"])
+            cl = clusters_from_pairs(hx.shape[1], arms[x][style][0]["twin_pairs"])
             tests[(f"{x}-{y}", metric_name(metric))] = paired_cluster_test(hx, hy, cl)
     adjusted = holm({f"{c}\t{m}": t.p for (c, m), t in tests.items()})
     out: dict[str, Any] = {"alpha": ALPHA, "correction": "holm", "family": len(tests), "comparisons": {}}

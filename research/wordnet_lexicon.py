@@ -52,7 +52,6 @@ SENSES: dict[str, tuple[tuple[tuple[str, str, int], ...], str]] = {
     "plain": ((("plain", "adj", 3),), "lacking patterns especially in color"),
 }
 CLASS_WORDS = ("t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
-POS_FILES = {"noun": "noun", "adj": "adj", "adv": "adv", "verb": "verb"}
 
 
 class WordNet:
@@ -71,7 +70,7 @@ class WordNet:
         """The synset offsets of ``lemma``, in WordNet's sense order (sense 1 first)."""
         if pos not in self._index:
             table: dict[str, list[str]] = {}
-            for line in (self.root / f"index.{POS_FILES[pos]}").read_text(encoding="latin-1").splitlines():
+            for line in (self.root / f"index.{pos}").read_text(encoding="latin-1").splitlines():
                 if line.startswith(" ") or not line.strip():
                     continue  # the licence header
                 f = line.split()
@@ -85,7 +84,7 @@ class WordNet:
         offsets = self.offsets(lemma, pos)
         if not 1 <= sense <= len(offsets):
             raise KeyError(f"WordNet has {len(offsets)} {pos} senses of {lemma!r}, not {sense}")
-        with open(self.root / f"data.{POS_FILES[pos]}", "rb") as fh:
+        with open(self.root / f"data.{pos}", "rb") as fh:
             fh.seek(int(offsets[sense - 1]))
             fields = fh.readline().decode("latin-1").split(" | ")[0].split()
         count = int(fields[3], 16)
@@ -134,14 +133,13 @@ def surface_forms(synonyms: dict[str, list[str]]) -> dict[str, list[str]]:
         if not others:
             continue
         if word in CLASS_WORDS:
-            singular = list(others)
             if word == "trousers":  # the grammar writes "pair(s) of trousers", and "trousers" alone
-                forms["pair of trousers"] = [f"pair of {plural(o)}" for o in singular]
-                forms["pairs of trousers"] = [f"pairs of {plural(o)}" for o in singular]
-                forms["trousers"] = [plural(o) for o in singular]
+                forms["pair of trousers"] = [f"pair of {plural(o)}" for o in others]
+                forms["pairs of trousers"] = [f"pairs of {plural(o)}" for o in others]
+                forms["trousers"] = [plural(o) for o in others]
                 continue
-            forms[word] = singular
-            forms[plural(word)] = [plural(o) for o in singular]
+            forms[word] = others
+            forms[plural(word)] = [plural(o) for o in others]
         elif word == "medium-sized":
             forms[word] = others
             forms["medium"] = others

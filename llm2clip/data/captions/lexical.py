@@ -6,8 +6,8 @@ writes a class, size, orientation or texture ("bag", "bags", "upside-down", "med
 fixing the article before it ("an upright bag" -> "a vertical purse") and keeping a capital letter. Colours,
 cells and relations are never touched, so the caption states the same facts in other words.
 
-Used for training captions only (a stage-2 caption key, ``llm2clip data relexicalise``); the evaluation's unseen
-grammar (``llm2clip.data.captions.unseen``) was written apart from it and is not read here.
+Used for training captions only (caption keys ``long_w1``.. of ``llm2clip data scenes --other-words``); the
+evaluation's unseen grammar (``llm2clip.data.captions.unseen``) was written apart from it and is not read here.
 """
 
 from __future__ import annotations
