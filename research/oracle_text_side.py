@@ -1,6 +1,7 @@
 """Can the vision side tell the near twins apart when the text side keeps every binding?
 
-Usage: python -m research.oracle_text_side --repro DIR --out OUT [--epochs N]
+Usage: python -m research.oracle_text_side --repro DIR --out OUT [--epochs N] [--split val|test]
+       [--vision-arch dinov2-s14 --image-size 224 --trainable-blocks K --token-cache DIR]
 
 The repro's near twins that differ in an object's cell, size or orientation stay at chance in every row,
 and so does every text side on its own (see docs/results/repro/FINDINGS.md). That leaves open whether the
@@ -11,7 +12,11 @@ each colour, cell, size and orientation, and every binding explicit (counts of (
 names: count, classes, background. ``--bound-only`` leaves out the unbound counts. Stage 2 is the repro's own:
 same scenes, vision tower, recipe, steps and seed (``research.repro_config.ReproCfg``), trained with
 ``train_clip`` on these vectors. The test split's near twins are then scored with the trained vision
-tower against the oracle's caption vectors through the trained adapter.
+tower against the oracle's caption vectors through the trained adapter. ``--split val`` scores the val split's
+near twins instead: vision sides are chosen there, and test is scored once for the chosen one.
+``--vision-arch``, ``--image-size`` and ``--trainable-blocks`` replace the repro's vision tower (EfficientNet-Lite0
+at 160 px, all of it trained); with DINOv2 and ``--trainable-blocks`` the frozen blocks' tokens come from a disk
+cache (``--token-cache``, shared by runs on the same images).
 
 An oracle row well above chance on cell, size and orientation means the vision side can learn the
 bindings at this scale and only the text side is missing them; an oracle row at chance means the vision
@@ -35,7 +40,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from llm2clip.config import TextCfg
+from llm2clip.config import VISION_ARCHS, TextCfg, VisionCfg
 from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
 from research.fact_probe import attribute_value, bound_values
 from training.embed import FORMAT, MANIFEST
@@ -129,6 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder (its data/)")
     ap.add_argument("--out", required=True, type=Path, help="work folder for this run (resumed)")
     ap.add_argument("--epochs", type=int, help="override the repro preset's stage-2 epochs")
+    ap.add_argument("--split", choices=("val", "test"), default="test",
+                    help="the split whose near twins are scored: val to choose a vision side, test once for the chosen")
+    ap.add_argument("--vision-arch", choices=VISION_ARCHS, help="vision backbone (default: the repro's)")
+    ap.add_argument("--image-size", type=int, help="input side of the vision tower (default: the repro's)")
+    ap.add_argument("--trainable-blocks", type=int,
+                    help="train only the backbone's last N blocks (0: locked, LiT); default: all of it")
+    ap.add_argument("--token-cache", type=Path, help="frozen-prefix token cache folder (default: OUT/ckpt/token_cache)")
     ap.add_argument("--bound-only", action="store_true",
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
                          "the vision side must learn every (class, value) conjunction")
@@ -139,16 +151,24 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = ReproCfg()
     epochs = args.epochs or cfg.epochs
-    data = {s: read_dataset(args.repro / "data" / s) for s in ("train", "test")}
-    train, test = data["train"], data["test"]
+    train, test = read_dataset(args.repro / "data" / "train"), read_dataset(args.repro / "data" / args.split)
     presence = not args.bound_only
     emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
     tcfg = stage2_cfg(cfg, len(train), epochs)
-    mcfg = default_model_cfg(cfg.embed_dim, DIM, cfg.image_size, "oracle-scene-graph", TextCfg.max_tokens)
-    summary = train_clip(Stage2Run(train, emb, args.out / "ckpt", model_cfg=mcfg), tcfg)
+    vision = VisionCfg(arch=args.vision_arch or VisionCfg.arch, trainable_blocks=args.trainable_blocks)
+    mcfg = default_model_cfg(cfg.embed_dim, DIM, args.image_size or cfg.image_size, "oracle-scene-graph",
+                             TextCfg.max_tokens, vision)
+    run = Stage2Run(train, emb, args.out / "ckpt", model_cfg=mcfg, token_cache=args.token_cache)
+    summary = train_clip(run, tcfg)
+    options = {"--epochs": args.epochs, "--split": args.split if args.split != "test" else None,
+               "--vision-arch": args.vision_arch, "--image-size": args.image_size,
+               "--trainable-blocks": args.trainable_blocks}
     result = {"command": "python -m research.oracle_text_side --repro DIR --out OUT"
-              + (f" --epochs {args.epochs}" if args.epochs else "") + (" --bound-only" if args.bound_only else ""),
-              "epochs": epochs, "presence": presence, "train_scenes": len(train), "test_scenes": len(test), "dim": DIM,
+              + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
+              + (" --bound-only" if args.bound_only else ""),
+              "split": args.split, "vision": {"arch": mcfg.vision.arch, "image_size": mcfg.vision.image_size,
+                                              "trainable_blocks": mcfg.vision.trainable_blocks},
+              "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},
               **evaluate_oracle(args.out / "ckpt", test, presence)}
     (args.out / "oracle.json").write_text(json.dumps(result, indent=2, sort_keys=True))

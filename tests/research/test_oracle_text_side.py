@@ -47,3 +47,27 @@ def test_embeddings_folder_reads_as_caption_embeddings(scenes, tmp_path):
     item = scenes.items[3]
     assert np.allclose(caps.get(item.id, "long").numpy(), oracle.oracle_vector(item.meta, True))
     assert sorted(caps.keys_for(item.id)) == ["long", "short"]
+
+
+@pytest.mark.slow
+def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_path):
+    import json
+
+    from training.checkpoint import load_checkpoint
+
+    repro = tmp_path / "repro"
+    generate_scenes(repro / "data" / "train", 64, "train", 0, progress=False)  # one batch of the repro preset
+    val = generate_scenes(repro / "data" / "val", 8, "val", 1, progress=False)
+    cache = tmp_path / "cache"
+    oracle.main(["--repro", str(repro), "--out", str(tmp_path / "out"), "--split", "val", "--epochs", "1",
+                 "--vision-arch", "dinov2-s14", "--image-size", "28", "--trainable-blocks", "0",
+                 "--token-cache", str(cache)])
+    result = json.loads((tmp_path / "out" / "oracle.json").read_text())
+    assert result["split"] == "val" and result["val_scenes"] == len(val) and "test_scenes" not in result
+    assert result["near_twin"]["n_pairs"] == len(val)  # each scene against its twin
+    assert result["vision"] == {"arch": "dinov2-s14", "image_size": 28, "trainable_blocks": 0}
+    assert result["command"].endswith("--epochs 1 --split val --vision-arch dinov2-s14 --image-size 28 "
+                                      "--trainable-blocks 0")
+    assert [p.suffix for p in cache.iterdir()] == [".npy"]  # the locked tower's tokens, built once
+    model, _ = load_checkpoint(tmp_path / "out" / "ckpt")
+    assert model.cfg.vision.arch == "dinov2-s14" and model.cfg.vision.trainable_blocks == 0
