@@ -110,7 +110,7 @@ def write_embeddings(ds: Dataset, out: Path, presence: bool = True) -> Path:
 def evaluate_oracle(ckpt: Path, test: Dataset, presence: bool = True) -> dict[str, Any]:
     from training.checkpoint import load_checkpoint
     from training.clip import load_images, normalize
-    from training.eval import retrieval_metrics, twin_accuracy, twin_breakdown, twin_pairs
+    from training.eval import retrieval_metrics, twin_accuracy, twin_breakdown, twin_hits, twin_pairs
 
     model, _ = load_checkpoint(ckpt)
     images = torch.from_numpy(load_images(test, model.cfg.preprocess))
@@ -123,9 +123,14 @@ def evaluate_oracle(ckpt: Path, test: Dataset, presence: bool = True) -> dict[st
             vec = torch.from_numpy(np.stack([oracle_vector(it.meta, key == "long", presence) for it in test.items]))
             txt[key] = model.encode_text_embedding(vec).float().numpy()
     pairs = twin_pairs(test)
+    sims = txt["long"] @ img.T
+    hits = {"t2i_r1": sims.argmax(1) == np.arange(len(img)), "i2t_r1": sims.argmax(0) == np.arange(len(img)),
+            **{f"twin_{k}": v for k, v in twin_hits(txt["long"], img, pairs).items()}}
     return {"long": retrieval_metrics(txt["long"], img), "short": retrieval_metrics(txt["short"], img),
             "near_twin": {"n_pairs": len(pairs), "long": twin_accuracy(txt["long"], img, pairs),
-                          "long_by": twin_breakdown(txt["long"], img, test, pairs)}}
+                          "long_by": twin_breakdown(txt["long"], img, test, pairs)},
+            # per query, for paired tests between vision sides (research.compare_oracles)
+            "per_query": {"twin_pairs": [list(p) for p in pairs], **{k: v.astype(int).tolist() for k, v in hits.items()}}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-size", type=int, help="input side of the vision tower (default: the repro's)")
     ap.add_argument("--trainable-blocks", type=int,
                     help="train only the backbone's last N blocks (0: locked, LiT); default: all of it")
+    ap.add_argument("--pool-heads", type=int, help=f"heads of the attention pool (default {VisionCfg.pool_heads})")
     ap.add_argument("--token-cache", type=Path, help="frozen-prefix token cache folder (default: OUT/ckpt/token_cache)")
     ap.add_argument("--bound-only", action="store_true",
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
@@ -155,19 +161,21 @@ def main(argv: list[str] | None = None) -> None:
     presence = not args.bound_only
     emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
     tcfg = stage2_cfg(cfg, len(train), epochs)
-    vision = VisionCfg(arch=args.vision_arch or VisionCfg.arch, trainable_blocks=args.trainable_blocks)
+    vision = VisionCfg(arch=args.vision_arch or VisionCfg.arch, trainable_blocks=args.trainable_blocks,
+                       pool_heads=args.pool_heads or VisionCfg.pool_heads)
     mcfg = default_model_cfg(cfg.embed_dim, DIM, args.image_size or cfg.image_size, "oracle-scene-graph",
                              TextCfg.max_tokens, vision)
     run = Stage2Run(train, emb, args.out / "ckpt", model_cfg=mcfg, token_cache=args.token_cache)
     summary = train_clip(run, tcfg)
     options = {"--epochs": args.epochs, "--split": args.split if args.split != "test" else None,
                "--vision-arch": args.vision_arch, "--image-size": args.image_size,
-               "--trainable-blocks": args.trainable_blocks}
+               "--trainable-blocks": args.trainable_blocks, "--pool-heads": args.pool_heads}
     result = {"command": "python -m research.oracle_text_side --repro DIR --out OUT"
               + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
               + (" --bound-only" if args.bound_only else ""),
               "split": args.split, "vision": {"arch": mcfg.vision.arch, "image_size": mcfg.vision.image_size,
-                                              "trainable_blocks": mcfg.vision.trainable_blocks},
+                                              "trainable_blocks": mcfg.vision.trainable_blocks,
+                                              "pool_heads": mcfg.vision.pool_heads},
               "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},
               **evaluate_oracle(args.out / "ckpt", test, presence)}

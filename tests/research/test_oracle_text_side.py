@@ -65,9 +65,13 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
     result = json.loads((tmp_path / "out" / "oracle.json").read_text())
     assert result["split"] == "val" and result["val_scenes"] == len(val) and "test_scenes" not in result
     assert result["near_twin"]["n_pairs"] == len(val)  # each scene against its twin
-    assert result["vision"] == {"arch": "dinov2-s14", "image_size": 28, "trainable_blocks": 0}
+    assert result["vision"] == {"arch": "dinov2-s14", "image_size": 28, "trainable_blocks": 0, "pool_heads": 4}
     assert result["command"].endswith("--epochs 1 --split val --vision-arch dinov2-s14 --image-size 28 "
                                       "--trainable-blocks 0")
     assert [p.suffix for p in cache.iterdir()] == [".npy"]  # the locked tower's tokens, built once
     model, _ = load_checkpoint(tmp_path / "out" / "ckpt")
     assert model.cfg.vision.arch == "dinov2-s14" and model.cfg.vision.trainable_blocks == 0
+    per_query = result["per_query"]  # what research.compare_oracles tests on, consistent with the totals
+    assert len(per_query["t2i_r1"]) == len(val) and len(per_query["twin_t2i"]) == len(per_query["twin_pairs"])
+    assert np.mean(per_query["twin_t2i"]) == pytest.approx(result["near_twin"]["long"]["t2i"])
+    assert np.mean(per_query["i2t_r1"]) == pytest.approx(result["long"]["i2t_r1"])
