@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trainable-blocks", type=int,
                     help="train only the backbone's last N blocks (0: locked, LiT); default: all of it")
     ap.add_argument("--pool-heads", type=int, help=f"heads of the attention pool (default {VisionCfg.pool_heads})")
+    ap.add_argument("--logit-scale", type=float,
+                    help="the CLIP loss's initial logit scale (1 / temperature; default CLIP's 1/0.07 = 14.3, max 100)")
     ap.add_argument("--token-cache", type=Path, help="frozen-prefix token cache folder (default: OUT/ckpt/token_cache)")
     ap.add_argument("--bound-only", action="store_true",
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
@@ -165,17 +168,21 @@ def main(argv: list[str] | None = None) -> None:
                        pool_heads=args.pool_heads or VisionCfg.pool_heads)
     mcfg = default_model_cfg(cfg.embed_dim, DIM, args.image_size or cfg.image_size, "oracle-scene-graph",
                              TextCfg.max_tokens, vision)
+    if args.logit_scale:
+        mcfg.init_logit_scale = math.log(args.logit_scale)
     run = Stage2Run(train, emb, args.out / "ckpt", model_cfg=mcfg, token_cache=args.token_cache)
     summary = train_clip(run, tcfg)
     options = {"--epochs": args.epochs, "--split": args.split if args.split != "test" else None,
                "--vision-arch": args.vision_arch, "--image-size": args.image_size,
-               "--trainable-blocks": args.trainable_blocks, "--pool-heads": args.pool_heads}
+               "--trainable-blocks": args.trainable_blocks, "--pool-heads": args.pool_heads,
+               "--logit-scale": args.logit_scale}
     result = {"command": "python -m research.oracle_text_side --repro DIR --out OUT"
               + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
               + (" --bound-only" if args.bound_only else ""),
               "split": args.split, "vision": {"arch": mcfg.vision.arch, "image_size": mcfg.vision.image_size,
                                               "trainable_blocks": mcfg.vision.trainable_blocks,
                                               "pool_heads": mcfg.vision.pool_heads},
+              "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3),
               "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},
               **evaluate_oracle(args.out / "ckpt", test, presence)}
