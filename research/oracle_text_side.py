@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from llm2clip.cliargs import non_negative_int, positive_int
 from llm2clip.config import VISION_ARCHS, TextCfg, VisionCfg
 from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
 from research.fact_probe import attribute_value, bound_values
@@ -134,20 +135,30 @@ def evaluate_oracle(ckpt: Path, test: Dataset, presence: bool = True) -> dict[st
             "per_query": {"twin_pairs": [list(p) for p in pairs], **{k: v.astype(int).tolist() for k, v in hits.items()}}}
 
 
+def _scale(value: str) -> float:
+    try:
+        scale = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 1 <= scale <= 100:
+        raise argparse.ArgumentTypeError("must lie between 1 and 100 (the loss clamps the scale at 100)")
+    return scale
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="Uses the scenes of a `llm2clip repro --out DIR` run (DIR/data).")
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder (its data/)")
     ap.add_argument("--out", required=True, type=Path, help="work folder for this run (resumed)")
-    ap.add_argument("--epochs", type=int, help="override the repro preset's stage-2 epochs")
+    ap.add_argument("--epochs", type=positive_int, help="override the repro preset's stage-2 epochs")
     ap.add_argument("--split", choices=("val", "test"), default="test",
                     help="the split whose near twins are scored: val to choose a vision side, test once for the chosen")
     ap.add_argument("--vision-arch", choices=VISION_ARCHS, help="vision backbone (default: the repro's)")
-    ap.add_argument("--image-size", type=int, help="input side of the vision tower (default: the repro's)")
-    ap.add_argument("--trainable-blocks", type=int,
+    ap.add_argument("--image-size", type=positive_int, help="input side of the vision tower (default: the repro's)")
+    ap.add_argument("--trainable-blocks", type=non_negative_int,
                     help="train only the backbone's last N blocks (0: locked, LiT); default: all of it")
-    ap.add_argument("--pool-heads", type=int, help=f"heads of the attention pool (default {VisionCfg.pool_heads})")
-    ap.add_argument("--logit-scale", type=float,
+    ap.add_argument("--pool-heads", type=positive_int, help=f"heads of the attention pool (default {VisionCfg.pool_heads})")
+    ap.add_argument("--logit-scale", type=_scale,
                     help="the CLIP loss's initial logit scale (1 / temperature; default CLIP's 1/0.07 = 14.3, max 100)")
     ap.add_argument("--token-cache", type=Path, help="frozen-prefix token cache folder (default: OUT/ckpt/token_cache)")
     ap.add_argument("--bound-only", action="store_true",

@@ -76,3 +76,12 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
     assert len(per_query["t2i_r1"]) == len(val) and len(per_query["twin_t2i"]) == len(per_query["twin_pairs"])
     assert np.mean(per_query["twin_t2i"]) == pytest.approx(result["near_twin"]["long"]["t2i"])
     assert np.mean(per_query["i2t_r1"]) == pytest.approx(result["long"]["i2t_r1"])
+
+
+@pytest.mark.parametrize("option", [["--logit-scale", "0"], ["--logit-scale", "x"], ["--image-size", "0"],
+                                    ["--trainable-blocks", "-1"], ["--split", "train"]])
+def test_bad_options_are_refused_before_any_work(tmp_path, option, capsys):
+    with pytest.raises(SystemExit) as exc:
+        oracle.main(["--repro", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *option])
+    assert exc.value.code == 2 and option[0] in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
