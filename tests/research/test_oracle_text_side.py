@@ -61,17 +61,19 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
     cache = tmp_path / "cache"
     oracle.main(["--repro", str(repro), "--out", str(tmp_path / "out"), "--split", "val", "--epochs", "1",
                  "--vision-arch", "dinov2-s14", "--image-size", "28", "--trainable-blocks", "0",
-                 "--token-cache", str(cache)])
+                 "--vision-depth", "6", "--token-cache", str(cache)])
     result = json.loads((tmp_path / "out" / "oracle.json").read_text())
     assert result["split"] == "val" and result["val_scenes"] == len(val) and "test_scenes" not in result
     assert result["near_twin"]["n_pairs"] == len(val)  # each scene against its twin
-    assert result["vision"] == {"arch": "dinov2-s14", "image_size": 28, "trainable_blocks": 0, "pool_heads": 4}
+    assert result["vision"] == {"arch": "dinov2-s14", "image_size": 28, "trainable_blocks": 0, "depth": 6,
+                                "pool_heads": 4}
     assert result["init_logit_scale"] == pytest.approx(1 / 0.07, abs=1e-3)  # CLIP's, unless --logit-scale
     assert result["command"].endswith("--epochs 1 --split val --vision-arch dinov2-s14 --image-size 28 "
-                                      "--trainable-blocks 0")
+                                      "--trainable-blocks 0 --vision-depth 6")
     assert [p.suffix for p in cache.iterdir()] == [".npy"]  # the locked tower's tokens, built once
     model, _ = load_checkpoint(tmp_path / "out" / "ckpt")
     assert model.cfg.vision.arch == "dinov2-s14" and model.cfg.vision.trainable_blocks == 0
+    assert model.cfg.vision.depth == 6 and model.visual.backbone.num_blocks == 6  # read at block 6
     per_query = result["per_query"]  # what research.compare_oracles tests on, consistent with the totals
     assert len(per_query["t2i_r1"]) == len(val) and len(per_query["twin_t2i"]) == len(per_query["twin_pairs"])
     assert np.mean(per_query["twin_t2i"]) == pytest.approx(result["near_twin"]["long"]["t2i"])
@@ -79,7 +81,8 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
 
 
 @pytest.mark.parametrize("option", [["--logit-scale", "0"], ["--logit-scale", "x"], ["--image-size", "0"],
-                                    ["--trainable-blocks", "-1"], ["--split", "train"]])
+                                    ["--trainable-blocks", "-1"], ["--split", "train"], ["--vision-depth", "6"],
+                                    ["--vision-depth", "13", "--vision-arch", "dinov2-s14"]])
 def test_bad_options_are_refused_before_any_work(tmp_path, option, capsys):
     with pytest.raises(SystemExit) as exc:
         oracle.main(["--repro", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *option])
