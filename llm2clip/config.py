@@ -28,6 +28,9 @@ class VisionCfg:
     image_size: int = 224  # input side; the backbone's static padding depends on it (dinov2: a multiple of 14)
     pool_width: int = 256  # channels after the 1x1 reduction that feeds the attention pool
     pool_heads: int = 4  # heads of the attention pool (CLIP ResNet-style, with positional embedding)
+    # 1: CLIP's pool, one query made from the mean token; Q > 1: Q learned queries (CoCa's attentional pooler)
+    # whose outputs are concatenated before the projection, so that where each thing is can survive the pool
+    pool_queries: int = 1
     # None: the whole backbone trains; N: only its last N blocks and the layers above them (0: a locked,
     # LiT-style backbone under a trained attention pool)
     trainable_blocks: int | None = None

@@ -21,21 +21,30 @@ __all__ = ["AttentionPool", "BACKBONES", "VisionTower", "freeze_backbone", "prep
 
 
 class AttentionPool(nn.Module):
-    """CLIP ResNet-style attention pooling: keeps *where* things are, which global average pooling loses."""
+    """CLIP ResNet-style attention pooling: keeps *where* things are, which global average pooling loses.
 
-    def __init__(self, in_channels: int, width: int, heads: int, grid: int, out_dim: int) -> None:
+    With ``queries`` Q > 1, Q learned queries attend over the map (CoCa's attentional pooler) and their outputs,
+    each normalised, are concatenated before the projection: each query can keep a region of its own."""
+
+    def __init__(self, in_channels: int, width: int, heads: int, grid: int, out_dim: int, queries: int = 1) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(in_channels, width, kernel_size=1)
         self.pos = nn.Parameter(torch.randn(grid * grid + 1, width) / math.sqrt(width))
+        if queries > 1:
+            self.queries = nn.Parameter(torch.randn(queries, width) / math.sqrt(width))
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.norm = nn.LayerNorm(width)
-        self.proj = nn.Linear(width, out_dim)
+        self.proj = nn.Linear(width * queries, out_dim)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = self.reduce(feats).flatten(2).transpose(1, 2)  # (B, HW, C)
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.pos.to(x.dtype)
-        out, _ = self.attn(x[:, :1], x, x, need_weights=False)
-        return self.proj(self.norm(out[:, 0]))
+        if not hasattr(self, "queries"):
+            out, _ = self.attn(x[:, :1], x, x, need_weights=False)
+            return self.proj(self.norm(out[:, 0]))
+        q = self.queries.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        out, _ = self.attn(q, x, x, need_weights=False)  # (B, Q, C)
+        return self.proj(self.norm(out).flatten(1))
 
 
 class EfficientNetLiteBackbone(nn.Module):
@@ -184,7 +193,8 @@ class VisionTower(nn.Module):
         self.partly_frozen = cfg.trainable_blocks is not None
         self.trainable_blocks = cfg.trainable_blocks
         grid = math.ceil(cfg.image_size / self.backbone.stride)
-        self.pool = AttentionPool(self.backbone.channels, cfg.pool_width, cfg.pool_heads, grid, out_dim)
+        self.pool = AttentionPool(self.backbone.channels, cfg.pool_width, cfg.pool_heads, grid, out_dim,
+                                  cfg.pool_queries)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.pool(self.backbone(pixels))

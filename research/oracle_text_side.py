@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vision-depth", type=positive_int,
                     help="dinov2-s14 only: keep its first K of 12 blocks and pool block K's tokens (default: all)")
     ap.add_argument("--pool-heads", type=positive_int, help=f"heads of the attention pool (default {VisionCfg.pool_heads})")
+    ap.add_argument("--pool-queries", type=positive_int,
+                    help="learned queries of the attention pool, concatenated (default 1: CLIP's mean-token query)")
     ap.add_argument("--logit-scale", type=_scale,
                     help="the CLIP loss's initial logit scale (1 / temperature; default CLIP's 1/0.07 = 14.3, max 100)")
     ap.add_argument("--token-cache", type=Path, help="frozen-prefix token cache folder (default: OUT/ckpt/token_cache)")
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
     tcfg = stage2_cfg(cfg, len(train), epochs)
     vision = VisionCfg(arch=args.vision_arch or VisionCfg.arch, trainable_blocks=args.trainable_blocks,
-                       pool_heads=args.pool_heads or VisionCfg.pool_heads, depth=args.vision_depth)
+                       pool_heads=args.pool_heads or VisionCfg.pool_heads, depth=args.vision_depth,
+                       pool_queries=args.pool_queries or VisionCfg.pool_queries)
     mcfg = default_model_cfg(cfg.embed_dim, DIM, args.image_size or cfg.image_size, "oracle-scene-graph",
                              TextCfg.max_tokens, vision)
     if args.logit_scale:
@@ -191,15 +194,16 @@ def main(argv: list[str] | None = None) -> None:
     summary = train_clip(run, tcfg)
     options = {"--epochs": args.epochs, "--split": args.split if args.split != "test" else None,
                "--vision-arch": args.vision_arch, "--image-size": args.image_size,
-               "--trainable-blocks": args.trainable_blocks, "--vision-depth": args.vision_depth, "--pool-heads": args.pool_heads,
-               "--logit-scale": args.logit_scale}
+               "--trainable-blocks": args.trainable_blocks, "--vision-depth": args.vision_depth,
+               "--pool-heads": args.pool_heads, "--pool-queries": args.pool_queries, "--logit-scale": args.logit_scale}
     result = {"command": "python -m research.oracle_text_side --repro DIR --out OUT"
               + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
               + (" --bound-only" if args.bound_only else ""),
               "split": args.split, "vision": {"arch": mcfg.vision.arch, "image_size": mcfg.vision.image_size,
                                               "trainable_blocks": mcfg.vision.trainable_blocks,
                                               "depth": mcfg.vision.depth,
-                                              "pool_heads": mcfg.vision.pool_heads},
+                                              "pool_heads": mcfg.vision.pool_heads,
+                                              "pool_queries": mcfg.vision.pool_queries},
               "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3),
               "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},

@@ -14,7 +14,7 @@ from llm2clip.model import LLM2CLIP
 from training.config import TrainCfg
 
 # positions and learned tokens are not weights: decay would pull them toward zero (the pool's and DINOv2's)
-NO_DECAY_SUFFIXES = (".pos", ".position_embeddings", ".cls_token")
+NO_DECAY_SUFFIXES = (".pos", ".position_embeddings", ".cls_token", ".queries")
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -102,8 +102,8 @@ def test_preprocessing_follows_the_backbone():
         LLM2CLIP(cfg)
 
 
-@pytest.mark.parametrize("depth", [None, 3])
-def test_dinov2_tower_exports_to_onnx_and_matches_torch(tiny_llm_dir, tmp_path, depth):
+@pytest.mark.parametrize(("depth", "queries"), [(None, 1), (3, 4)])
+def test_dinov2_tower_exports_to_onnx_and_matches_torch(tiny_llm_dir, tmp_path, depth, queries):
     from tiny_models import tiny_cfg
 
     from llm2clip.bundle import load_bundle
@@ -113,7 +113,7 @@ def test_dinov2_tower_exports_to_onnx_and_matches_torch(tiny_llm_dir, tmp_path, 
     from training.export import compare_with_torch, export_bundle
 
     cfg = tiny_cfg()
-    cfg.vision = replace(cfg.vision, arch="dinov2-s14", image_size=56, depth=depth)
+    cfg.vision = replace(cfg.vision, arch="dinov2-s14", image_size=56, depth=depth, pool_queries=queries)
     cfg.preprocess = preprocess_for(cfg.vision)
     torch.manual_seed(0)
     model = LLM2CLIP(cfg).eval()

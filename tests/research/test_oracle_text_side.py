@@ -66,7 +66,7 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
     assert result["split"] == "val" and result["val_scenes"] == len(val) and "test_scenes" not in result
     assert result["near_twin"]["n_pairs"] == len(val)  # each scene against its twin
     assert result["vision"] == {"arch": "dinov2-s14", "image_size": 28, "trainable_blocks": 0, "depth": 6,
-                                "pool_heads": 4}
+                                "pool_heads": 4, "pool_queries": 1}
     assert result["init_logit_scale"] == pytest.approx(1 / 0.07, abs=1e-3)  # CLIP's, unless --logit-scale
     assert result["command"].endswith("--epochs 1 --split val --vision-arch dinov2-s14 --image-size 28 "
                                       "--trainable-blocks 0 --vision-depth 6")
