@@ -87,12 +87,11 @@ def dinov2_maps(ds: Dataset, n: int, depths: list[int]) -> dict[int, np.ndarray]
     from tqdm import tqdm
 
     from llm2clip.config import VisionCfg
-    from llm2clip.vision import VisionTower, preprocess_for
+    from llm2clip.vision import Dinov2Backbone, preprocess_for
     from training.images import load_images, normalize
 
-    vision = VisionCfg(arch="dinov2-s14", image_size=SIZE)
-    pre = preprocess_for(vision)
-    net = VisionTower(vision, 16).backbone.net.eval()
+    pre = preprocess_for(VisionCfg(arch="dinov2-s14", image_size=SIZE))
+    net = Dinov2Backbone(SIZE, pretrained=True, depth=max(depths)).net.eval()  # no block past the deepest probed
     images = torch.from_numpy(load_images(Dataset(root=ds.root, items=ds.items[:n]), pre, progress=False))
     grid = SIZE // 14
     out = {d: np.zeros((n, grid, grid, 384), np.float32) for d in depths}
