@@ -92,7 +92,8 @@ def test_dinov2_layer_ids_and_no_decay():
 
 
 @pytest.mark.slow
-def test_stage2_trains_a_dinov2_tower_with_its_last_block_only(tmp_path, tiny_llm_dir):
+@pytest.mark.parametrize(("depth", "last"), [(None, 11), (6, 5)])
+def test_stage2_trains_a_dinov2_tower_with_its_last_block_only(tmp_path, tiny_llm_dir, depth, last):
     """The command line's path: ModelShape -> default_model_cfg -> trainer -> checkpoint, with pretrained DINOv2."""
     from llm2clip.data import generate_scenes, read_dataset
     from llm2clip.defaults import dinov2_s14_weights
@@ -104,14 +105,16 @@ def test_stage2_trains_a_dinov2_tower_with_its_last_block_only(tmp_path, tiny_ll
     generate_scenes(tmp_path / "scenes", 16, "train", 0, progress=False)
     scenes = read_dataset(tmp_path / "scenes")
     embed_captions(scenes, tiny_llm_dir, tmp_path / "emb", EmbedCfg(max_batch_tokens=256), progress=False)
-    shape = ModelShape(embed_dim=32, image_size=28, vision_arch="dinov2-s14", trainable_blocks=1)
+    shape = ModelShape(embed_dim=32, image_size=28, vision_arch="dinov2-s14", trainable_blocks=1,
+                       vision_depth=depth)
     run = Stage2Run(scenes, tmp_path / "emb", tmp_path / "ckpt", shape=shape, progress=False)
     summary = train_clip(run, TrainCfg(epochs=1, batch_size=8, warmup_steps=0, bf16=False, lr=1e-2))
     assert summary["steps"] == 2
     model, _ = load_checkpoint(tmp_path / "ckpt")
     vision = model.cfg.vision
-    assert (vision.arch, vision.image_size, vision.trainable_blocks) == ("dinov2-s14", 28, 1)
+    assert (vision.arch, vision.image_size, vision.trainable_blocks, vision.depth) == ("dinov2-s14", 28, 1, depth)
+    assert model.visual.backbone.num_blocks == last + 1  # read at block ``depth`` (all 12 by default)
     pretrained = load_dinov2(dinov2_s14_weights()).state_dict()
     trained = model.visual.backbone.net.state_dict()
-    moved = {k for k in pretrained if not torch.equal(pretrained[k], trained[k])}
-    assert moved and all(k.startswith(("encoder.layer.11.", "layernorm.")) for k in moved), moved
+    moved = {k for k in trained if not torch.equal(pretrained[k], trained[k])}
+    assert moved and all(k.startswith((f"encoder.layer.{last}.", "layernorm.")) for k in moved), moved
