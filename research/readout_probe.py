@@ -1,6 +1,6 @@
 """Probe: is it the loss or the features? One pool on frozen DINOv2 maps, trained two ways to the oracle.
 
-Usage: python -m research.readout_probe --repro DIR [--depth 8] [--epochs 30] [--loss cosine,clip] [--out F]
+Usage: python -m research.readout_probe --repro DIR [--depth 8] [--epochs 30] [--loss cosine,clip,adapter] [--out F]
 
 With the oracle text side (``research.oracle_text_side``), every vision side tried so far tells at most ~0.69
 of the val split's near twins apart, while its training loss falls to ~0.05: contrast against 63 random
@@ -9,10 +9,13 @@ adapter) on DINOv2's locked maps after ``--depth`` blocks of the train split's i
 scene's oracle long vector (``oracle_vector``), with one of two losses on the same features, seed and steps:
 - ``cosine``: regression, 1 - cos(pool(image), vector): each scene must land on its own vector, so two
   scenes that differ in one object must land apart;
-- ``clip``: stage 2's symmetric InfoNCE with CLIP's learned temperature, the fixed vectors as the text side.
+- ``clip``: stage 2's symmetric InfoNCE with CLIP's learned temperature, the fixed vectors as the text side;
+- ``adapter``: the same InfoNCE with stage 2's text side, LLM2CLIP's adapter (``llm2clip.adapter.Adapter``,
+  residual MLP blocks into the 256-wide joint space) trained with the pool on the vectors, as the oracle run
+  (``research.oracle_text_side``) trains it.
 Each is scored on the chosen split's near twins and long-caption R@1 as the oracle run scores them
-(``training.eval``). Regression well above contrast says the loss is what caps twins; both at the same level
-say the features do. Val by default: no choice is made here on test.
+(``training.eval``). Regression well above contrast says the loss is what caps twins; ``adapter`` below
+``clip`` says the trained text side is what loses them; all at the same level say the features do. Val by default: no choice is made here on test.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from llm2clip.adapter import Adapter
 from llm2clip.cliargs import positive_int
+from llm2clip.config import AdapterCfg
 from llm2clip.data import Dataset, read_dataset
 from llm2clip.vision import AttentionPool
 from research.oracle_text_side import DIM, oracle_vector
@@ -36,7 +41,8 @@ from training.clip_recipe import clip_loss
 from training.eval import retrieval_metrics, twin_accuracy, twin_pairs
 
 SIZE = 224
-LOSSES = ("cosine", "clip")
+LOSSES = ("cosine", "clip", "adapter")
+JOINT = 256  # the repro's joint width, where the adapter maps the vectors
 
 
 def dinov2_maps(ds: Dataset, depth: int, batch: int = 32) -> torch.Tensor:
@@ -59,12 +65,26 @@ def targets(ds: Dataset) -> torch.Tensor:
     return torch.from_numpy(np.stack([oracle_vector(item.meta, long=True) for item in ds.items]))
 
 
-def train_pool(maps: torch.Tensor, vectors: torch.Tensor, loss: str, epochs: int, seed: int) -> AttentionPool:
-    """The stage-2 pool trained on ``maps`` -> ``vectors`` with ``loss``, AdamW at stage 2's lr and batch."""
+class TextSide(torch.nn.Module):
+    """The vectors as the loss sees them: fixed (unit vectors), or through a trained LLM2CLIP adapter."""
+
+    def __init__(self, trained: bool) -> None:
+        super().__init__()
+        self.adapter = Adapter(AdapterCfg(in_dim=DIM), JOINT) if trained else None
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors if self.adapter is None else F.normalize(self.adapter(vectors), dim=-1)
+
+
+def train_pool(maps: torch.Tensor, vectors: torch.Tensor, loss: str, epochs: int,
+               seed: int) -> tuple[AttentionPool, TextSide]:
+    """The stage-2 pool (and the text side) trained on ``maps`` -> ``vectors`` with ``loss``, AdamW at stage 2's
+    lr and batch."""
     torch.manual_seed(seed)
-    pool = AttentionPool(maps.shape[1], 256, 4, maps.shape[-1], DIM)
+    text = TextSide(trained=loss == "adapter")
+    pool = AttentionPool(maps.shape[1], 256, 4, maps.shape[-1], JOINT if text.adapter is not None else DIM)
     scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    opt = torch.optim.AdamW([*pool.parameters(), scale], lr=5e-4, weight_decay=0.05)
+    opt = torch.optim.AdamW([*pool.parameters(), *text.parameters(), scale], lr=5e-4, weight_decay=0.05)
     steps = epochs * (len(maps) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-4, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -74,7 +94,7 @@ def train_pool(maps: torch.Tensor, vectors: torch.Tensor, loss: str, epochs: int
         for b in range(0, len(order) - 63, 64):
             idx = order[b:b + 64]
             img = F.normalize(pool(maps[idx].float()), dim=-1)
-            txt = vectors[idx]
+            txt = text(vectors[idx])
             value = (1 - (img * txt).sum(-1)).mean() if loss == "cosine" else clip_loss(img, txt, scale)
             opt.zero_grad()
             value.backward()
@@ -83,13 +103,13 @@ def train_pool(maps: torch.Tensor, vectors: torch.Tensor, loss: str, epochs: int
             bar.update()
             bar.set_postfix(loss=f"{value.item():.3f}", refresh=False)
     bar.close()
-    return pool.eval()
+    return pool.eval(), text.eval()
 
 
-def score(pool: AttentionPool, maps: torch.Tensor, ds: Dataset) -> dict[str, float]:
+def score(pool: AttentionPool, text: TextSide, maps: torch.Tensor, ds: Dataset) -> dict[str, float]:
     with torch.no_grad():
         img = F.normalize(pool(maps.float()), dim=-1).numpy()
-    txt = targets(ds).numpy()
+        txt = text(targets(ds)).numpy()
     long = retrieval_metrics(txt, img)
     twins = twin_accuracy(txt, img, twin_pairs(ds))
     return {"t2i_r1": long["t2i_r1"], "i2t_r1": long["i2t_r1"], "twin_t2i": twins["t2i"], "twin_i2t": twins["i2t"]}
@@ -101,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", default="val", choices=("val", "test"), help="where twins are scored (default val)")
     ap.add_argument("--depth", type=positive_int, default=8, help="DINOv2 blocks before the pool (1..12, default 8)")
     ap.add_argument("--epochs", type=positive_int, default=30, help="passes over the train split (default 30)")
-    ap.add_argument("--loss", default="cosine,clip", help="losses to train, comma-separated: cosine, clip")
+    ap.add_argument("--loss", default="cosine,clip,adapter",
+                    help="read-outs to train, comma-separated: cosine, clip, adapter (default: all three)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write the scores as JSON here")
     args = ap.parse_args(argv)
@@ -115,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, object] = {"split": args.split, "depth": args.depth, "epochs": args.epochs, "seed": args.seed,
                                  "train_scenes": len(train), f"{args.split}_scenes": len(test)}
     for loss in losses:
-        result[loss] = score(train_pool(train_maps, vectors, loss, args.epochs, args.seed), test_maps, test)
+        result[loss] = score(*train_pool(train_maps, vectors, loss, args.epochs, args.seed), test_maps, test)
         sys.stdout.write(f"{loss}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[loss].items()) + "\n")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

@@ -19,14 +19,15 @@ def test_each_loss_fits_vectors_that_the_maps_determine():
     vectors = F.normalize(torch.relu(maps.flatten(1) @ torch.randn(72, DIM)), dim=-1)  # a function of the map
     for loss in probe.LOSSES:
         torch.manual_seed(0)
-        before = probe.AttentionPool(8, 256, 4, 3, DIM)  # what train_pool starts from
-        pool = probe.train_pool(maps, vectors, loss, epochs=30, seed=0)
+        before = probe.AttentionPool(8, 256, 4, 3, DIM)  # an untrained pool: chance
+        pool, text = probe.train_pool(maps, vectors, loss, epochs=30, seed=0)
         hits, cos = [], []
         for model in (before, pool):
             with torch.no_grad():
                 out = F.normalize(model(maps), dim=-1)
-            hits.append(((out @ vectors.T).argmax(1) == torch.arange(len(maps))).float().mean())  # own vector first
-            cos.append((out * vectors).sum(-1).mean())
+                txt = text(vectors) if model is pool else vectors[:, :out.shape[1]]
+            hits.append(((out @ txt.T).argmax(1) == torch.arange(len(maps))).float().mean())  # own vector first
+            cos.append((out * txt).sum(-1).mean())
         assert hits[1] > 0.15 and hits[1] > 10 * hits[0], (loss, hits)  # chance is 1/256
         if loss == "cosine":
             assert cos[1] > cos[0] + 0.2
