@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from llm2clip.config import VISION_ARCHS, TextCfg, VisionCfg
 from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
 from llm2clip.dinov2 import DEPTH as DINOV2_DEPTH
 from research.fact_probe import attribute_value, bound_values
+from training.config import drawn_keys
 from training.embed import FORMAT, MANIFEST
 
 MAX_OBJECTS = 9
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="learned queries of the attention pool, concatenated (default 1: CLIP's mean-token query)")
     ap.add_argument("--logit-scale", type=_scale,
                     help="the CLIP loss's initial logit scale (1 / temperature; default CLIP's 1/0.07 = 14.3, max 100)")
+    ap.add_argument("--caption-keys", type=drawn_keys, help="the captions stage 2 draws from, comma-separated, a "
+                    "key listed k times drawn k times as often (default: the repro's, long,short)")
     ap.add_argument("--token-cache", type=Path, help="frozen-prefix token cache folder (default: OUT/ckpt/token_cache)")
     ap.add_argument("--bound-only", action="store_true",
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     presence = not args.bound_only
     emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
     tcfg = stage2_cfg(cfg, len(train), epochs)
+    if args.caption_keys:
+        tcfg = replace(tcfg, caption_keys=args.caption_keys)
     vision = VisionCfg(arch=args.vision_arch or VisionCfg.arch, trainable_blocks=args.trainable_blocks,
                        pool_heads=args.pool_heads or VisionCfg.pool_heads, depth=args.vision_depth,
                        pool_queries=args.pool_queries or VisionCfg.pool_queries)
@@ -195,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     options = {"--epochs": args.epochs, "--split": args.split if args.split != "test" else None,
                "--vision-arch": args.vision_arch, "--image-size": args.image_size,
                "--trainable-blocks": args.trainable_blocks, "--vision-depth": args.vision_depth,
-               "--pool-heads": args.pool_heads, "--pool-queries": args.pool_queries, "--logit-scale": args.logit_scale}
+               "--pool-heads": args.pool_heads, "--pool-queries": args.pool_queries, "--logit-scale": args.logit_scale,
+               "--caption-keys": ",".join(args.caption_keys) if args.caption_keys else None}
     result = {"command": "python -m research.oracle_text_side --repro DIR --out OUT"
               + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
               + (" --bound-only" if args.bound_only else ""),
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                                               "depth": mcfg.vision.depth,
                                               "pool_heads": mcfg.vision.pool_heads,
                                               "pool_queries": mcfg.vision.pool_queries},
-              "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3),
+              "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3), "caption_keys": list(tcfg.caption_keys),
               "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},
               **evaluate_oracle(args.out / "ckpt", test, presence)}

@@ -61,7 +61,7 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
     cache = tmp_path / "cache"
     oracle.main(["--repro", str(repro), "--out", str(tmp_path / "out"), "--split", "val", "--epochs", "1",
                  "--vision-arch", "dinov2-s14", "--image-size", "28", "--trainable-blocks", "0",
-                 "--vision-depth", "6", "--token-cache", str(cache)])
+                 "--vision-depth", "6", "--caption-keys", "long", "--token-cache", str(cache)])
     result = json.loads((tmp_path / "out" / "oracle.json").read_text())
     assert result["split"] == "val" and result["val_scenes"] == len(val) and "test_scenes" not in result
     assert result["near_twin"]["n_pairs"] == len(val)  # each scene against its twin
@@ -69,7 +69,8 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
                                 "pool_heads": 4, "pool_queries": 1}
     assert result["init_logit_scale"] == pytest.approx(1 / 0.07, abs=1e-3)  # CLIP's, unless --logit-scale
     assert result["command"].endswith("--epochs 1 --split val --vision-arch dinov2-s14 --image-size 28 "
-                                      "--trainable-blocks 0 --vision-depth 6")
+                                      "--trainable-blocks 0 --vision-depth 6 --caption-keys long")
+    assert result["caption_keys"] == ["long"]  # stage 2 drew long captions only
     assert [p.suffix for p in cache.iterdir()] == [".npy"]  # the locked tower's tokens, built once
     model, _ = load_checkpoint(tmp_path / "out" / "ckpt")
     assert model.cfg.vision.arch == "dinov2-s14" and model.cfg.vision.trainable_blocks == 0
@@ -82,7 +83,7 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
 
 @pytest.mark.parametrize("option", [["--logit-scale", "0"], ["--logit-scale", "x"], ["--image-size", "0"],
                                     ["--trainable-blocks", "-1"], ["--split", "train"], ["--vision-depth", "6"],
-                                    ["--vision-depth", "13", "--vision-arch", "dinov2-s14"]])
+                                    ["--vision-depth", "13", "--vision-arch", "dinov2-s14"], ["--caption-keys", ","]])
 def test_bad_options_are_refused_before_any_work(tmp_path, option, capsys):
     with pytest.raises(SystemExit) as exc:
         oracle.main(["--repro", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *option])
