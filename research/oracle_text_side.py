@@ -148,7 +148,7 @@ def _scale(value: str) -> float:
     return scale
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="Uses the scenes of a `llm2clip repro --out DIR` run (DIR/data).")
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder (its data/)")
@@ -173,6 +173,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bound-only", action="store_true",
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
                          "the vision side must learn every (class, value) conjunction")
+    return ap
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, with the options given."""
+    options = {"--epochs": args.epochs, "--split": args.split if args.split != "test" else None,
+               "--vision-arch": args.vision_arch, "--image-size": args.image_size,
+               "--trainable-blocks": args.trainable_blocks, "--vision-depth": args.vision_depth,
+               "--pool-heads": args.pool_heads, "--pool-queries": args.pool_queries, "--logit-scale": args.logit_scale,
+               "--caption-keys": ",".join(args.caption_keys) if args.caption_keys else None}
+    return ("python -m research.oracle_text_side --repro DIR --out OUT"
+            + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
+            + (" --bound-only" if args.bound_only else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.vision_depth is not None and (args.vision_arch != "dinov2-s14" or args.vision_depth > DINOV2_DEPTH):
         ap.error(f"--vision-depth is a number of dinov2-s14's blocks, 1 to {DINOV2_DEPTH}: give --vision-arch "
@@ -198,19 +215,10 @@ def main(argv: list[str] | None = None) -> None:
         mcfg.init_logit_scale = math.log(args.logit_scale)
     run = Stage2Run(train, emb, args.out / "ckpt", model_cfg=mcfg, token_cache=args.token_cache)
     summary = train_clip(run, tcfg)
-    options = {"--epochs": args.epochs, "--split": args.split if args.split != "test" else None,
-               "--vision-arch": args.vision_arch, "--image-size": args.image_size,
-               "--trainable-blocks": args.trainable_blocks, "--vision-depth": args.vision_depth,
-               "--pool-heads": args.pool_heads, "--pool-queries": args.pool_queries, "--logit-scale": args.logit_scale,
-               "--caption-keys": ",".join(args.caption_keys) if args.caption_keys else None}
-    result = {"command": "python -m research.oracle_text_side --repro DIR --out OUT"
-              + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
-              + (" --bound-only" if args.bound_only else ""),
-              "split": args.split, "vision": {"arch": mcfg.vision.arch, "image_size": mcfg.vision.image_size,
-                                              "trainable_blocks": mcfg.vision.trainable_blocks,
-                                              "depth": mcfg.vision.depth,
-                                              "pool_heads": mcfg.vision.pool_heads,
-                                              "pool_queries": mcfg.vision.pool_queries},
+    v = mcfg.vision
+    result = {"command": _command(args), "split": args.split,
+              "vision": {"arch": v.arch, "image_size": v.image_size, "trainable_blocks": v.trainable_blocks,
+                         "depth": v.depth, "pool_heads": v.pool_heads, "pool_queries": v.pool_queries},
               "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3), "caption_keys": list(tcfg.caption_keys),
               "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},
