@@ -35,6 +35,7 @@ from llm2clip.adapter import Adapter
 from llm2clip.cliargs import positive_int
 from llm2clip.config import AdapterCfg
 from llm2clip.data import Dataset, read_dataset
+from llm2clip.dinov2 import DEPTH
 from llm2clip.vision import AttentionPool
 from research.oracle_text_side import DIM, oracle_vector
 from training.clip_recipe import clip_loss
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repro", required=True, type=Path, help="a repro folder with data/train and data/<split>")
     ap.add_argument("--split", default="val", choices=("val", "test"), help="where twins are scored (default val)")
-    ap.add_argument("--depth", type=positive_int, default=8, help="DINOv2 blocks before the pool (1..12, default 8)")
+    ap.add_argument("--depth", type=positive_int, default=8, help=f"DINOv2 blocks before the pool (1..{DEPTH}, default 8)")
     ap.add_argument("--epochs", type=positive_int, default=30, help="passes over the train split (default 30)")
     ap.add_argument("--loss", default="cosine,clip,adapter",
                     help="read-outs to train, comma-separated: cosine, clip, adapter (default: all three)")
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     losses = [s for s in args.loss.split(",") if s]
     if not losses or set(losses) - set(LOSSES):
         ap.error(f"--loss takes {', '.join(LOSSES)}, not {args.loss!r}")
-    if args.depth > 12:
-        ap.error(f"--depth is a number of DINOv2's 12 blocks, not {args.depth}")
+    if args.depth > DEPTH:
+        ap.error(f"--depth is a number of DINOv2's {DEPTH} blocks, not {args.depth}")
     train, test = read_dataset(args.repro / "data" / "train"), read_dataset(args.repro / "data" / args.split)
     train_maps, test_maps, vectors = dinov2_maps(train, args.depth), dinov2_maps(test, args.depth), targets(train)
     result: dict[str, object] = {"split": args.split, "depth": args.depth, "epochs": args.epochs, "seed": args.seed,
