@@ -1,7 +1,7 @@
 """Can the vision side tell the near twins apart when the text side keeps every binding?
 
 Usage: python -m research.oracle_text_side --repro DIR --out OUT [--epochs N] [--split val|test]
-       [--vision-arch dinov2-s14 --image-size 224 --trainable-blocks K --token-cache DIR]
+       [--vision-arch A --image-size S --trainable-blocks K --vision-depth D --token-cache DIR]
 
 The repro's near twins that differ in an object's cell, size or orientation stay at chance in every row,
 and so does every text side on its own (see docs/results/repro/FINDINGS.md). That leaves open whether the
@@ -14,9 +14,10 @@ same scenes, vision tower, recipe, steps and seed (``research.repro_config.Repro
 ``train_clip`` on these vectors. The test split's near twins are then scored with the trained vision
 tower against the oracle's caption vectors through the trained adapter. ``--split val`` scores the val split's
 near twins instead: vision sides are chosen there, and test is scored once for the chosen one.
-``--vision-arch``, ``--image-size`` and ``--trainable-blocks`` replace the repro's vision tower (EfficientNet-Lite0
-at 160 px, all of it trained); with DINOv2 and ``--trainable-blocks`` the frozen blocks' tokens come from a disk
-cache (``--token-cache``, shared by runs on the same images).
+``--vision-arch``, ``--image-size``, ``--trainable-blocks`` and ``--vision-depth`` replace settings of the repro's
+vision tower (``ReproCfg``: DINOv2 ViT-S/14 at 224 px, locked, read at block 8; another ``--vision-arch`` brings
+none of its settings); with DINOv2 and ``--trainable-blocks`` the frozen blocks' tokens come from a disk cache
+(``--token-cache``, shared by runs on the same images).
 
 An oracle row well above chance on cell, size and orientation means the vision side can learn the
 bindings at this scale and only the text side is missing them; an oracle row at chance means the vision
@@ -24,7 +25,7 @@ side cannot either.
 
 Writes OUT/embeddings/train/ (a caption-embedding folder, as `llm2clip train embed` would), OUT/ckpt/
 (the stage-2 checkpoint) and OUT/oracle.json. Reruns resume. Takes about as long as one repro row's
-stage 2 (15 min on 2 cores).
+stage 2 (a few minutes on 2 cores with the repro's locked tower; about 15 with EfficientNet-Lite0 trained).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from llm2clip.config import VISION_ARCHS, TextCfg, VisionCfg
 from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
 from llm2clip.dinov2 import DEPTH as DINOV2_DEPTH
 from research.fact_probe import attribute_value, bound_values
+from research.repro_config import ReproCfg, stage2_cfg, vision_cfg
 from training.config import drawn_keys
 from training.embed import FORMAT, MANIFEST
 
@@ -159,9 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--vision-arch", choices=VISION_ARCHS, help="vision backbone (default: the repro's)")
     ap.add_argument("--image-size", type=positive_int, help="input side of the vision tower (default: the repro's)")
     ap.add_argument("--trainable-blocks", type=non_negative_int,
-                    help="train only the backbone's last N blocks (0: locked, LiT); default: all of it")
+                    help="train only the backbone's last N blocks (0: locked, LiT); default: the repro's")
     ap.add_argument("--vision-depth", type=positive_int,
-                    help="dinov2-s14 only: keep its first K of 12 blocks and pool block K's tokens (default: all)")
+                    help="dinov2-s14 only: keep its first K of 12 blocks and pool block K's tokens (default: the repro's)")
     ap.add_argument("--pool-heads", type=positive_int, help=f"heads of the attention pool (default {VisionCfg.pool_heads})")
     ap.add_argument("--pool-queries", type=positive_int,
                     help="learned queries of the attention pool, concatenated (default 1: CLIP's mean-token query)")
@@ -188,14 +190,24 @@ def _command(args: argparse.Namespace) -> str:
             + (" --bound-only" if args.bound_only else ""))
 
 
+def _vision(args: argparse.Namespace, cfg: ReproCfg) -> VisionCfg:
+    """The repro's vision tower, with the options given in place of its settings."""
+    base = vision_cfg(cfg)
+    if args.vision_arch is not None and args.vision_arch != base.arch:  # another backbone: none of its settings
+        base = VisionCfg(arch=args.vision_arch)
+    given = {"trainable_blocks": args.trainable_blocks, "depth": args.vision_depth, "pool_heads": args.pool_heads,
+             "pool_queries": args.pool_queries}
+    return replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = _parser()
     args = ap.parse_args(argv)
-    if args.vision_depth is not None and (args.vision_arch != "dinov2-s14" or args.vision_depth > DINOV2_DEPTH):
+    arch = args.vision_arch or ReproCfg.vision_arch
+    if args.vision_depth is not None and (arch != "dinov2-s14" or args.vision_depth > DINOV2_DEPTH):
         ap.error(f"--vision-depth is a number of dinov2-s14's blocks, 1 to {DINOV2_DEPTH}: give --vision-arch "
                  "dinov2-s14 with it")
 
-    from research.repro_config import ReproCfg, stage2_cfg
     from training.clip import Stage2Run, default_model_cfg, train_clip
 
     cfg = ReproCfg()
@@ -206,9 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     tcfg = stage2_cfg(cfg, len(train), epochs)
     if args.caption_keys:
         tcfg = replace(tcfg, caption_keys=args.caption_keys)
-    vision = VisionCfg(arch=args.vision_arch or VisionCfg.arch, trainable_blocks=args.trainable_blocks,
-                       pool_heads=args.pool_heads or VisionCfg.pool_heads, depth=args.vision_depth,
-                       pool_queries=args.pool_queries or VisionCfg.pool_queries)
+    vision = _vision(args, cfg)
     mcfg = default_model_cfg(cfg.embed_dim, DIM, args.image_size or cfg.image_size, "oracle-scene-graph",
                              TextCfg.max_tokens, vision)
     if args.logit_scale:

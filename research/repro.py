@@ -32,7 +32,7 @@ from llm2clip.defaults import smollm2_dir
 from llm2clip.errors import LLM2CLIPError
 from research.fact_probe import probe_caption_embeddings
 from research.report import portable, write_report
-from research.repro_config import ROWS, STAGE1_VARIANTS, ReproCfg
+from research.repro_config import ROWS, STAGE1_VARIANTS, ReproCfg, vision_cfg
 from research.repro_rows import (
     STAGE2_SUMMARY,
     Candidate,
@@ -81,7 +81,8 @@ def stage2_throughput(dataset: Dataset, llm_dir: Path, emb_dir: Path, cfg: Repro
     from llm2clip.model import LLM2CLIP
 
     caps = CaptionEmbeddings(emb_dir)
-    model_cfg = default_model_cfg(cfg.embed_dim, caps.dim, cfg.image_size, "llm", TextCfg.max_tokens)
+    model_cfg = default_model_cfg(cfg.embed_dim, caps.dim, cfg.image_size, "llm", TextCfg.max_tokens,
+                                  vision_cfg(cfg))
     torch.manual_seed(cfg.seed)
     model = LLM2CLIP(model_cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -122,8 +123,11 @@ def bundle_text_twins(bundle: Path, test: Dataset) -> dict[str, Any] | None:
 
 FIXED = {
     "the rows and their controls": "fixed in advance: the paper's ablation rows and issue 14's controls",
-    "stage 2 (epochs, batch size, learning rate, image size, embedding width)": "the preset's, set before this "
-    "protocol existed; not re-selected by this run",
+    "stage 2 (batch size, learning rate, embedding width)": "the preset's, set before this protocol existed; "
+    "not re-selected by this run",
+    "the vision tower (DINOv2 ViT-S/14 at 224 px, locked, read at block 8) and stage 2's epochs (20)": "chosen on "
+    "the val split before this run, over EfficientNet-Lite0 at 160 px, trained, 10 epochs "
+    "(docs/results/vision-side.md); not re-selected by it",
     "stage 1 (batch, paraphrases, learning rate, LoRA, temperature)": "the preset's and Stage1Cfg's defaults; "
     "not selected by this run",
     "MNTP steps of llm_cc:mntp": "the preset's stage1_mntp_steps; not selected by this run",

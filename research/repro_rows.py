@@ -5,6 +5,7 @@ Layout under the run's folder ``out``:
   stage1/<variant>-<steps>/seed-<k>     a stage-1 run (Hugging Face folder + stage1.json)
   embeddings/<row>[/seed-<k>]            frozen caption embeddings (a stage-1 row's differ per seed)
   <row>/seed-<k>/{ckpt,bundle}           stage 2 and its export; val.json / eval.json: its val / test scores
+  token_cache/                           a locked vision prefix's tokens of the train images, shared by all rows
 where <row> is a row's folder key: clip77, minilm77, minilm, llm_nocc, or llm_cc-<variant>-<steps>.
 """
 
@@ -20,7 +21,7 @@ from llm2clip.config import AdapterCfg, ClipTextCfg, TextCfg
 from llm2clip.data import Dataset
 from llm2clip.defaults import minilm_dir, smollm2_dir
 from llm2clip.errors import LLM2CLIPError
-from research.repro_config import STAGE1_VARIANTS, ReproCfg, stage2_cfg
+from research.repro_config import STAGE1_VARIANTS, ReproCfg, stage2_cfg, vision_cfg
 from training.clip import Stage2Run, default_model_cfg, train_clip
 from training.config import EmbedCfg, ExportCfg
 from training.embed import embed_captions
@@ -116,6 +117,12 @@ class Work:
     def stage1_dir(self, c: Candidate, k: int) -> Path:
         return self.out / "stage1" / f"{c.variant}-{c.steps}" / f"seed-{k}"
 
+    @property
+    def token_cache(self) -> Path:
+        """One cache folder for the run: a cache file is named by what its tokens depend on, so every row, seed
+        and candidate with the same locked prefix reads the same file (``training.token_cache``)."""
+        return self.out / "token_cache"
+
     def embeddings_dir(self, spec: RowSpec, k: int) -> Path:
         base = self.out / "embeddings" / spec.key
         return base / f"seed-{k}" if spec.stage1 is not None else base
@@ -154,21 +161,23 @@ def train_bundle(work: Work, spec: RowSpec, k: int) -> Path:
     tcfg = replace(stage2_cfg(cfg, len(work.train)), seed=work.seed(k))
     if spec.encoder is None:
         # the adapter's input width is unused: the text tower replaces the LLM and the adapter
-        mcfg = default_model_cfg(cfg.embed_dim, AdapterCfg.in_dim, cfg.image_size, spec.key, spec.max_tokens)
+        mcfg = default_model_cfg(cfg.embed_dim, AdapterCfg.in_dim, cfg.image_size, spec.key, spec.max_tokens,
+                                 vision_cfg(cfg))
         mcfg.text_tower = ClipTextCfg(context=spec.max_tokens, width=cfg.clip77_width, layers=cfg.clip77_layers,
                                       heads=max(1, cfg.clip77_width // 64))
         say(f"{spec.key} seed {k}: stage 2 (text tower trained jointly)")
         summary = train_clip(Stage2Run(work.train, None, rdir / "ckpt", model_cfg=mcfg,
-                                       tokenizer_dir=smollm2_dir()), tcfg)
+                                       tokenizer_dir=smollm2_dir(), token_cache=work.token_cache), tcfg)
     else:
         emb = embeddings(work, spec, k)
         from training.embed import CaptionEmbeddings
 
         # the model's max_tokens is what the exported bundle cuts captions at when it serves
         mcfg = default_model_cfg(cfg.embed_dim, CaptionEmbeddings(emb).dim, cfg.image_size, spec.key,
-                                 spec.max_tokens)
+                                 spec.max_tokens, vision_cfg(cfg))
         say(f"{spec.key} seed {k}: stage 2")
-        summary = train_clip(Stage2Run(work.train, emb, rdir / "ckpt", model_cfg=mcfg), tcfg)
+        summary = train_clip(Stage2Run(work.train, emb, rdir / "ckpt", model_cfg=mcfg,
+                                       token_cache=work.token_cache), tcfg)
     # fp32 only: the rows compare models, so every row is scored in the reference precision
     export_checkpoint(rdir / "ckpt", bundle, cfg=ExportCfg(precisions=("fp32",)))
     final = (summary["history"] or [{}])[-1].get("loss")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -82,10 +84,26 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
 
 
 @pytest.mark.parametrize("option", [["--logit-scale", "0"], ["--logit-scale", "x"], ["--image-size", "0"],
-                                    ["--trainable-blocks", "-1"], ["--split", "train"], ["--vision-depth", "6"],
+                                    ["--trainable-blocks", "-1"], ["--split", "train"],
+                                    ["--vision-depth", "6", "--vision-arch", "efficientnet-lite0"],
                                     ["--vision-depth", "13", "--vision-arch", "dinov2-s14"], ["--caption-keys", ","]])
 def test_bad_options_are_refused_before_any_work(tmp_path, option, capsys):
     with pytest.raises(SystemExit) as exc:
         oracle.main(["--repro", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *option])
     assert exc.value.code == 2 and option[0] in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_vision_side_is_the_repros_unless_an_option_replaces_it():
+    from research.repro_config import ReproCfg, vision_cfg
+
+    cfg = ReproCfg()
+    parse = oracle._parser().parse_args
+    assert oracle._vision(parse(["--repro", "r", "--out", "o"]), cfg) == vision_cfg(cfg)
+    # another backbone brings none of the repro tower's settings, only the options given with it
+    other = "dinov2-s14" if cfg.vision_arch != "dinov2-s14" else "efficientnet-lite0"
+    v = oracle._vision(parse(["--repro", "r", "--out", "o", "--vision-arch", other, "--pool-queries", "3"]), cfg)
+    assert (v.arch, v.depth, v.trainable_blocks, v.pool_queries) == (other, None, None, 3)
+    locked = replace(cfg, vision_arch="dinov2-s14", trainable_blocks=0, vision_depth=8, image_size=224)
+    v = oracle._vision(parse(["--repro", "r", "--out", "o", "--vision-depth", "6"]), locked)
+    assert (v.arch, v.depth, v.trainable_blocks, v.image_size) == ("dinov2-s14", 6, 0, 224)

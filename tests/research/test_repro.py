@@ -126,6 +126,19 @@ def test_stage1_runs_follow_their_recipes(repro, report):
     assert nocc["text_encoder"]["fingerprint"] != cc["text_encoder"]["fingerprint"]
 
 
+def test_every_row_trains_the_presets_tower_from_one_shared_token_cache(repro, report):
+    from research.repro_config import vision_cfg
+
+    want = asdict(vision_cfg(QUICK))
+    folders = {p.parent.parent.parent for p in repro.glob("*/seed-*/ckpt/config.json")}
+    assert {r["folder"] for r in report["rows"].values()} <= {f.name for f in folders}
+    for cfg in repro.glob("*/seed-*/ckpt/config.json"):  # rows and val candidates, every seed
+        assert json.loads(cfg.read_text())["vision"] == want, cfg
+    # the locked prefix's tokens of the train images, computed once for every row, seed and candidate
+    assert QUICK.trainable_blocks == 0 and len(list((repro / "token_cache").glob("tokens-*.npy"))) == 1
+    assert not list(repro.glob("*/seed-*/ckpt/token_cache"))
+
+
 def test_minilm77_cuts_at_77_tokens_in_training_and_serving(repro, report):
     manifests = {row: json.loads((repro / report["rows"][row]["folder"] / "seed-0" / "bundle" / "manifest.json")
                                  .read_text()) for row in ("clip77", "minilm77", "minilm", "llm_cc")}

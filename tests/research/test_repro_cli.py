@@ -6,7 +6,7 @@ import pytest
 
 import research.repro as repro
 from llm2clip_cli.main import main
-from research.repro_config import ReproCfg
+from research.repro_config import QUICK, ReproCfg
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_quick_and_overrides_are_recorded_in_flag_order(seen, tmp_path):
     assert main(["repro", "--seed", "3", "--epochs", "2", "--quick", "--out", str(tmp_path),
                  "--train-scenes", "40", "--rows", "minilm, clip77"]) == 0
     assert (seen["cfg"].seed, seen["cfg"].epochs, seen["cfg"].train_scenes) == (3, 2, 40)
-    assert seen["cfg"].image_size == 64 and seen["rows"] == ("minilm", "clip77")  # the quick preset
+    assert seen["cfg"].image_size == QUICK.image_size and seen["rows"] == ("minilm", "clip77")  # the quick preset
     assert seen["command"] == ("llm2clip repro --out DIR --quick --rows minilm, clip77 --train-scenes 40 --epochs 2 "
                                "--seed 3")
 

@@ -14,10 +14,10 @@ def test_preset_applies_only_the_given_overrides():
 
 
 def test_stage2_recipe_warms_up_over_a_twentieth_and_logs_a_hundred_points():
-    cfg = ReproCfg()  # 4000 scenes, batch 64, 10 epochs: 62 steps an epoch
+    cfg = ReproCfg()  # 4000 scenes, batch 64, 20 epochs: 62 steps an epoch
     t = stage2_cfg(cfg, 4000)
-    assert (t.epochs, t.batch_size, t.lr, t.seed) == (10, 64, 5e-4, 0)
-    assert t.warmup_steps == 620 // 20 and t.log_every == 620 // 100
+    assert (t.epochs, t.batch_size, t.lr, t.seed) == (20, 64, 5e-4, 0)
+    assert t.warmup_steps == 1240 // 20 and t.log_every == 1240 // 100
     short = stage2_cfg(cfg, 4000, epochs=2)
     assert short.epochs == 2 and short.warmup_steps == 124 // 20 and short.log_every == 1
     # fewer scenes than one batch: still one step an epoch, and never a zero warmup or logging interval
@@ -35,3 +35,14 @@ def test_each_stage1_control_is_a_row_and_llm_cc_is_chosen_among_them():
     assert ReproCfg().stage1_mntp_steps > 0 and QUICK.stage1_mntp_steps > 0
     assert all(0 < s < ReproCfg().stage1_steps for s in ReproCfg().stage1_step_probes)
     assert ReproCfg().seeds == 1
+
+
+def test_every_row_trains_the_presets_vision_tower():
+    from research.repro_config import vision_cfg
+
+    for cfg in (ReproCfg(), QUICK):
+        v = vision_cfg(cfg)
+        assert (v.arch, v.image_size, v.trainable_blocks, v.depth) == (
+            cfg.vision_arch, cfg.image_size, cfg.trainable_blocks, cfg.vision_depth)
+        if v.arch == "dinov2-s14":
+            assert v.image_size % 14 == 0  # whole patches
