@@ -47,7 +47,7 @@ class ReproCfg:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 5e-4
-    # ~6 s per step of 8 scenes (+ their twins) x 2 views on 2 cores: stage 1 takes ~46 min, once
+    # ~4.3 s per step of 8 items x 2 views (hardneg: 4 scenes + their twins) on 2 cores: ~29 min (bench/RESULTS.md, 11)
     stage1_steps: int = 400
     # the step counts llm_cc's chosen recipe is also trained for, each scored on val against stage1_steps
     stage1_step_probes: tuple[int, ...] = (200,)
