@@ -5,12 +5,14 @@ Rows (each writes DIR/<row>/seed-<k>/{ckpt,bundle}, see research/repro_rows.py, 
   minilm77   all-MiniLM-L6-v2 cut at 77 tokens + adapter: CLIP's pretrained but short text encoder's stand-in
   minilm     all-MiniLM-L6-v2 mean pooled + adapter (the paper's BERT-type row)
   llm_nocc   SmolLM2-135M, bidirectional + mean pooled, no caption-contrastive fine-tuning
-  llm_cc     SmolLM2-135M after stage 1 (LLM2CLIP): the stage-1 recipe and step count chosen on the val split
+  llm_cc     SmolLM2-135M after stage 1 (LLM2CLIP): the preset's stage-1 recipe and steps, or with ``select``
+             the ones chosen on the val split
   llm_cc:<v> each stage-1 recipe of ``STAGE1_VARIANTS`` at the preset's steps (the controls)
-The choice of llm_cc is made on the val split only (research/selection.py) and recorded in DIR/selection.json;
-the test split is generated after it and scores each final row once per seed. Also: caption retrieval accuracy
-of each text encoder on the test split, and stage-2 samples/s with precomputed caption embeddings against running
-the LLM online. Every step is cached in DIR, so an interrupted run (or one with more seeds) continues, and
+The first five are the paper's table (``MAIN_ROWS``, the default). With ``select``, llm_cc is chosen on the val
+split only (research/selection.py); either way DIR/selection.json records where each setting comes from, and
+the test split is generated after the choices and scores each final row once per seed. Also: caption retrieval
+accuracy of each text encoder on the test split, and stage-2 samples/s with precomputed caption embeddings
+against running the LLM online. Every step is cached in DIR, so an interrupted run (or one with more seeds) continues, and
 `--rows` runs a subset.
 """
 
@@ -32,7 +34,7 @@ from llm2clip.defaults import smollm2_dir
 from llm2clip.errors import LLM2CLIPError
 from research.fact_probe import probe_caption_embeddings
 from research.report import portable, write_report
-from research.repro_config import ROWS, STAGE1_VARIANTS, ReproCfg, vision_cfg
+from research.repro_config import LLM_CC_SOURCE, MAIN_ROWS, ROWS, STAGE1_VARIANTS, ReproCfg, vision_cfg
 from research.repro_rows import (
     STAGE2_SUMMARY,
     Candidate,
@@ -142,11 +144,12 @@ def select_llm_cc(work: Work, val_dir: Path) -> tuple[Candidate, list[dict[str, 
     def build(c: Candidate) -> Callable[[int], Path]:
         return lambda k: train_bundle(work, candidate_spec(c), k)
 
-    recipes = {f"llm_cc:{v}": Candidate(v, cfg.stage1_steps) for v in STAGE1_VARIANTS}
+    recipes = {f"llm_cc:{v}": Candidate(v, cfg.stage1_steps, cfg.stage1_lora_layers) for v in STAGE1_VARIANTS}
     _say(f"choosing llm_cc's stage-1 recipe on the val split among {', '.join(recipes)}")
     first = select("llm_cc: stage-1 recipe", {n: build(c) for n, c in recipes.items()}, cfg.seeds, val_dir)
     variant = recipes[first["chosen"]].variant
-    counts = {f"{s} steps": Candidate(variant, s) for s in sorted({*cfg.stage1_step_probes, cfg.stage1_steps})}
+    counts = {f"{s} steps": Candidate(variant, s, cfg.stage1_lora_layers)
+              for s in sorted({*cfg.stage1_step_probes, cfg.stage1_steps})}
     _say(f"choosing llm_cc:{variant}'s stage-1 steps on the val split among {', '.join(counts)}")
     second = select(f"llm_cc: stage-1 steps of llm_cc:{variant}", {n: build(c) for n, c in counts.items()},
                     cfg.seeds, val_dir, steps={n: c.steps for n, c in counts.items()})
@@ -232,30 +235,44 @@ def _stage1_summaries(work: Work, spec: RowSpec) -> list[dict[str, Any]] | None:
     return out
 
 
-def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = ROWS,
-              command: str | None = None) -> dict[str, Any]:
+def preset_llm_cc(cfg: ReproCfg) -> tuple[Candidate, dict[str, str]]:
+    """llm_cc as the preset gives it (a run without ``select``), and the report's line on where it comes from."""
+    if cfg.llm_cc_recipe not in STAGE1_VARIANTS:
+        raise LLM2CLIPError(f"llm_cc's recipe {cfg.llm_cc_recipe!r} is not one of {', '.join(STAGE1_VARIANTS)}")
+    chosen = Candidate(cfg.llm_cc_recipe, cfg.llm_cc_steps, cfg.stage1_lora_layers)
+    return chosen, {f"llm_cc = {chosen.label}": LLM_CC_SOURCE}
+
+
+def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = MAIN_ROWS,
+              command: str | None = None, select: bool = False) -> dict[str, Any]:
     """Run (or continue) the rows in ``out`` and write the report; returns report.json's content.
 
-    With llm_cc among the rows, its recipe and steps are chosen on the val split first (DIR/selection.json);
-    the test split is generated and read only after that."""
+    With ``select``, llm_cc's recipe and steps are chosen on the val split first, among every recipe of
+    ``STAGE1_VARIANTS`` and the step probes (DIR/selection.json); without it llm_cc is the preset's and the
+    report says where that comes from. The test split is generated and read only after the choices."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = set(rows) - set(ROWS)
     if unknown:
-        raise LLM2CLIPError(f"unknown rows {sorted(unknown)}: choose among {', '.join(ROWS)}")
+        raise LLM2CLIPError(f"unknown rows {sorted(unknown)}: choose among {', '.join(ROWS)} (or all)")
     if cfg.seeds < 1:
         raise LLM2CLIPError(f"--seeds must be at least 1, got {cfg.seeds}")
+    chosen, choices, fixed = None, [], dict(FIXED)
+    if not select and "llm_cc" in rows:
+        chosen, given = preset_llm_cc(cfg)
+        fixed.update(given)
     t_start = time.perf_counter()
     train, val_dir = read_dataset(_data(out, cfg, "train")), _data(out, cfg, "val")
     work = Work(out, cfg, train, read_dataset(val_dir))
-    chosen, choices = (select_llm_cc(work, val_dir) if "llm_cc" in rows else (None, []))
-    selection = portable(selection_record(choices, FIXED), out)
+    if select:
+        chosen, choices = select_llm_cc(work, val_dir)
+    selection = portable(selection_record(choices, fixed), out)
     (out / "selection.json").write_text(json.dumps(selection, indent=2, sort_keys=True))
     test_dir = _data(out, cfg, "test")
     test = _Test(read_dataset(test_dir), test_dir)
     specs = {row: row_spec(row, cfg, chosen) for row in rows}
     results = {row: _run_row(work, row, spec, test) for row, spec in specs.items()}
-    if chosen is not None:
+    if chosen is not None and "llm_cc" in results:
         results["llm_cc"]["chosen"] = chosen.label
     caption_acc, text_twins = _text_side(work, specs, test)
     throughput = None

@@ -2,11 +2,11 @@
 exported bundle. Every step is cached in a folder of its own, so that a rerun (or one with more seeds) continues.
 
 Layout under the run's folder ``out``:
-  stage1/<variant>-<steps>/seed-<k>     a stage-1 run (Hugging Face folder + stage1.json)
+  stage1/<variant>-<steps>[-top<n>]/seed-<k>  a stage-1 run (Hugging Face folder + stage1.json)
   embeddings/<row>[/seed-<k>]            frozen caption embeddings (a stage-1 row's differ per seed)
   <row>/seed-<k>/{ckpt,bundle}           stage 2 and its export; val.json / eval.json: its val / test scores
   token_cache/                           a locked vision prefix's tokens of the train images, shared by all rows
-where <row> is a row's folder key: clip77, minilm77, minilm, llm_nocc, or llm_cc-<variant>-<steps>.
+where <row> is a row's folder key: clip77, minilm77, minilm, llm_nocc, or llm_cc-<variant>-<steps>[-top<n>].
 """
 
 from __future__ import annotations
@@ -40,18 +40,26 @@ def say(msg: str) -> None:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A stage-1 recipe (a name of ``STAGE1_VARIANTS``) trained for ``steps`` contrastive steps."""
+    """A stage-1 recipe (a name of ``STAGE1_VARIANTS``) trained for ``steps`` contrastive steps, with LoRA on the
+    top ``lora_layers`` layers of the LLM (0: every layer)."""
 
     variant: str
     steps: int
+    lora_layers: int = 0
+
+    @property
+    def folder(self) -> str:
+        """``<variant>-<steps>``, with ``-top<n>`` when LoRA is on the top n layers only: what its caches read."""
+        return f"{self.variant}-{self.steps}" + (f"-top{self.lora_layers}" if self.lora_layers else "")
 
     @property
     def key(self) -> str:
-        return f"llm_cc-{self.variant}-{self.steps}"
+        return f"llm_cc-{self.folder}"
 
     @property
     def label(self) -> str:
-        return f"llm_cc:{self.variant} ({self.steps} steps)"
+        top = f", LoRA on the top {self.lora_layers} layers" if self.lora_layers else ""
+        return f"llm_cc:{self.variant} ({self.steps} steps{top})"
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ def row_spec(name: str, cfg: ReproCfg, chosen: Candidate | None = None) -> RowSp
     variant = name.removeprefix("llm_cc:")
     if not name.startswith("llm_cc:") or variant not in STAGE1_VARIANTS:
         raise LLM2CLIPError(f"unknown row {name!r}")
-    return candidate_spec(Candidate(variant, cfg.stage1_steps))
+    return candidate_spec(Candidate(variant, cfg.stage1_steps, cfg.stage1_lora_layers))
 
 
 def candidate_spec(c: Candidate) -> RowSpec:
@@ -93,7 +101,7 @@ def stage1_cfg(cfg: ReproCfg, c: Candidate, seed: int) -> Stage1Cfg:
     return Stage1Cfg(steps=c.steps, mntp_steps=cfg.stage1_mntp_steps if recipe["mntp"] else 0,
                      batch_size=cfg.stage1_batch, paraphrases=cfg.stage1_paraphrases,
                      positives=recipe["positives"], hard_negatives=recipe["hard_negatives"], seed=seed,
-                     warmup_steps=max(1, c.steps // 10),
+                     warmup_steps=max(1, c.steps // 10), lora_layers=c.lora_layers,
                      # SmolLM2 at 8 scenes (+ twins) holds its activations in ~6 GB: recomputing them
                      # would cost ~30% more time for memory this machine has
                      grad_checkpointing=False)
@@ -115,7 +123,7 @@ class Work:
         return self.out / spec.key / f"seed-{k}"
 
     def stage1_dir(self, c: Candidate, k: int) -> Path:
-        return self.out / "stage1" / f"{c.variant}-{c.steps}" / f"seed-{k}"
+        return self.out / "stage1" / c.folder / f"seed-{k}"
 
     @property
     def token_cache(self) -> Path:

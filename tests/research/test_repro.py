@@ -4,6 +4,7 @@ each row's bundle indexes and serves."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -38,7 +39,7 @@ def repro(tmp_path_factory):
     assert list(out.glob("clip77/seed-0")) and not list(out.glob("*/seed-1"))
     first = _snapshot(out)
     assert first
-    assert cli(["repro", "--out", str(out), "--quick", "--seeds", str(SEEDS)]) == 0
+    assert cli(["repro", "--out", str(out), "--quick", "--select", "--rows", "all", "--seeds", str(SEEDS)]) == 0
     # runs that existed are untouched; with two seeds the choices may differ, so new seed-0 runs may appear
     second = _snapshot(out)
     assert {k: second.get(k) for k in first} == first
@@ -100,7 +101,7 @@ def test_choices_are_made_on_val_and_only_final_rows_are_scored_on_test(repro, r
 
 def test_report_records_the_run_without_machine_paths(repro, report):
     text = (repro / "report.json").read_text()
-    assert report["command"] == "llm2clip repro --out DIR --quick --seeds 2"
+    assert report["command"] == "llm2clip repro --out DIR --quick --select --rows all --seeds 2"
     assert report["config"] == json.loads(json.dumps(asdict(replace(QUICK, seeds=SEEDS))))
     assert str(repro) not in text and str(repro) not in (repro / "selection.json").read_text()
     md = (repro / "report.md").read_text()
@@ -175,3 +176,29 @@ def test_row_bundles_index_and_serve(repro, report, row, tmp_path):
         png = next((data / "images").iterdir()).read_bytes()
         r = client.post("/search", files={"image": ("x.png", png, "image/png")}, data={"k": "2"})
         assert r.status_code == 200 and r.json()["results"][0]["caption"] in captions
+
+
+def test_without_select_llm_cc_is_the_presets_and_the_report_says_where_it_comes_from(repro, tmp_path):
+    from research.repro import run_repro
+    from research.repro_config import LLM_CC_SOURCE
+
+    # the preset's llm_cc (hardneg, 2 steps) is one of the candidates above: its folders are linked, not retrained
+    out, key = tmp_path / "fixed", f"llm_cc-{QUICK.llm_cc_recipe}-{QUICK.llm_cc_steps}"
+    for part in ("data", "token_cache", f"stage1/{QUICK.llm_cc_recipe}-{QUICK.llm_cc_steps}", f"embeddings/{key}",
+                 *(f"{key}/seed-{k}" for k in range(SEEDS))):
+        shutil.copytree(repro / part, out / part, copy_function=os.link)
+    for scores in out.glob(f"{key}/seed-*/*.json"):  # stage 2 and its bundle stay, the scores go
+        if scores.name != "stage2.json":
+            scores.unlink()  # a link: the original stays
+    report = run_repro(out, replace(QUICK, seeds=SEEDS), ("llm_cc",))
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["choices"] == [] and report["selection"] == selection
+    label = f"llm_cc:{QUICK.llm_cc_recipe} ({QUICK.llm_cc_steps} steps)"
+    assert selection["fixed"][f"llm_cc = {label}"] == LLM_CC_SOURCE
+    assert report["rows"]["llm_cc"]["folder"] == key and report["rows"]["llm_cc"]["chosen"] == label
+    assert not list(out.glob("*/seed-*/val.json"))  # nothing chosen, nothing scored on val
+    for k in range(SEEDS):  # and nothing retrained: stage 2's record is the candidate's
+        assert (out / key / f"seed-{k}" / "stage2.json").read_text() == (
+            repro / key / f"seed-{k}" / "stage2.json").read_text()
+    md = (out / "report.md").read_text()
+    assert f"| llm_cc = {label} | {LLM_CC_SOURCE} |" in md

@@ -46,3 +46,19 @@ def test_every_row_trains_the_presets_vision_tower():
             cfg.vision_arch, cfg.image_size, cfg.trainable_blocks, cfg.vision_depth)
         if v.arch == "dinov2-s14":
             assert v.image_size % 14 == 0  # whole patches
+
+
+def test_lora_on_the_top_layers_reaches_stage1_and_gets_folders_of_its_own():
+    from dataclasses import replace
+
+    from research.repro_rows import Candidate, row_spec, stage1_cfg
+
+    every, top = row_spec("llm_cc:hardneg", ReproCfg()), row_spec("llm_cc:hardneg", replace(ReproCfg(),
+                                                                                          stage1_lora_layers=15))
+    assert every.stage1 == Candidate("hardneg", 400) and top.stage1 == Candidate("hardneg", 400, 15)
+    assert stage1_cfg(ReproCfg(), every.stage1, 0).lora_layers == 0
+    assert stage1_cfg(ReproCfg(), top.stage1, 0).lora_layers == 15
+    # a run's caches are found by folder: the two never read each other's stage 1, embeddings or stage 2
+    assert (every.key, every.stage1.folder) == ("llm_cc-hardneg-400", "hardneg-400")
+    assert (top.key, top.stage1.folder) == ("llm_cc-hardneg-400-top15", "hardneg-400-top15")
+    assert top.stage1.label == "llm_cc:hardneg (400 steps, LoRA on the top 15 layers)"
