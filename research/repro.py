@@ -130,8 +130,10 @@ FIXED = {
     "the vision tower (DINOv2 ViT-S/14 at 224 px, locked, read at block 8) and stage 2's epochs (20)": "chosen on "
     "the val split before this run, over EfficientNet-Lite0 at 160 px, trained, 10 epochs "
     "(docs/results/vision-side.md); not re-selected by it",
-    "stage 1 (batch, paraphrases, learning rate, LoRA, temperature)": "the preset's and Stage1Cfg's defaults; "
+    "stage 1 (batch, paraphrases, learning rate, LoRA rank, temperature)": "the preset's and Stage1Cfg's defaults; "
     "not selected by this run",
+    "stage 1's LoRA on the top 15 of SmolLM2's 30 layers": "chosen on the val split before this run, over every "
+    "layer, with llm_cc:hardneg at 400 steps and one seed (bench/RESULTS.md, 12); not re-selected by it",
     "MNTP steps of llm_cc:mntp": "the preset's stage1_mntp_steps; not selected by this run",
 }
 

@@ -53,12 +53,14 @@ class ReproCfg:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 5e-4
-    # ~4.3 s per step of 8 items x 2 views (hardneg: 4 scenes + their twins) on 2 cores: ~29 min (bench/RESULTS.md, 11)
+    # ~4.3 s per step of 8 items x 2 views (hardneg: 4 scenes + their twins) on 2 cores with LoRA on every layer,
+    # ~2.4 s on the top 15: ~16 min (bench/RESULTS.md, 11 and 12)
     stage1_steps: int = 400
     # the step counts llm_cc's chosen recipe is also trained for, each scored on val against stage1_steps
     stage1_step_probes: tuple[int, ...] = (200,)
-    # LoRA on the top n of SmolLM2's 30 layers in stage 1 (0: every layer); fewer layers, a shorter backward
-    stage1_lora_layers: int = 0
+    # LoRA on the top n of SmolLM2's 30 layers in stage 1 (0: every layer): 1.76x a step (a shorter backward),
+    # chosen on the val split over every layer with llm_cc:hardneg at 400 steps (bench/RESULTS.md, 12)
+    stage1_lora_layers: int = 15
     # llm_cc's stage-1 recipe (a name of STAGE1_VARIANTS) and steps in a run without --select (LLM_CC_SOURCE)
     llm_cc_recipe: str = "hardneg"
     llm_cc_steps: int = 400

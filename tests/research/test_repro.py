@@ -16,12 +16,18 @@ from llm2clip.data import read_dataset
 from llm2clip_cli.main import main as cli
 from research.fact_probe import probe_caption_embeddings
 from research.repro_config import CC_ROWS, QUICK, ROWS, STAGE1_VARIANTS
+from research.repro_rows import Candidate
 from training.embed import CaptionEmbeddings
 from training.eval import twin_pairs
 
 # every row trained twice (two seeds), exported and evaluated with the real default models: many minutes
 pytestmark = pytest.mark.slow
 SEEDS = 2
+
+
+def _cand(variant: str, steps: int) -> Candidate:
+    """A stage-1 candidate of the quick preset: its folders are named by its recipe, steps and LoRA layers."""
+    return Candidate(variant, steps, QUICK.stage1_lora_layers)
 
 
 def _snapshot(out: Path) -> dict[str, str]:
@@ -85,11 +91,11 @@ def test_choices_are_made_on_val_and_only_final_rows_are_scored_on_test(repro, r
         assert choice["split"] == "val" and choice["dataset"] == "DIR/data/val"
         assert all(c["seeds"] == SEEDS for c in choice["candidates"].values())
     variant = recipe["chosen"].removeprefix("llm_cc:")
-    chosen_key = f"llm_cc-{variant}-{steps['chosen'].split()[0]}"
+    chosen_key = _cand(variant, int(steps["chosen"].split()[0])).key
     assert report["rows"]["llm_cc"]["folder"] == chosen_key
     # every candidate and seed scored on val; test only for the rows of the report
     val_scored = {p.parent.parent.name for p in repro.glob("*/seed-*/val.json")}
-    assert val_scored == {f"llm_cc-{v}-2" for v in STAGE1_VARIANTS} | {f"llm_cc-{variant}-1"}
+    assert val_scored == {_cand(v, 2).key for v in STAGE1_VARIANTS} | {_cand(variant, 1).key}
     assert all(Path(json.loads(p.read_text())["dataset"]) == repro / "data" / "val"
                for p in repro.glob("*/seed-*/val.json"))
     test_scored = {p.parent.parent.name for p in repro.glob("*/seed-*/eval.json")}
@@ -117,11 +123,12 @@ def test_report_records_the_run_without_machine_paths(repro, report):
 def test_stage1_runs_follow_their_recipes(repro, report):
     for v, recipe in STAGE1_VARIANTS.items():
         for k in range(SEEDS):
-            summary = json.loads((repro / "stage1" / f"{v}-2" / f"seed-{k}" / "stage1.json").read_text())
+            summary = json.loads((repro / "stage1" / _cand(v, 2).folder / f"seed-{k}" / "stage1.json").read_text())
             r = summary["recipe"]
             assert (r["steps"], r["seed"], r["positives"], r["hard_negatives"]) == (
                 QUICK.stage1_steps, QUICK.seed + k, recipe["positives"], recipe["hard_negatives"])
             assert r["mntp_steps"] == (QUICK.stage1_mntp_steps if recipe["mntp"] else 0)
+            assert r["lora_layers"] == QUICK.stage1_lora_layers
             assert summary["val"]["dataset"].endswith("data/val")
     nocc, cc = report["caption_retrieval"]["llm_nocc"], report["caption_retrieval"]["llm_cc"]
     assert nocc["text_encoder"]["fingerprint"] != cc["text_encoder"]["fingerprint"]
@@ -157,7 +164,7 @@ def test_fact_probe_of_each_frozen_text_side(repro, report):
     probe = report["rows"]["minilm77"]["seeds"][1]["fact_probe"]
     assert probe == probe_caption_embeddings(CaptionEmbeddings(repro / "embeddings" / "minilm77"), train)
     cc = report["rows"]["llm_cc:paper"]["seeds"][1]["fact_probe"]
-    assert cc == probe_caption_embeddings(CaptionEmbeddings(repro / "embeddings" / "llm_cc-paper-2" / "seed-1"), train)
+    assert cc == probe_caption_embeddings(CaptionEmbeddings(repro / "embeddings" / _cand("paper", 2).key / "seed-1"), train)
 
 
 @pytest.mark.parametrize("row", ["clip77", "minilm77", "llm_cc"])
@@ -183,8 +190,9 @@ def test_without_select_llm_cc_is_the_presets_and_the_report_says_where_it_comes
     from research.repro_config import LLM_CC_SOURCE
 
     # the preset's llm_cc (hardneg, 2 steps) is one of the candidates above: its folders are linked, not retrained
-    out, key = tmp_path / "fixed", f"llm_cc-{QUICK.llm_cc_recipe}-{QUICK.llm_cc_steps}"
-    for part in ("data", "token_cache", f"stage1/{QUICK.llm_cc_recipe}-{QUICK.llm_cc_steps}", f"embeddings/{key}",
+    cand = _cand(QUICK.llm_cc_recipe, QUICK.llm_cc_steps)
+    out, key = tmp_path / "fixed", cand.key
+    for part in ("data", "token_cache", f"stage1/{cand.folder}", f"embeddings/{key}",
                  *(f"{key}/seed-{k}" for k in range(SEEDS))):
         shutil.copytree(repro / part, out / part, copy_function=os.link)
     for scores in out.glob(f"{key}/seed-*/*.json"):  # stage 2 and its bundle stay, the scores go
@@ -193,7 +201,7 @@ def test_without_select_llm_cc_is_the_presets_and_the_report_says_where_it_comes
     report = run_repro(out, replace(QUICK, seeds=SEEDS), ("llm_cc",))
     selection = json.loads((out / "selection.json").read_text())
     assert selection["choices"] == [] and report["selection"] == selection
-    label = f"llm_cc:{QUICK.llm_cc_recipe} ({QUICK.llm_cc_steps} steps)"
+    label = cand.label
     assert selection["fixed"][f"llm_cc = {label}"] == LLM_CC_SOURCE
     assert report["rows"]["llm_cc"]["folder"] == key and report["rows"]["llm_cc"]["chosen"] == label
     assert not list(out.glob("*/seed-*/val.json"))  # nothing chosen, nothing scored on val

@@ -53,10 +53,11 @@ def test_lora_on_the_top_layers_reaches_stage1_and_gets_folders_of_its_own():
 
     from research.repro_rows import Candidate, row_spec, stage1_cfg
 
-    every, top = row_spec("llm_cc:hardneg", ReproCfg()), row_spec("llm_cc:hardneg", replace(ReproCfg(),
-                                                                                          stage1_lora_layers=15))
+    assert ReproCfg().stage1_lora_layers == 15  # the preset, chosen on val
+    every = row_spec("llm_cc:hardneg", replace(ReproCfg(), stage1_lora_layers=0))
+    top = row_spec("llm_cc:hardneg", ReproCfg())
     assert every.stage1 == Candidate("hardneg", 400) and top.stage1 == Candidate("hardneg", 400, 15)
-    assert stage1_cfg(ReproCfg(), every.stage1, 0).lora_layers == 0
+    assert stage1_cfg(ReproCfg(), every.stage1, 0).lora_layers == 0  # the candidate's, not the preset's
     assert stage1_cfg(ReproCfg(), top.stage1, 0).lora_layers == 15
     # a run's caches are found by folder: the two never read each other's stage 1, embeddings or stage 2
     assert (every.key, every.stage1.folder) == ("llm_cc-hardneg-400", "hardneg-400")
