@@ -99,8 +99,8 @@ def _selection(selection: dict[str, Any] | None) -> list[str]:
         return []
     lines = ["", "## Choices and the split each was made on", "", f"Protocol: {selection.get('protocol')}."]
     if not selection.get("choices"):
-        lines += ["", "No choice was made by this run (llm_cc, the row chosen among candidates, is not among its "
-                      "rows)."]
+        lines += ["", "No choice was made by this run: `--select` chooses llm_cc's recipe and steps on the val "
+                      "split. What the run takes as given, and where each setting comes from, is below."]
     for c in selection.get("choices", []):
         lines += ["", f"**{c['choice']}**: chosen `{c['chosen']}` on the **{c['split']}** split "
                       f"(`{c['dataset']}`). Rule: {c['rule']}.", "",
@@ -111,7 +111,7 @@ def _selection(selection: dict[str, Any] | None) -> list[str]:
                          f"{fmt_mean_sd(s['twin_t2i']['per_seed'])} | {s['seeds']} |")
     fixed = selection.get("fixed") or {}
     if fixed:
-        lines += ["", "Not chosen by this run (no split involved):", "",
+        lines += ["", "Not chosen by this run:", "",
                   "| setting | how it was set |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in fixed.items()]
     return lines

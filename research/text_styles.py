@@ -1,6 +1,6 @@
 """Does a text encoder put a scene's unseen-style caption next to its own-style caption? Text side only.
 
-    python -m research.text_styles --own OWN --unseen UNSEEN --own-embeddings E1 --unseen-embeddings E2
+    python -m research.text_styles --own OWN --unseen UNSEEN --own-embeddings E1 --unseen-embeddings E2 [--bundle B]
 
 OWN and UNSEEN are the same scenes in the two caption styles (``llm2clip data restyle``); E1 and E2 their
 caption embeddings by one text encoder (``llm2clip train embed --data OWN|UNSEEN --text-encoder ...``). For
@@ -9,6 +9,10 @@ scene's caption comes first. The same for long -> short within each style, for s
 (the corpus mean removed) before the cosine: mean-pooled LLM states share a large common direction that
 would otherwise swamp the differences between captions. No image, no stage 2: where the drop on unseen
 phrasing is already in the text side, a stage-2 recipe cannot undo it.
+
+``--bundle B`` measures the same long-caption retrieval after stage 2: through B's exported text side (the LLM,
+then the adapter into the joint space), centred and with the plain cosine the service ranks by. If E1 and E2
+come from B's LLM, the two numbers say how much of the text side's robustness the adapter keeps.
 """
 
 from __future__ import annotations
@@ -62,15 +66,35 @@ def run(own_dir: Path, unseen_dir: Path, own_emb: Path, unseen_emb: Path) -> dic
     }
 
 
+def through_bundle(bundle: Path, own_dir: Path, unseen_dir: Path) -> dict[str, Any]:
+    """Unseen long -> own long caption R@1 in a bundle's joint space (its text encoder, fp32), centred and plain."""
+    from llm2clip.bundle import load_bundle
+    from llm2clip.data import read_dataset
+    from llm2clip.encoders.onnx import load_onnx_encoders
+
+    own, unseen = read_dataset(own_dir), read_dataset(unseen_dir)
+    same_scenes(own, unseen)
+    _, text = load_onnx_encoders(load_bundle(bundle))
+    q, k = text.encode([it.long for it in unseen]), text.encode([it.long for it in own])
+    qn, kn = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (q, k))
+    plain = float(((qn @ kn.T).argmax(axis=1) == np.arange(len(q))).mean())
+    return {"model": load_bundle(bundle, verify=False).fingerprint, "unseen_long_to_own_long_r1": cross_r1(q, k),
+            "unseen_long_to_own_long_r1_plain_cosine": plain}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--own", required=True, type=Path, help="the corpus in the own caption style")
     p.add_argument("--unseen", required=True, type=Path, help="the same scenes in the unseen style")
     p.add_argument("--own-embeddings", required=True, type=Path, help="`llm2clip train embed` of --own")
     p.add_argument("--unseen-embeddings", required=True, type=Path, help="the same text encoder's of --unseen")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="also through this model bundle's text side after stage 2 (LLM + adapter)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
     result = run(args.own, args.unseen, args.own_embeddings, args.unseen_embeddings)
+    if args.bundle is not None:
+        result["bundle"] = through_bundle(args.bundle, args.own, args.unseen)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from research.text_styles import centred, cross_r1
+from research.text_styles import centred, cross_r1, through_bundle
 
 
 def test_cross_r1_finds_the_matching_rows_and_counts_misses():
@@ -34,3 +34,15 @@ def test_a_shared_direction_does_not_decide_the_match():
     assert cross_r1(queries, shifted) == cross_r1(queries - common, keys)  # the shared part is gone
     assert cross_r1(queries, shifted) > plain_cosine_r1(queries, shifted) + 0.2
     np.testing.assert_allclose(np.linalg.norm(centred(queries), axis=1), 1.0)
+
+
+def test_through_a_bundle_each_caption_finds_itself_and_restyled_ones_are_scored(tiny_bundle, check_scenes, tmp_path):
+    from llm2clip.data import read_dataset, restyle_corpus
+
+    same = through_bundle(tiny_bundle, check_scenes, check_scenes)  # identical captions: each finds its own
+    assert same["unseen_long_to_own_long_r1"] == 1.0 == same["unseen_long_to_own_long_r1_plain_cosine"]
+    restyle_corpus(check_scenes, tmp_path / "unseen", seed=1, progress=False)
+    other = through_bundle(tiny_bundle, check_scenes, tmp_path / "unseen")
+    assert other["model"] == same["model"] and len(read_dataset(tmp_path / "unseen").items) == 24
+    # a random tiny model on other words: some captions find their scene's, not all
+    assert 0.0 <= other["unseen_long_to_own_long_r1"] < 1.0
