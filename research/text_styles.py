@@ -74,11 +74,12 @@ def through_bundle(bundle: Path, own_dir: Path, unseen_dir: Path) -> dict[str, A
 
     own, unseen = read_dataset(own_dir), read_dataset(unseen_dir)
     same_scenes(own, unseen)
-    _, text = load_onnx_encoders(load_bundle(bundle))
+    loaded = load_bundle(bundle)
+    _, text = load_onnx_encoders(loaded)
     q, k = text.encode([it.long for it in unseen]), text.encode([it.long for it in own])
     qn, kn = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (q, k))
     plain = float(((qn @ kn.T).argmax(axis=1) == np.arange(len(q))).mean())
-    return {"model": load_bundle(bundle, verify=False).fingerprint, "unseen_long_to_own_long_r1": cross_r1(q, k),
+    return {"model": loaded.fingerprint, "unseen_long_to_own_long_r1": cross_r1(q, k),
             "unseen_long_to_own_long_r1_plain_cosine": plain}
 
 
