@@ -48,11 +48,16 @@ from research.repro_rows import (
 )
 from research.seed_stats import average
 from research.selection import select, selection_record
-from training.caption_retrieval import caption_retrieval, embed_texts, paraphrase_twin_accuracy
+from training.caption_retrieval import (
+    MemoEncoder,
+    caption_retrieval_of,
+    folder_encoder,
+    paraphrase_twin_accuracy,
+)
 from training.clip import default_model_cfg, load_images, normalize
 from training.clip_recipe import clip_loss
 from training.embed import CaptionEmbeddings
-from training.eval import evaluate
+from training.eval import evaluate_encoders
 
 _say = say
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}  # added to the data seed: each split its own scenes
@@ -114,13 +119,32 @@ def stage2_throughput(dataset: Dataset, llm_dir: Path, emb_dir: Path, cfg: Repro
     return {k: round(v, 2) for k, v in rates.items()}
 
 
-def bundle_text_twins(bundle: Path, test: Dataset) -> dict[str, Any] | None:
-    """The paraphrase near-twin probe through a row's exported text encoder (LLM or text tower + adapter)."""
-    from llm2clip.bundle import load_bundle
-    from llm2clip.encoders.onnx import load_onnx_encoders
+class _BundleScoring:
+    """A row's bundle, loaded on first use, its fp32 text encoder shared by the test scores and the paraphrase
+    near-twin probe: the split's long captions run through it once (``MemoEncoder``)."""
 
-    _, txt = load_onnx_encoders(load_bundle(bundle))
-    return paraphrase_twin_accuracy(txt.encode, test)
+    def __init__(self, bundle: Path) -> None:
+        self.path, self._encoders = bundle, None
+
+    def encoders(self) -> tuple[Any, MemoEncoder]:
+        if self._encoders is None:
+            from llm2clip.bundle import load_bundle
+            from llm2clip.encoders import load_encoders
+
+            self.bundle = load_bundle(self.path)
+            img, txt = load_encoders(self.bundle, "fp32")
+            self._encoders = (img, MemoEncoder(txt))
+        return self._encoders
+
+    def evaluate(self, test: Path) -> dict[str, Any]:
+        """``training.eval.evaluate`` of the bundle in fp32, the reference precision every row is scored in."""
+        result = evaluate_encoders(self.encoders(), test)
+        result["model"] = self.bundle.fingerprint
+        return result
+
+    def text_twins(self, test: Dataset) -> dict[str, Any] | None:
+        """The paraphrase near-twin probe through the row's exported text encoder (LLM or text tower + adapter)."""
+        return paraphrase_twin_accuracy(self.encoders()[1].encode, test)
 
 
 FIXED = {
@@ -169,18 +193,18 @@ class _Test:
 def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> dict[str, Any]:
     """One row at seed ``k``: stage 2 and export (cached), the test scores, the text-only twin probe."""
     bundle = train_bundle(work, spec, k)
-    rdir, t0 = bundle.parent, time.perf_counter()
-    metrics = _cached_json(rdir / "eval.json", lambda: evaluate(bundle, test.path, precision="fp32"))
-    twins = _cached_json(rdir / "text_twins.json", lambda: bundle_text_twins(bundle, test.dataset))
+    rdir, t0, scoring = bundle.parent, time.perf_counter(), _BundleScoring(bundle)
+    metrics = _cached_json(rdir / "eval.json", lambda: scoring.evaluate(test.path))
+    twins = _cached_json(rdir / "text_twins.json", lambda: scoring.text_twins(test.dataset))
     facts = None
     if spec.encoder is not None:  # clip77's text side is trained jointly: nothing frozen to probe
         emb = work.embeddings_dir(spec, k)
         facts = _cached_json(rdir / "fact_probe.json",
                              lambda: probe_caption_embeddings(CaptionEmbeddings(emb), work.train))
     # the first, uninterrupted pass's time is kept: a resumed run re-times only what it redid
-    scoring = _cached_json(rdir / "seconds.json", lambda: round(time.perf_counter() - t0, 1))
+    seconds = _cached_json(rdir / "seconds.json", lambda: round(time.perf_counter() - t0, 1))
     stage2 = json.loads((rdir / STAGE2_SUMMARY).read_text())
-    return {"seed": work.seed(k), "eval": metrics, "seconds": round(stage2["seconds"] + scoring, 1),
+    return {"seed": work.seed(k), "eval": metrics, "seconds": round(stage2["seconds"] + seconds, 1),
             "text_twins": twins, "fact_probe": facts, "final_loss": stage2.get("final_loss")}
 
 
@@ -198,13 +222,20 @@ def _run_row(work: Work, name: str, spec: RowSpec, test: _Test) -> dict[str, Any
 
 def _raw_text_side(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One raw text encoder (seed ``k`` of a stage-1 row) on the test split, cut where its row cuts captions:
-    caption retrieval accuracy and the paraphrase near-twin probe (cached)."""
+    caption retrieval accuracy and the paraphrase near-twin probe (cached), from one load of the encoder that
+    embeds the split's long captions once for both."""
     folder, tag = text_encoder(work, spec, k), spec.key + (f"-seed-{k}" if spec.stage1 else "")
     assert folder is not None
-    cache, cut = work.out / "caption_retrieval", spec.max_tokens
-    acc = _cached_json(cache / f"{tag}.json", lambda: caption_retrieval(folder, test.dataset, max_tokens=cut))
-    twins = _cached_json(cache / f"{tag}_twins.json", lambda: paraphrase_twin_accuracy(
-        lambda t: embed_texts(folder, t, max_tokens=cut, progress=False), test.dataset))
+    cache, loaded = work.out / "caption_retrieval", []
+
+    def encoder() -> MemoEncoder:
+        if not loaded:
+            loaded.append(folder_encoder(folder, spec.max_tokens))
+        return loaded[0]
+
+    acc = _cached_json(cache / f"{tag}.json", lambda: caption_retrieval_of(encoder(), test.dataset))
+    twins = _cached_json(cache / f"{tag}_twins.json",
+                         lambda: paraphrase_twin_accuracy(encoder().encode, test.dataset))
     return acc, twins
 
 

@@ -70,31 +70,68 @@ def retrieval_accuracy(long_emb: np.ndarray, short_emb: np.ndarray, long_texts: 
     }
 
 
+class MemoEncoder:
+    """A text encoder (``encode(texts, progress=None) -> (N, dim)``) that embeds each distinct text once over its
+    lifetime: probes that share texts (a split's long captions, in the retrieval metrics and the paraphrase
+    near-twin probe) pay for them once, and identical texts get bit-identical vectors whatever their batch.
+    ``encoded`` counts the texts the wrapped encoder was actually run on; ``about`` is what a result records of
+    the encoder (its folder's fingerprint, cut, precision)."""
+
+    def __init__(self, encoder: Any, about: dict[str, Any] | None = None) -> None:
+        self.encoder, self.encoded, self.about = encoder, 0, dict(about or {})
+        self._rows: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str], progress: Any = None) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._rows]
+        if missing:
+            emb = np.asarray(self.encoder.encode(missing, progress=progress), np.float32)
+            self._rows.update(zip(missing, emb, strict=True))
+            self.encoded += len(missing)
+        if progress is not None and len(texts) > len(missing):
+            progress(len(texts) - len(missing), 0)
+        if not texts:
+            return np.asarray(self.encoder.encode([]), np.float32)
+        return np.stack([self._rows[t] for t in texts])
+
+    def describe(self) -> dict[str, Any] | None:
+        return self.encoder.describe() if hasattr(self.encoder, "describe") else None
+
+
+def folder_encoder(text_encoder_dir: str | Path, max_tokens: int = MAX_TOKENS, precision: str = "bf16") -> MemoEncoder:
+    """The text encoder in a Hugging Face folder, unit-norm, as ``caption_retrieval_of`` and
+    ``paraphrase_twin_accuracy`` take it, loaded once for both."""
+    from llm2clip.encoders.torch_backend import TorchTextEncoder
+    from training.embed import text_encoder_info
+
+    encoder = TorchTextEncoder.from_folder(text_encoder_dir, max_tokens, precision=precision, normalize=True)
+    return MemoEncoder(encoder, {"text_encoder": text_encoder_info(text_encoder_dir), "max_tokens": max_tokens,
+                                 "precision": precision})
+
+
 def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Path,
                       max_tokens: int = MAX_TOKENS, progress: bool = True, precision: str = "bf16") -> dict[str, Any]:
     """Caption retrieval accuracy of a text encoder (a Hugging Face folder) on a dataset's long/short captions."""
-    from training.embed import text_encoder_info
+    return caption_retrieval_of(folder_encoder(text_encoder_dir, max_tokens, precision), dataset, progress)
 
+
+def caption_retrieval_of(encoder: MemoEncoder, dataset: Dataset | str | Path, progress: bool = True) -> dict[str, Any]:
+    """``caption_retrieval`` with the encoder already loaded (``folder_encoder``); the result carries its
+    ``about``."""
     t0 = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
-    info = text_encoder_info(text_encoder_dir)
     long_texts = [it.long for it in ds.items]
     short_texts = [it.short for it in ds.items]
-    # each distinct text once: cheaper, and identical texts get bit-identical vectors whatever their batch
-    unique = list(dict.fromkeys(long_texts + short_texts))
-    row = {t: i for i, t in enumerate(unique)}
-    emb = embed_texts(text_encoder_dir, unique, max_tokens=max_tokens, progress=progress, precision=precision)
-    long_emb = emb[[row[t] for t in long_texts]]
-    short_emb = emb[[row[t] for t in short_texts]]
+    with tqdm(total=len(long_texts) + len(short_texts), desc="caption retrieval", unit="cap",
+              disable=not progress) as bar:
+        emb = encoder.encode(long_texts + short_texts, progress=lambda n, _tokens: bar.update(n))
+    long_emb, short_emb = emb[: len(long_texts)], emb[len(long_texts):]
     return {
         **retrieval_accuracy(long_emb, short_emb, long_texts, short_texts),
         "n": len(ds),
         "unique_long": len(set(long_texts)),
         "unique_short": len(set(short_texts)),
-        "text_encoder": info,
         "dataset": str(ds.root),
-        "max_tokens": max_tokens,
-        "precision": precision,
+        **encoder.about,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 

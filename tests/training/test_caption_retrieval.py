@@ -43,11 +43,18 @@ def fake(tmp_path, monkeypatch):
     (enc / "config.json").write_text("{}")
     calls = []
 
-    def fake_embed(folder, texts, max_tokens=512, progress=True, precision="bf16"):
-        calls.append(list(texts))
-        return np.stack([TABLE[t] for t in texts])
+    class TableEncoder:
+        def encode(self, texts, progress=None):
+            calls.append(list(texts))
+            return np.stack([TABLE[t] for t in texts])
 
-    monkeypatch.setattr(cr, "embed_texts", fake_embed)
+    def fake_folder_encoder(folder, max_tokens=512, precision="bf16"):
+        from training.embed import text_encoder_info
+
+        about = {"text_encoder": text_encoder_info(folder), "max_tokens": max_tokens, "precision": precision}
+        return cr.MemoEncoder(TableEncoder(), about)
+
+    monkeypatch.setattr(cr, "folder_encoder", fake_folder_encoder)
     return enc, make_set(tmp_path / "data"), calls
 
 
@@ -157,3 +164,52 @@ def test_paraphrase_twin_probe_scores_an_oracle_one_and_a_blind_encoder_zero(tmp
     # no twins (a train split): nothing to report
     generate_scenes(tmp_path / "tr", 3, "train", 3)
     assert cr.paraphrase_twin_accuracy(lambda texts: np.ones((len(texts), 4)), tmp_path / "tr") is None
+
+
+class CountingEncoder:
+    """Each text's vector from its characters, and every call's texts recorded."""
+
+    precision = "fp32"
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, texts, progress=None):
+        self.calls.append(list(texts))
+        if progress is not None:
+            progress(len(texts), 7 * len(texts))
+        emb = np.array([[len(t), sum(map(ord, t)) % 97, 1.0] for t in texts], np.float32).reshape(-1, 3)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9)
+
+    def describe(self):
+        return {"backend": "counting"}
+
+
+def test_memo_encoder_runs_each_distinct_text_once_and_reports_every_text():
+    inner = CountingEncoder()
+    memo = cr.MemoEncoder(inner, {"precision": "fp32"})
+    done = []
+    first = memo.encode(["a", "bb", "a"], progress=lambda n, _t: done.append(n))
+    assert inner.calls == [["a", "bb"]] and sum(done) == 3
+    assert np.array_equal(first[0], first[2])
+    second = memo.encode(["bb", "ccc"], progress=lambda n, _t: done.append(n))
+    assert inner.calls[-1] == ["ccc"] and memo.encoded == 3 and sum(done) == 5
+    assert np.array_equal(second[0], first[1])  # the stored vector, not a second run
+    assert memo.encode([]).shape == (0, 3) and memo.describe() == {"backend": "counting"}
+
+
+def test_retrieval_and_twin_probe_share_the_long_captions(tmp_path):
+    from llm2clip.data import generate_scenes, read_dataset
+
+    generate_scenes(tmp_path / "t", 6, "test", 3)
+    ds = read_dataset(tmp_path / "t")
+    memo = cr.MemoEncoder(CountingEncoder(), {"precision": "fp32"})
+    acc = cr.caption_retrieval_of(memo, ds, progress=False)
+    assert acc["precision"] == "fp32" and acc["n"] == 6
+    before = memo.encoded
+    assert before == len({it.long for it in ds.items} | {it.short for it in ds.items})
+    twins = cr.paraphrase_twin_accuracy(memo.encode, ds)
+    pairs, paraphrases = cr.paraphrase_twin_texts(ds)
+    used = {i for p in pairs for i in p}
+    # only the paraphrases are new: the long captions were embedded for the retrieval metrics
+    assert twins is not None and memo.encoded - before == len({paraphrases[i] for i in used})
