@@ -10,7 +10,8 @@ Rows (each writes DIR/<row>/seed-<k>/{ckpt,bundle}, see research/repro_rows.py, 
   llm_cc:<v> each stage-1 recipe of ``STAGE1_VARIANTS`` at the preset's steps (the controls)
 The first five are the paper's table (``MAIN_ROWS``, the default). With ``select``, llm_cc is chosen on the val
 split only (research/selection.py); either way DIR/selection.json records where each setting comes from, and
-the test split is generated after the choices and scores each final row once per seed. Also: caption retrieval
+the test split is generated after the choices and scores each final row once per seed (research/repro_scoring.py:
+one pass of a frozen text encoder over the test captions serves its row, every seed and its raw probes). Also: caption retrieval
 accuracy of each text encoder on the test split, and stage-2 samples/s with precomputed caption embeddings
 against running the LLM online. Every step is cached in DIR, so an interrupted run (or one with more seeds) continues, and
 `--rows` runs a subset.
@@ -46,18 +47,13 @@ from research.repro_rows import (
     text_encoder,
     train_bundle,
 )
+from research.repro_scoring import BUNDLE_SCORING, RowScoring, ThroughAdapter, UnitView
 from research.seed_stats import average
 from research.selection import select, selection_record
-from training.caption_retrieval import (
-    MemoEncoder,
-    caption_retrieval_of,
-    folder_encoder,
-    paraphrase_twin_accuracy,
-)
+from training.caption_retrieval import caption_retrieval_of, paraphrase_twin_accuracy
 from training.clip import default_model_cfg, load_images, normalize
 from training.clip_recipe import clip_loss
 from training.embed import CaptionEmbeddings
-from training.eval import evaluate_encoders
 
 _say = say
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}  # added to the data seed: each split its own scenes
@@ -119,34 +115,6 @@ def stage2_throughput(dataset: Dataset, llm_dir: Path, emb_dir: Path, cfg: Repro
     return {k: round(v, 2) for k, v in rates.items()}
 
 
-class _BundleScoring:
-    """A row's bundle, loaded on first use, its fp32 text encoder shared by the test scores and the paraphrase
-    near-twin probe: the split's long captions run through it once (``MemoEncoder``)."""
-
-    def __init__(self, bundle: Path) -> None:
-        self.path, self._encoders = bundle, None
-
-    def encoders(self) -> tuple[Any, MemoEncoder]:
-        if self._encoders is None:
-            from llm2clip.bundle import load_bundle
-            from llm2clip.encoders import load_encoders
-
-            self.bundle = load_bundle(self.path)
-            img, txt = load_encoders(self.bundle, "fp32")
-            self._encoders = (img, MemoEncoder(txt))
-        return self._encoders
-
-    def evaluate(self, test: Path) -> dict[str, Any]:
-        """``training.eval.evaluate`` of the bundle in fp32, the reference precision every row is scored in."""
-        result = evaluate_encoders(self.encoders(), test)
-        result["model"] = self.bundle.fingerprint
-        return result
-
-    def text_twins(self, test: Dataset) -> dict[str, Any] | None:
-        """The paraphrase near-twin probe through the row's exported text encoder (LLM or text tower + adapter)."""
-        return paraphrase_twin_accuracy(self.encoders()[1].encode, test)
-
-
 FIXED = {
     "the rows and their controls": "fixed in advance: the paper's ablation rows and issue 14's controls",
     "stage 2 (batch size, learning rate, embedding width)": "the preset's, set before this protocol existed; "
@@ -159,6 +127,9 @@ FIXED = {
     "stage 1's LoRA on the top 15 of SmolLM2's 30 layers": "chosen on the val split before this run, over every "
     "layer, with llm_cc:hardneg at 400 steps and one seed (bench/RESULTS.md, 12); not re-selected by it",
     "MNTP steps of llm_cc:mntp": "the preset's stage1_mntp_steps; not selected by this run",
+    "scoring a frozen text encoder's row from its bf16 caption vectors through the row's adapter (clip77: its "
+    "fp32 ONNX bundle)": "checked on the val split against the exported fp32 ONNX graph, query by query, with "
+    "minilm and llm_nocc before this run (bench/RESULTS.md, 14); not re-checked by it",
 }
 
 
@@ -190,10 +161,30 @@ class _Test:
     path: Path
 
 
+def _row_scoring(work: Work, spec: RowSpec, k: int, bundle: Path) -> RowScoring:
+    """How the row is scored (research/repro_scoring.py): a frozen encoder's bf16 vectors, shared with the raw
+    probes and every seed of a row without stage 1, through the row's adapter; clip77 through its bundle."""
+    if spec.encoder is None:
+        return RowScoring(bundle)
+    folder = text_encoder(work, spec, k)
+    assert folder is not None
+    return RowScoring(bundle, ThroughAdapter.from_checkpoint(work.raw.get(folder, spec.max_tokens),
+                                                            bundle.parent / "ckpt"))
+
+
+def _drop_stale_scores(rdir: Path, scoring: str) -> None:
+    """Scores cached by a run that scored this row another way (an older version) are made again."""
+    cached = rdir / "eval.json"
+    if cached.is_file() and json.loads(cached.read_text()).get("scoring", BUNDLE_SCORING) != scoring:
+        for name in ("eval.json", "text_twins.json", "seconds.json"):
+            (rdir / name).unlink(missing_ok=True)
+
+
 def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> dict[str, Any]:
     """One row at seed ``k``: stage 2 and export (cached), the test scores, the text-only twin probe."""
     bundle = train_bundle(work, spec, k)
-    rdir, t0, scoring = bundle.parent, time.perf_counter(), _BundleScoring(bundle)
+    rdir, t0, scoring = bundle.parent, time.perf_counter(), _row_scoring(work, spec, k, bundle)
+    _drop_stale_scores(rdir, scoring.scoring)
     metrics = _cached_json(rdir / "eval.json", lambda: scoring.evaluate(test.path))
     twins = _cached_json(rdir / "text_twins.json", lambda: scoring.text_twins(test.dataset))
     facts = None
@@ -222,20 +213,13 @@ def _run_row(work: Work, name: str, spec: RowSpec, test: _Test) -> dict[str, Any
 
 def _raw_text_side(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One raw text encoder (seed ``k`` of a stage-1 row) on the test split, cut where its row cuts captions:
-    caption retrieval accuracy and the paraphrase near-twin probe (cached), from one load of the encoder that
-    embeds the split's long captions once for both."""
+    caption retrieval accuracy and the paraphrase near-twin probe (cached), from the vectors its row was scored
+    with (``Work.raw``)."""
     folder, tag = text_encoder(work, spec, k), spec.key + (f"-seed-{k}" if spec.stage1 else "")
     assert folder is not None
-    cache, loaded = work.out / "caption_retrieval", []
-
-    def encoder() -> MemoEncoder:
-        if not loaded:
-            loaded.append(folder_encoder(folder, spec.max_tokens))
-        return loaded[0]
-
-    acc = _cached_json(cache / f"{tag}.json", lambda: caption_retrieval_of(encoder(), test.dataset))
-    twins = _cached_json(cache / f"{tag}_twins.json",
-                         lambda: paraphrase_twin_accuracy(encoder().encode, test.dataset))
+    cache, unit = work.out / "caption_retrieval", UnitView(work.raw.get(folder, spec.max_tokens))
+    acc = _cached_json(cache / f"{tag}.json", lambda: caption_retrieval_of(unit, test.dataset))
+    twins = _cached_json(cache / f"{tag}_twins.json", lambda: paraphrase_twin_accuracy(unit.encode, test.dataset))
     return acc, twins
 
 

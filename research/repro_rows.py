@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from llm2clip.config import AdapterCfg, ClipTextCfg, TextCfg
@@ -22,6 +22,7 @@ from llm2clip.data import Dataset
 from llm2clip.defaults import minilm_dir, smollm2_dir
 from llm2clip.errors import LLM2CLIPError
 from research.repro_config import STAGE1_VARIANTS, ReproCfg, stage2_cfg, vision_cfg
+from research.repro_scoring import RawEncoders
 from training.clip import Stage2Run, default_model_cfg, train_clip
 from training.config import EmbedCfg, ExportCfg
 from training.embed import embed_captions
@@ -115,6 +116,8 @@ class Work:
     cfg: ReproCfg
     train: Dataset
     val: Dataset  # stage 1's held-out caption retrieval
+    # the frozen text encoders' vectors of the test captions: each row, seed and raw probe embeds a text once
+    raw: RawEncoders = field(default_factory=RawEncoders)
 
     def seed(self, k: int) -> int:
         return self.cfg.seed + k
@@ -186,7 +189,8 @@ def train_bundle(work: Work, spec: RowSpec, k: int) -> Path:
         say(f"{spec.key} seed {k}: stage 2")
         summary = train_clip(Stage2Run(work.train, emb, rdir / "ckpt", model_cfg=mcfg,
                                        token_cache=work.token_cache), tcfg)
-    # fp32 only: the rows compare models, so every row is scored in the reference precision
+    # fp32 only: the reference the scoring path was checked against (research/repro_scoring.py); a frozen
+    # encoder's row is scored from its bf16 vectors through the adapter, clip77 through this graph
     export_checkpoint(rdir / "ckpt", bundle, cfg=ExportCfg(precisions=("fp32",)))
     final = (summary["history"] or [{}])[-1].get("loss")
     # the first, uninterrupted pass's time (embeddings when this seed made them, stage 2, export)

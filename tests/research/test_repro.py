@@ -17,6 +17,7 @@ from llm2clip_cli.main import main as cli
 from research.fact_probe import probe_caption_embeddings
 from research.repro_config import CC_ROWS, QUICK, ROWS, STAGE1_VARIANTS
 from research.repro_rows import Candidate
+from research.repro_scoring import BUNDLE_SCORING, FROZEN_SCORING
 from training.embed import CaptionEmbeddings
 from training.eval import twin_pairs
 
@@ -70,6 +71,8 @@ def test_every_row_and_seed_is_scored_on_the_test_split(repro, report):
             recalls = [ev[f"t2i_r{k}"] for k in (1, 5, 10)]
             assert recalls == sorted(recalls) and all((r * n).is_integer() for r in recalls)
             assert ev["near_twin"]["n_pairs"] == pairs
+            # clip77 through its bundle; a frozen encoder's row from its bf16 vectors through the adapter
+            assert ev["scoring"] == (BUNDLE_SCORING if row == "clip77" else FROZEN_SCORING)
         mean = report["rows"][row]["eval"]["t2i_r1"]
         assert mean == pytest.approx(sum(s["eval"]["t2i_r1"] for s in seeds) / SEEDS)
         twins = report["rows"][row]["text_twins"]  # through the row's exported text side
