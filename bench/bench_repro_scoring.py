@@ -1,6 +1,7 @@
 """What scoring one row of `llm2clip repro` costs, by three paths over the same bundle and split, in one run.
 
     .venv/bin/python bench/bench_repro_scoring.py --repro DIR [--row llm_nocc] [--split val] [--json OUT]
+    .venv/bin/python bench/bench_repro_scoring.py --repro DIR --row llm_cc --candidate hardneg-400-top15
 
 A row's scoring is its test scores through the exported bundle (``training.eval``: images, long and short
 captions), the paraphrase near-twin probe through the same text encoder, and, for a frozen text encoder, the raw
@@ -14,7 +15,8 @@ encoder's caption retrieval and its own twin probe. The paths, each timed alone,
   over the split's texts serves every probe. Its scores are compared query by query with the fp32 bundle's
   (``research.stats.paired_cluster_test``, clustered by twin pair, Holm over the metrics).
 
-Only rows with a frozen text encoder and no stage 1 (minilm77, minilm, llm_nocc) are benched. Absolute times vary
+Rows with a frozen text encoder are benched: minilm77, minilm, llm_nocc, and llm_cc with ``--candidate``, the
+stage-1 folder name under DIR/stage1 whose seed-0 row is in DIR (``research.repro_rows.Candidate.folder``). Absolute times vary
 with the machine and its load; compare the ratios of one run.
 """
 
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--repro", type=Path, required=True, help="a repro run folder with the row's seed-0 bundle")
-    ap.add_argument("--row", default="llm_nocc", choices=("minilm77", "minilm", "llm_nocc"))
+    ap.add_argument("--row", default="llm_nocc", choices=("minilm77", "minilm", "llm_nocc", "llm_cc"))
+    ap.add_argument("--candidate", help="llm_cc only: its stage-1 folder name, e.g. hardneg-400-top15")
     ap.add_argument("--split", default="val", choices=("val", "test"), help="the split to score (default val)")
     ap.add_argument("--order", default="separate,shared,from_raw",
                     help="the order the paths run in (all three; rerun in another order to see the warm-up's share)")
@@ -118,14 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from llm2clip.defaults import minilm_dir, smollm2_dir
 
-    spec = row_spec(args.row, ReproCfg())
-    bundle = args.repro / spec.key / "seed-0" / "bundle"
-    folder = minilm_dir() if spec.encoder == "minilm" else smollm2_dir()
+    if (args.row == "llm_cc") != (args.candidate is not None):
+        ap.error("--candidate goes with --row llm_cc, and llm_cc needs it")
+    spec = row_spec("llm_nocc" if args.row == "llm_cc" else args.row, ReproCfg())  # llm_cc cuts where it does
+    if args.candidate:
+        bundle = args.repro / f"llm_cc-{args.candidate}" / "seed-0" / "bundle"
+        folder = args.repro / "stage1" / args.candidate / "seed-0"
+    else:
+        bundle = args.repro / spec.key / "seed-0" / "bundle"
+        folder = minilm_dir() if spec.encoder == "minilm" else smollm2_dir()
     split = args.repro / "data" / args.split
     if not (bundle / "manifest.json").is_file() or not (split / "items.jsonl").is_file():
         ap.error(f"{bundle} or {split} is missing: run `llm2clip repro --out {args.repro} --rows {args.row}` first")
     ds = read_dataset(split)
-    result: dict[str, Any] = {"row": args.row, "split": args.split, "n": len(ds), "seconds": {}}
+    result: dict[str, Any] = {"row": args.row, "candidate": args.candidate, "split": args.split, "n": len(ds), "seconds": {}}
     paths, runs = {"separate": separate, "shared": shared, "from_raw": from_raw}, {}
     order = args.order.split(",")
     if sorted(order) != sorted(paths):
