@@ -1,6 +1,6 @@
 """Does the stage-1 encoder of a repro run know the training scenes it saw better than the ones it did not?
 
-Usage: python -m research.stage1_memorisation --stage1 DIR/stage1/<recipe>-<steps>/seed-<k> [--n 300]
+Usage: python -m research.stage1_memorisation --stage1 DIR/stage1/<recipe>-<steps>[-top<n>]/seed-<k> [--n 300]
 
 Stage 1 draws scenes in the order of its view sampler (epoch 0: a seeded permutation), so the scenes it
 saw are the first ``steps x batch`` of that permutation. Caption retrieval accuracy (long <-> short) is
@@ -26,7 +26,7 @@ from training.stage1.views import ViewSampler
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage1", required=True, type=Path,
-                    help="a stage-1 run folder: in a `llm2clip repro --out DIR` run, DIR/stage1/<recipe>-<steps>/seed-<k>")
+                    help="a stage-1 run folder: in a `llm2clip repro --out DIR` run, DIR/stage1/<recipe>-<steps>[-top<n>]/seed-<k>")
     ap.add_argument("--n", type=int, default=300, help="scenes per group (default 300)")
     args = ap.parse_args(argv)
     stage1 = args.stage1
