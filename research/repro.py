@@ -129,7 +129,7 @@ FIXED = {
     "MNTP steps of llm_cc:mntp": "the preset's stage1_mntp_steps; not selected by this run",
     "scoring a frozen text encoder's row from its bf16 caption vectors through the row's adapter (clip77: its "
     "fp32 ONNX bundle)": "checked on the val split against the exported fp32 ONNX graph, query by query, with "
-    "minilm and llm_nocc before this run (bench/RESULTS.md, 14); not re-checked by it",
+    "minilm, llm_nocc and a 50-step llm_cc before this run (bench/RESULTS.md, 14); not re-checked by it",
 }
 
 
