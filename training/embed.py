@@ -31,14 +31,23 @@ FORMAT = "llm2clip-caption-embeddings"
 
 
 def text_encoder_info(folder: str | Path) -> dict[str, Any]:
-    """Name, path and fingerprint of a text encoder checkpoint (a Hugging Face folder)."""
+    """Name, path and fingerprint of a text encoder checkpoint (a Hugging Face folder).
+
+    The fingerprint covers the weights and the model's configuration, not the version of the library that wrote
+    the folder: ``transformers_version`` is left out of config.json's digest, so a checkpoint converted or saved
+    again by another transformers release (the default SmolLM2 is converted once per machine) keeps its
+    fingerprint, and what was trained on it (a stage-1 adapter's card) still fits."""
+    import hashlib
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise BundleError(f"{folder} is not a text encoder checkpoint (no config.json): pass a Hugging Face "
                           "model folder")
     weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
-    digests = [sha256_file(folder / "config.json")] + [sha256_file(p) for p in weights]
-    import hashlib
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("transformers_version", None)
+    config_digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    digests = [config_digest] + [sha256_file(p) for p in weights]
 
     return {
         "name": json.loads((folder / "config.json").read_text()).get("_model_name_or_path") or folder.name,

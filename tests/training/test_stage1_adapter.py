@@ -119,3 +119,23 @@ def test_the_shipped_adapter_is_intact_and_fits_the_default_base():
     assert card["recipe"]["mntp_steps"] == 0 and card["check"]["min_cosine"] > 0.99
     assert (shipped_adapter() / WEIGHTS).stat().st_size < 12 * 2**20  # small enough to ship in the package
 
+
+
+def test_the_base_fingerprint_ignores_the_transformers_version_that_wrote_it(tiny_llm_dir, tmp_path):
+    """A transformers release rewrites config.json's ``transformers_version`` when the default SmolLM2 is converted
+    on a new machine; the weights and the model are the same, so an adapter trained on it must still fit."""
+    import json
+    import shutil
+
+    from training.embed import text_encoder_info
+
+    copy = tmp_path / "llm"
+    shutil.copytree(tiny_llm_dir, copy)
+    before = text_encoder_info(copy)["fingerprint"]
+    config = json.loads((copy / "config.json").read_text())
+    config["transformers_version"] = "0.0.1"
+    (copy / "config.json").write_text(json.dumps(config, indent=4))
+    assert text_encoder_info(copy)["fingerprint"] == before
+    config["num_hidden_layers"] = config["num_hidden_layers"] + 1  # another model: another fingerprint
+    (copy / "config.json").write_text(json.dumps(config))
+    assert text_encoder_info(copy)["fingerprint"] != before
