@@ -20,6 +20,7 @@ from pathlib import Path
 from llm2clip.config import AdapterCfg, ClipTextCfg, TextCfg
 from llm2clip.data import Dataset
 from llm2clip.defaults import minilm_dir, smollm2_dir
+from llm2clip.encoders.prefix_states import PrefixStates
 from llm2clip.errors import LLM2CLIPError
 from research.repro_config import STAGE1_VARIANTS, ReproCfg, stage2_cfg, vision_cfg
 from research.repro_scoring import RawEncoders
@@ -28,7 +29,8 @@ from training.config import EmbedCfg, ExportCfg
 from training.embed import embed_captions
 from training.export import export_checkpoint
 from training.stage1.config import Stage1Cfg
-from training.stage1.train import train_text
+from training.stage1.loop import Run
+from training.stage1.train import train_text_run
 
 STAGE2_SUMMARY = "stage2.json"  # in a row's seed folder: stage 2's steps, final loss and seconds
 CLIP_CONTEXT = 77  # CLIP's text context: clip77's tower and minilm77's cut
@@ -116,8 +118,14 @@ class Work:
     cfg: ReproCfg
     train: Dataset
     val: Dataset  # stage 1's held-out caption retrieval
+    # the states of SmolLM2's layers below stage 1's LoRA, shared by the base and every stage-1 model
+    prefix: PrefixStates | None = field(init=False)
     # the frozen text encoders' vectors of the test captions: each row, seed and raw probe embeds a text once
-    raw: RawEncoders = field(default_factory=RawEncoders)
+    raw: RawEncoders = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefix = shared_prefix(self.out, self.cfg)
+        self.raw = RawEncoders(self.prefix)
 
     def seed(self, k: int) -> int:
         return self.cfg.seed + k
@@ -139,6 +147,15 @@ class Work:
         return base / f"seed-{k}" if spec.stage1 is not None else base
 
 
+def shared_prefix(out: Path, cfg: ReproCfg) -> PrefixStates | None:
+    """With stage 1's LoRA on SmolLM2's top layers only, the layers below are the base's in every stage-1 model:
+    their states are computed once per caption for the run (DIR/prefix_states), by the first SmolLM2 to embed it."""
+    layers = json.loads((smollm2_dir() / "config.json").read_text())["num_hidden_layers"]
+    if not 0 < cfg.stage1_lora_layers < layers:
+        return None
+    return PrefixStates(out / "prefix_states", layers - cfg.stage1_lora_layers)
+
+
 def text_encoder(work: Work, spec: RowSpec, k: int) -> Path | None:
     """The frozen text encoder's folder of ``spec`` at seed ``k``; runs (or continues) stage 1 for a stage-1 row."""
     if spec.encoder is None:
@@ -149,7 +166,8 @@ def text_encoder(work: Work, spec: RowSpec, k: int) -> Path | None:
     if (folder / "stage1.json").is_file():  # finished: not even the base's fingerprint to hash again
         return folder
     say(f"stage 1: {spec.stage1.label}, seed {k}")
-    train_text(work.train, folder, smollm2_dir(), stage1_cfg(work.cfg, spec.stage1, work.seed(k)), val=work.val)
+    run = Run(stage1_cfg(work.cfg, spec.stage1, work.seed(k)), folder, prefix=work.prefix)
+    train_text_run(run, work.train, smollm2_dir(), val=work.val)
     return folder
 
 
@@ -158,7 +176,7 @@ def embeddings(work: Work, spec: RowSpec, k: int) -> Path:
     encoder = text_encoder(work, spec, k)
     assert encoder is not None
     emb = work.embeddings_dir(spec, k)
-    embed_captions(work.train, encoder, emb, EmbedCfg(max_tokens=spec.max_tokens))
+    embed_captions(work.train, encoder, emb, EmbedCfg(max_tokens=spec.max_tokens), prefix=work.prefix)
     return emb
 
 

@@ -31,8 +31,8 @@ BUNDLE_SCORING = "the bundle's fp32 ONNX encoders"
 class _Folder:
     """A text encoder folder's model, loaded on first use and released by ``RawEncoders`` when another loads."""
 
-    def __init__(self, folder: Path, max_tokens: int) -> None:
-        self.folder, self.max_tokens, self.model = folder, max_tokens, None
+    def __init__(self, folder: Path, max_tokens: int, prefix: Any = None) -> None:
+        self.folder, self.max_tokens, self.prefix, self.model = folder, max_tokens, prefix, None
 
     def encode(self, texts: list[str], progress: Any = None) -> np.ndarray:
         if self.model is None:
@@ -41,15 +41,19 @@ class _Folder:
             # unnormalised, as stage 2's caption embeddings are (training.embed)
             self.model = TorchTextEncoder.from_folder(self.folder, self.max_tokens, precision="bf16",
                                                       normalize=False)
+            if self.prefix is not None:
+                self.model.share_prefix(self.prefix)
         return self.model.encode(texts, progress=progress)
 
 
 class RawEncoders:
     """Every frozen text encoder a run scores with: its vectors kept per (folder, cut) for the whole run, one model
-    in memory at a time."""
+    in memory at a time; with ``prefix`` (``llm2clip.encoders.prefix_states.PrefixStates``), models that share
+    their first layers compute them once per text."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: Any = None) -> None:
         self._memos: dict[tuple[str, int], MemoEncoder] = {}
+        self.prefix = prefix
 
     def get(self, folder: Path, max_tokens: int) -> MemoEncoder:
         from training.embed import text_encoder_info
@@ -59,7 +63,7 @@ class RawEncoders:
             if other != key:
                 memo.encoder.model = None
         if key not in self._memos:
-            self._memos[key] = MemoEncoder(_Folder(Path(folder), max_tokens), {
+            self._memos[key] = MemoEncoder(_Folder(Path(folder), max_tokens, self.prefix), {
                 "text_encoder": text_encoder_info(folder), "max_tokens": max_tokens, "precision": "bf16"})
         return self._memos[key]
 

@@ -97,21 +97,25 @@ class MemoEncoder:
         return self.encoder.describe() if hasattr(self.encoder, "describe") else None
 
 
-def folder_encoder(text_encoder_dir: str | Path, max_tokens: int = MAX_TOKENS, precision: str = "bf16") -> MemoEncoder:
+def folder_encoder(text_encoder_dir: str | Path, max_tokens: int = MAX_TOKENS, precision: str = "bf16",
+                   prefix: Any = None) -> MemoEncoder:
     """The text encoder in a Hugging Face folder, unit-norm, as ``caption_retrieval_of`` and
-    ``paraphrase_twin_accuracy`` take it, loaded once for both."""
+    ``paraphrase_twin_accuracy`` take it, loaded once for both; ``prefix`` shares its first layers' states
+    with other models that have the same ones (``llm2clip.encoders.prefix_states``)."""
     from llm2clip.encoders.torch_backend import TorchTextEncoder
     from training.embed import text_encoder_info
 
     encoder = TorchTextEncoder.from_folder(text_encoder_dir, max_tokens, precision=precision, normalize=True)
+    if prefix is not None:
+        encoder.share_prefix(prefix)
     return MemoEncoder(encoder, {"text_encoder": text_encoder_info(text_encoder_dir), "max_tokens": max_tokens,
                                  "precision": precision})
 
 
-def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Path,
-                      max_tokens: int = MAX_TOKENS, progress: bool = True, precision: str = "bf16") -> dict[str, Any]:
+def caption_retrieval(text_encoder_dir: str | Path, dataset: Dataset | str | Path, max_tokens: int = MAX_TOKENS,
+                      progress: bool = True, precision: str = "bf16", prefix: Any = None) -> dict[str, Any]:
     """Caption retrieval accuracy of a text encoder (a Hugging Face folder) on a dataset's long/short captions."""
-    return caption_retrieval_of(folder_encoder(text_encoder_dir, max_tokens, precision), dataset, progress)
+    return caption_retrieval_of(folder_encoder(text_encoder_dir, max_tokens, precision, prefix), dataset, progress)
 
 
 def caption_retrieval_of(encoder: MemoEncoder, dataset: Dataset | str | Path, progress: bool = True) -> dict[str, Any]:

@@ -67,10 +67,14 @@ def caption_rows(dataset: Dataset, keys: tuple[str, ...] | None) -> list[tuple[s
 
 
 def embed_captions(dataset: Dataset, text_encoder: str | Path, out: str | Path, cfg: EmbedCfg | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, prefix: Any = None) -> dict[str, Any]:
     """Mean-pooled (not normalised) embeddings of every caption by the LLM of ``text_encoder``, computed in
     ``cfg.precision`` (bf16 weights by default: what the CPU's bf16 units and GPUs run fastest) and stored in
-    ``cfg.dtype``, through the project's one text encoder interface (token-budget batches)."""
+    ``cfg.dtype``, through the project's one text encoder interface (token-budget batches).
+
+    ``prefix`` (a ``llm2clip.encoders.prefix_states.PrefixStates``) shares the states of the LLM's first layers
+    with other models that have the same ones: the base LLM and a stage-1 model with LoRA on its top layers only
+    embed the same captions, and the second runs only its top layers. The embeddings are the same either way."""
     cfg = cfg or EmbedCfg()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,12 +88,16 @@ def embed_captions(dataset: Dataset, text_encoder: str | Path, out: str | Path, 
 
     encoder = TorchTextEncoder.from_folder(text_encoder, cfg.max_tokens, precision=cfg.precision, normalize=False,
                                            device=cfg.device, max_batch_tokens=cfg.max_batch_tokens)
+    shared = prefix is not None and encoder.share_prefix(prefix)
+    before = prefix.counts() if shared else None
     t0 = time.perf_counter()
     shards, tokens = _write_shards(encoder, rows, out, cfg, progress)
     seconds = time.perf_counter() - t0
     manifest = {"format": FORMAT, **settings, "dim": encoder.dim, "shards": shards, "complete": True,
                 "seconds": round(seconds, 2), "tokens": tokens,
                 "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
+    if before is not None:  # captions whose first layers' states were read, and written, by this call
+        manifest["prefix_states"] = {k: v - before[k] if k != "layers" else v for k, v in prefix.counts().items()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -87,6 +87,37 @@ class TorchTextEncoder(TextEncoder):
         self.dim = int(adapter.proj.out_features) if adapter is not None else int(llm.dim)
         self.max_batch_tokens = cfg.max_batch_tokens
         self.max_batch_size = cfg.max_batch_size
+        self.prefix: Any = None
+        self._prefix_store: Any = None
+
+    def share_prefix(self, store: Any) -> bool:
+        """Start from ``store``'s states where it holds this model's first layers for a batch's texts, and
+        keep them there where it does not (``llm2clip.encoders.prefix_states.PrefixStates``). False, and
+        nothing shared, for a model without that prefix (an encoder, or fewer layers) or one whose layers,
+        run from the stored states, do not give its own embedding back (checked on a probe sequence)."""
+        import torch
+
+        prefix = store.for_model(self.llm.model, self.precision)
+        if prefix is None:
+            return False
+        probe = (torch.arange(9, device=self.device) * 7 + 3)[None] % int(self.llm.model.config.vocab_size)
+        mask = torch.ones_like(probe)
+        with torch.inference_mode(), self._autocast():
+            with self.llm.capture(store.layers) as kept:
+                full = self.llm(probe, mask).float()
+            split = self.llm.forward_from(kept.states, mask, store.layers).float()
+        if not torch.allclose(full, split, rtol=1e-3, atol=1e-4):
+            log.warning("%s: its layers from %d on do not give its embedding back from the stored states; "
+                        "not sharing them", type(self.llm.model).__name__, store.layers)
+            return False
+        self.prefix, self._prefix_store = prefix, store
+        return True
+
+    def _autocast(self) -> Any:
+        import torch
+
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        return torch.autocast(device_type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_tokens: int = 512, *, precision: str = "bf16",
@@ -121,17 +152,38 @@ class TorchTextEncoder(TextEncoder):
             batch = TextBatch(np.concatenate([batch.input_ids, pad], axis=1),
                               np.concatenate([batch.attention_mask, np.zeros_like(pad)], axis=1), batch.truncated)
 
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.inference_mode():
             ids = torch.from_numpy(batch.input_ids).to(self.device)
             mask = torch.from_numpy(batch.attention_mask).to(self.device)
-            with torch.autocast(device_type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
-                out = self.llm(ids, mask).float()
+            with self._autocast():
+                out = (self.llm(ids, mask) if self.prefix is None else self._through_prefix(batch, ids, mask)).float()
             if self.adapter is not None:
                 out = self.adapter(out)
             if self.normalized:
                 out = F.normalize(out.float(), dim=-1)
             return out.float().cpu().numpy()
+
+    def _through_prefix(self, batch: TextBatch, ids: Any, mask: Any) -> Any:
+        """The LLM's output for a batch, from the stored states of its first layers when all its texts have
+        them; otherwise the whole model, keeping those states."""
+        import torch
+
+        from llm2clip.encoders.prefix_states import sequence_key
+
+        real = batch.attention_mask.astype(bool)
+        keys = [sequence_key(row[keep]) for row, keep in zip(batch.input_ids, real, strict=True)]
+        layers, found = self._prefix_store.layers, self.prefix.get(keys)
+        if found is not None:
+            states = torch.zeros(*ids.shape, self.llm.dim, dtype=torch.float32, device=self.device)
+            for i, rows in enumerate(found):
+                states[i, torch.from_numpy(real[i]).to(self.device)] = torch.from_numpy(rows).to(self.device)
+            self._prefix_store.reused += len(keys)
+            return self.llm.forward_from(states, mask, layers)
+        with self.llm.capture(layers) as kept:
+            out = self.llm(ids, mask)
+        hidden = kept.states.float().cpu().numpy()
+        self._prefix_store.stored += self.prefix.put([(k, hidden[i][real[i]]) for i, k in enumerate(keys)])
+        return out
 
     @classmethod
     def from_bundle(cls, bundle: Any, precision: str = "bf16", *, device: str | None = None,

@@ -137,6 +137,21 @@ def test_stage1_runs_follow_their_recipes(repro, report):
     assert nocc["text_encoder"]["fingerprint"] != cc["text_encoder"]["fingerprint"]
 
 
+def test_smollm2s_layers_below_the_lora_run_once_per_caption_for_the_base_and_every_stage1_model(repro, report):
+    manifests = {str(p.parent.relative_to(repro)): json.loads(p.read_text())
+                 for p in repro.glob("embeddings/**/manifest.json")}
+    shared = {k: m["prefix_states"] for k, m in manifests.items() if "prefix_states" in m}
+    # llm_nocc's base and every stage-1 model of every recipe and seed (LoRA on the top layers only)
+    assert set(shared) == {k for k in manifests if "minilm" not in k} and len(shared) >= 1 + len(STAGE1_VARIANTS)
+    layers = 30 - QUICK.stage1_lora_layers
+    count = next(iter(manifests.values()))["count"]
+    firsts = [k for k, s in shared.items() if s["stored"]]
+    assert len(firsts) == 1 and shared[firsts[0]] == {"layers": layers, "reused": 0, "stored": count}
+    assert all(s == {"layers": layers, "reused": count, "stored": 0} for k, s in shared.items() if k != firsts[0])
+    (prefix,) = (repro / "prefix_states").iterdir()  # one prefix: the base's bottom layers
+    assert json.loads((prefix / "prefix.json").read_text())["layers"] == layers
+
+
 def test_every_row_trains_the_presets_tower_from_one_shared_token_cache(repro, report):
     from research.repro_config import vision_cfg
 

@@ -27,6 +27,9 @@ class Run:
     cfg: Stage1Cfg
     out: Path
     progress: bool = True
+    # states of the base's first layers shared with other models (llm2clip.encoders.prefix_states): the val
+    # caption retrieval before and after training, where the LoRA leaves those layers as they are
+    prefix: Any = None
     histories: dict[str, list] = field(default_factory=lambda: {name: [] for name in PHASES})
 
     @property

@@ -95,7 +95,7 @@ class _Trainer:
         self.views = load_views(ckpt, self.ds, self.run.cfg, self.run.progress)
         if self.val is not None and "val_before" not in record:
             record["val_before"] = caption_retrieval(self.base, self.val, max_tokens=self.run.cfg.max_tokens,
-                                                     progress=self.run.progress)
+                                                     progress=self.run.progress, prefix=self.run.prefix)
         run_file.write_text(json.dumps(record, indent=2))
         return record
 
@@ -131,7 +131,8 @@ class _Trainer:
         cfg, pools, val = self.run.cfg, self.views.pools, self.val
         val_after = None
         if val is not None:
-            val_after = caption_retrieval(self.run.out, val, max_tokens=cfg.max_tokens, progress=self.run.progress)
+            val_after = caption_retrieval(self.run.out, val, max_tokens=cfg.max_tokens, progress=self.run.progress,
+                                          prefix=self.run.prefix)
         return {
             "format": FORMAT,
             "base": self.base_info,
@@ -159,7 +160,13 @@ def train_text(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) stage 1 into ``out``: a Hugging Face model folder with the LoRA merged, + ``stage1.json``."""
-    cfg = cfg or Stage1Cfg()
+    return train_text_run(Run(cfg or Stage1Cfg(), Path(out), progress), dataset, base, val)
+
+
+def train_text_run(run: Run, dataset: Dataset | str | Path, base: str | Path | None = None,
+                   val: Dataset | str | Path | None = None) -> dict[str, Any]:
+    """``train_text`` for a ``Run`` made by the caller (which may share the base's first layers: ``Run.prefix``)."""
+    cfg = run.cfg
     if cfg.batch_size < 2 and cfg.steps > 0:
         raise DatasetError("the batch size must be at least 2: a contrastive problem needs negatives")
     if cfg.attention not in ATTENTIONS:
@@ -170,4 +177,4 @@ def train_text(
         base = smollm2_dir()
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
     val_ds = None if val is None else val if isinstance(val, Dataset) else read_dataset(val)
-    return _Trainer(Run(cfg, Path(out), progress), Path(base), ds, val_ds).train()
+    return _Trainer(run, Path(base), ds, val_ds).train()
