@@ -48,7 +48,7 @@ def fake(tmp_path, monkeypatch):
             calls.append(list(texts))
             return np.stack([TABLE[t] for t in texts])
 
-    def fake_folder_encoder(folder, max_tokens=512, precision="bf16"):
+    def fake_folder_encoder(folder, max_tokens=512, precision="bf16", prefix=None):
         from training.embed import text_encoder_info
 
         about = {"text_encoder": text_encoder_info(folder), "max_tokens": max_tokens, "precision": precision}
