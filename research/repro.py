@@ -48,6 +48,7 @@ from research.repro_rows import (
     train_bundle,
 )
 from research.repro_scoring import BUNDLE_SCORING, RowScoring, ThroughAdapter, UnitView
+from research.repro_styles import STYLES_FILE, drops, paired_tests, style_outcomes, unseen_corpus
 from research.seed_stats import average
 from research.selection import select, selection_record
 from training.caption_retrieval import caption_retrieval_of, paraphrase_twin_accuracy
@@ -155,10 +156,12 @@ def select_llm_cc(work: Work, val_dir: Path) -> tuple[Candidate, list[dict[str, 
 
 @dataclass
 class _Test:
-    """The test split, scored once per final row and seed."""
+    """The test split, scored once per final row and seed; ``unseen``: its scenes restyled into the unseen
+    grammar (research/repro_styles.py)."""
 
     dataset: Dataset
     path: Path
+    unseen: Path
 
 
 def _row_scoring(work: Work, spec: RowSpec, k: int, bundle: Path) -> RowScoring:
@@ -176,17 +179,19 @@ def _drop_stale_scores(rdir: Path, scoring: str) -> None:
     """Scores cached by a run that scored this row another way (an older version) are made again."""
     cached = rdir / "eval.json"
     if cached.is_file() and json.loads(cached.read_text()).get("scoring", BUNDLE_SCORING) != scoring:
-        for name in ("eval.json", "text_twins.json", "seconds.json"):
+        for name in ("eval.json", "text_twins.json", "seconds.json", STYLES_FILE):
             (rdir / name).unlink(missing_ok=True)
 
 
-def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> dict[str, Any]:
-    """One row at seed ``k``: stage 2 and export (cached), the test scores, the text-only twin probe."""
+def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One row at seed ``k``: stage 2 and export (cached), the test scores, the text-only twin probe; and its
+    per-query outcomes on both caption styles (``research.repro_styles.style_outcomes``)."""
     bundle = train_bundle(work, spec, k)
     rdir, t0, scoring = bundle.parent, time.perf_counter(), _row_scoring(work, spec, k, bundle)
     _drop_stale_scores(rdir, scoring.scoring)
     metrics = _cached_json(rdir / "eval.json", lambda: scoring.evaluate(test.path))
     twins = _cached_json(rdir / "text_twins.json", lambda: scoring.text_twins(test.dataset))
+    styles = _cached_json(rdir / STYLES_FILE, lambda: style_outcomes(scoring, test.path, test.unseen))
     facts = None
     if spec.encoder is not None:  # clip77's text side is trained jointly: nothing frozen to probe
         emb = work.embeddings_dir(spec, k)
@@ -196,19 +201,21 @@ def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> dict[str, Any]:
     seconds = _cached_json(rdir / "seconds.json", lambda: round(time.perf_counter() - t0, 1))
     stage2 = json.loads((rdir / STAGE2_SUMMARY).read_text())
     return {"seed": work.seed(k), "eval": metrics, "seconds": round(stage2["seconds"] + seconds, 1),
-            "text_twins": twins, "fact_probe": facts, "final_loss": stage2.get("final_loss")}
+            "text_twins": twins, "fact_probe": facts, "final_loss": stage2.get("final_loss"),
+            "unseen_eval": styles["unseen_eval"]}, styles
 
 
-def _run_row(work: Work, name: str, spec: RowSpec, test: _Test) -> dict[str, Any]:
-    """Every seed of one row; ``eval`` and the other records are means over seeds, ``seeds`` keeps each."""
-    seeds = [_run_seed(work, spec, k, test) for k in range(work.cfg.seeds)]
+def _run_row(work: Work, name: str, spec: RowSpec, test: _Test) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every seed of one row; ``eval`` and the other records are means over seeds, ``seeds`` keeps each, ``styles``
+    has each seed's own-style and unseen-style R@1 and drop. Also returns each seed's per-query outcomes."""
+    seeds, outcomes = zip(*(_run_seed(work, spec, k, test) for k in range(work.cfg.seeds)), strict=True)
     twin = (seeds[0]["eval"].get("near_twin") or {}).get("long", {}).get("t2i")
     _say(f"{name}: t2i R@1 {seeds[0]['eval']['t2i_r1']:.3f}, near-twin t2i {twin} (seed {seeds[0]['seed']})")
     row = {key: average([s[key] for s in seeds]) if seeds[0][key] is not None else None
-           for key in ("eval", "text_twins", "fact_probe", "final_loss")}
-    row.update(folder=spec.key, seconds=round(sum(s["seconds"] for s in seeds), 1), seeds=seeds,
-               stage1=_stage1_summaries(work, spec))
-    return row
+           for key in ("eval", "text_twins", "fact_probe", "final_loss", "unseen_eval")}
+    row.update(folder=spec.key, seconds=round(sum(s["seconds"] for s in seeds), 1), seeds=list(seeds),
+               stage1=_stage1_summaries(work, spec), styles=drops(list(outcomes)))
+    return row, list(outcomes)
 
 
 def _raw_text_side(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -286,9 +293,10 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = MAIN_ROWS,
     selection = portable(selection_record(choices, fixed), out)
     (out / "selection.json").write_text(json.dumps(selection, indent=2, sort_keys=True))
     test_dir = _data(out, cfg, "test")
-    test = _Test(read_dataset(test_dir), test_dir)
+    test = _Test(read_dataset(test_dir), test_dir, unseen_corpus(out, test_dir, cfg.seed + SPLIT_SEEDS["test"]))
     specs = {row: row_spec(row, cfg, chosen) for row in rows}
-    results = {row: _run_row(work, row, spec, test) for row, spec in specs.items()}
+    scored = {row: _run_row(work, row, spec, test) for row, spec in specs.items()}
+    results = {row: record for row, (record, _) in scored.items()}
     if chosen is not None and "llm_cc" in results:
         results["llm_cc"]["chosen"] = chosen.label
     caption_acc, text_twins = _text_side(work, specs, test)
@@ -298,5 +306,6 @@ def run_repro(out: str | Path, cfg: ReproCfg, rows: tuple[str, ...] = MAIN_ROWS,
             train, smollm2_dir(), work.embeddings_dir(specs["llm_nocc"], 0), cfg))
     report = {"command": command, "config": asdict(cfg), "rows": results, "caption_retrieval": caption_acc,
               "text_twins": text_twins, "selection": selection, "stage2_throughput": throughput,
+              "paired_tests": paired_tests({row: o for row, (_, o) in scored.items()}, results),
               "seconds": round(time.perf_counter() - t_start, 1)}
     return write_report(report, out)

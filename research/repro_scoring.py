@@ -14,6 +14,7 @@ graph (``BundleScoring``).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,26 @@ class ThroughAdapter:
         return {"backend": "torch", "scoring": FROZEN_SCORING, **self.memo.about}
 
 
+class MemoImages:
+    """An image encoder that embeds each distinct image once (keyed by its decoded pixels): a row's scores on the
+    test split's own-style and unseen-style captions share one gallery (research/repro_styles.py)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder, self.dim, self._memo = encoder, encoder.dim, {}
+
+    @staticmethod
+    def _key(image: Any) -> tuple[str, tuple[int, int], str]:
+        return hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest(), image.size, image.mode
+
+    def encode(self, images: list[Any]) -> np.ndarray:
+        keys = [self._key(im) for im in images]
+        todo = {k: im for k, im in zip(keys, images, strict=True) if k not in self._memo}
+        if todo:
+            for k, vec in zip(todo, np.asarray(self.encoder.encode(list(todo.values())), np.float32), strict=True):
+                self._memo[k] = vec
+        return np.stack([self._memo[k] for k in keys])
+
+
 class RowScoring:
     """One row's test scores and twin probe from one text encoder (``ThroughAdapter`` or the bundle's fp32 ONNX
     text encoder) and the bundle's fp32 ONNX image encoder, each loaded on first use."""
@@ -119,9 +140,9 @@ class RowScoring:
             self.bundle = load_bundle(self.bundle_path)
             if self.text is None:
                 img, txt = load_encoders(self.bundle, "fp32")
-                self.text, self._image = MemoEncoder(txt), img
+                self.text, self._image = MemoEncoder(txt), MemoImages(img)
             else:
-                self._image = load_image_encoder(self.bundle)
+                self._image = MemoImages(load_image_encoder(self.bundle))
         return self._image, self.text
 
     def evaluate(self, test: Path, per_query: bool = False) -> dict[str, Any]:

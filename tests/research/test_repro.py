@@ -108,6 +108,27 @@ def test_choices_are_made_on_val_and_only_final_rows_are_scored_on_test(repro, r
     assert f"| llm_cc (= {report['rows']['llm_cc']['chosen']}) |" in md
 
 
+def test_every_row_is_scored_on_unseen_phrasing_and_rows_are_tested_in_pairs(repro, report):
+    test, unseen = read_dataset(repro / "data" / "test"), read_dataset(repro / "data" / "test-unseen")
+    assert [it.id for it in test] == [it.id for it in unseen] and all(
+        a.long != b.long for a, b in zip(test, unseen, strict=True))
+    for row in ROWS:
+        r = report["rows"][row]
+        # the own style's R@1 from the per-query outcomes is eval.json's, seed by seed
+        assert r["styles"]["own t2i"] == [s["eval"]["t2i_r1"] for s in r["seeds"]]
+        assert r["styles"]["unseen t2i"] == [s["unseen_eval"]["t2i_r1"] for s in r["seeds"]]
+        assert all(s["unseen_eval"]["dataset"] == "DIR/data/test-unseen" for s in r["seeds"])
+        assert len(r["styles"]["drop t2i"]) == SEEDS
+    tests = report["paired_tests"]
+    comps = set(tests["comparisons"])
+    assert {"llm_cc-clip77", "llm_cc-minilm77", "llm_cc-llm_nocc", "llm_nocc-minilm77"} <= comps
+    same = {f"llm_cc-{n}" for n in CC_ROWS if report["rows"][n]["folder"] == report["rows"]["llm_cc"]["folder"]}
+    assert len(same) == 1 and not same & comps  # llm_cc is one of the controls: never tested against itself
+    assert tests["family"] == sum(len(m) for m in tests["comparisons"].values())
+    md = (repro / "report.md").read_text()
+    assert "## Own-style and unseen-style captions (test split)" in md and "## Paired tests between rows" in md
+
+
 def test_report_records_the_run_without_machine_paths(repro, report):
     text = (repro / "report.json").read_text()
     assert report["command"] == "llm2clip repro --out DIR --quick --select --rows all --seeds 2"
