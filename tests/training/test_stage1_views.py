@@ -82,3 +82,26 @@ def test_pools_are_built_once_per_run_folder(tmp_path, monkeypatch):
     (folder / "captions.json").write_text(json.dumps([["x", "y"]]))
     again = load_views(folder, ds, cfg, progress=False)
     assert again.pools == [["x", "y"]] and again.twins == [[], [], []]
+
+
+def test_views_in_other_words_keep_the_facts_of_the_long_style_text_they_rewrite(tmp_path):
+    from llm2clip.data import generate_scenes
+    from tests.llm2clip.data.test_lexical import canonical
+    from training.stage1.views import twin_pools
+
+    ds = generate_scenes(tmp_path / "train", 12, "train", seed=5, progress=False)
+    plain = caption_pools(ds, 1, 0, progress=False)
+    words = caption_pools(ds, 1, 0, progress=False, words=2)
+    added = 0
+    for item, a, b in zip(ds, plain, words, strict=True):
+        assert b[: len(a)] == a and len(b) <= len(a) + 2 and len(set(b)) == len(b)
+        longs = {canonical(t) for t in a if t != item.captions["short"]}
+        for text in b[len(a):]:
+            added += 1
+            assert canonical(text) in longs  # a long-style view with synonyms: never the short caption
+    assert added >= 12  # most draws swap at least one word
+    assert caption_pools(ds, 1, 0, progress=False, words=2) == words  # a function of the seed
+    assert caption_pools(ds, 1, 1, progress=False, words=2) != words
+    twins, twins_w = twin_pools(ds, 0, progress=False), twin_pools(ds, 0, progress=False, words=1)
+    assert all(w[:2] == t and canonical(w[-1]) in {canonical(x) for x in t} for t, w in zip(twins, twins_w, strict=True))
+    assert any(len(w) == 3 for w in twins_w)

@@ -40,6 +40,10 @@ class Stage1Cfg:
     # half of each micro-batch is a generator near twin of the other half (one attribute of one object
     # changed): its captions are negatives that differ from the scene's in a single fact
     hard_negatives: bool = False
+    # views in other words: this many more views of each scene (and of its twin), each a view of the long style
+    # with its class, size, orientation and texture words swapped for WordNet synonyms with probability 1/2
+    # (``llm2clip.data.captions.lexical.relexicalise``, the lexicon stage 2's ``--other-words`` uses)
+    other_words: int = 0
     mntp_probability: float = 0.2
     seed: int = 0
     bf16: bool = True  # autocast on CPU (AMX) and GPU

@@ -35,9 +35,10 @@ def _has_graph(meta: dict) -> bool:
 
 
 def caption_pools(dataset: Dataset, paraphrases: int, seed: int, progress: bool = True,
-                  positives: str = "all") -> list[list[str]]:
+                  positives: str = "all", words: int = 0) -> list[list[str]]:
     """Distinct caption texts of every item: its own captions (all, or only the long one), then
-    ``paraphrases`` re-phrasings of the long one."""
+    ``paraphrases`` re-phrasings of the long one, then ``words`` of these long-style texts in other words
+    (``other_words``)."""
     from llm2clip.data import paraphrase_long
 
     if positives not in POSITIVES:
@@ -53,13 +54,30 @@ def caption_pools(dataset: Dataset, paraphrases: int, seed: int, progress: bool 
                 text = paraphrase_long(item.meta, para_seed, avoid=texts)
                 if text not in texts:
                     texts.append(text)
+        longs = [t for t in texts if t == item.captions.get("long") or t not in item.captions.values()]
+        texts += other_words(longs, words, [seed, 0, i], texts)
         pools.append(texts)
     return pools
 
 
-def twin_pools(dataset: Dataset, seed: int, progress: bool = True) -> list[list[str]]:
-    """Two generator captions of a near twin of every item (one attribute of one object changed); [] for an
-    item without a scene graph."""
+def other_words(longs: list[str], variants: int, key: list[int], avoid: list[str]) -> list[str]:
+    """``variants`` more views: the k-th of ``longs`` (long-style texts: a long caption, its paraphrases; cycling)
+    with its class, size, orientation and texture words swapped for WordNet synonyms with probability 1/2
+    (``relexicalise``), drawn from (*key, k). A draw that swaps nothing, or repeats a text, adds nothing."""
+    from llm2clip.data.captions.lexical import relexicalise
+    from llm2clip.data.generator import OTHER_WORDS_P
+
+    out: list[str] = []
+    for k in range(variants if longs else 0):
+        text = relexicalise(longs[k % len(longs)], np.random.default_rng([*key, k]), OTHER_WORDS_P)
+        if text not in avoid and text not in out:
+            out.append(text)
+    return out
+
+
+def twin_pools(dataset: Dataset, seed: int, progress: bool = True, words: int = 0) -> list[list[str]]:
+    """Two generator captions of a near twin of every item (one attribute of one object changed), then ``words``
+    of them in other words (``other_words``); [] for an item without a scene graph."""
     from llm2clip.data import near_twin_graph, paraphrase_long
 
     pools = []
@@ -70,7 +88,8 @@ def twin_pools(dataset: Dataset, seed: int, progress: bool = True) -> list[list[
         state = np.random.SeedSequence([seed, i, 2**20]).generate_state(3)
         twin = near_twin_graph(item.meta, int(state[0]))
         first = paraphrase_long(twin, int(state[1]))
-        pools.append([first, paraphrase_long(twin, int(state[2]), avoid=[first])])
+        pair = [first, paraphrase_long(twin, int(state[2]), avoid=[first])]
+        pools.append(pair + other_words(pair, words, [seed, 1, i], pair))
     return pools
 
 
@@ -97,9 +116,10 @@ def load_views(folder: Path, dataset: Dataset, cfg: Stage1Cfg, progress: bool) -
         path.write_text(json.dumps(pools))
         return pools
 
-    pools = cached("captions.json",
-                   lambda: caption_pools(dataset, cfg.paraphrases, cfg.seed, progress, cfg.positives))
-    twins = cached("twins.json", lambda: twin_pools(dataset, cfg.seed, progress)) if cfg.hard_negatives else None
+    pools = cached("captions.json", lambda: caption_pools(dataset, cfg.paraphrases, cfg.seed, progress,
+                                                         cfg.positives, cfg.other_words))
+    twins = cached("twins.json", lambda: twin_pools(dataset, cfg.seed, progress, cfg.other_words)) \
+        if cfg.hard_negatives else None
     return Views(pools, twins)
 
 
