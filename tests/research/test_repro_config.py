@@ -63,3 +63,13 @@ def test_lora_on_the_top_layers_reaches_stage1_and_gets_folders_of_its_own():
     assert (every.key, every.stage1.folder) == ("llm_cc-hardneg-400", "hardneg-400")
     assert (top.key, top.stage1.folder) == ("llm_cc-hardneg-400-top15", "hardneg-400-top15")
     assert top.stage1.label == "llm_cc:hardneg (400 steps, LoRA on the top 15 layers)"
+
+
+def test_a_recipes_views_in_other_words_reach_stage1(monkeypatch):
+    from research import repro_config as rc
+    from research.repro_rows import Candidate, stage1_cfg
+
+    assert all(stage1_cfg(ReproCfg(), Candidate(v, 400, 15), 0).other_words == 0 for v in STAGE1_VARIANTS)
+    monkeypatch.setitem(rc.STAGE1_VARIANTS, "words", {**rc.STAGE1_VARIANTS["hardneg"], "other_words": 2})
+    cfg = stage1_cfg(ReproCfg(), Candidate("words", 400, 15), 0)
+    assert cfg.other_words == 2 and cfg.hard_negatives and cfg.positives == "long"
