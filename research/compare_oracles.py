@@ -1,13 +1,14 @@
 """Compare vision sides trained against the oracle text side, per query, on the split they were scored on.
 
-Usage: python -m research.compare_oracles --run NAME=DIR [--run ...] --compare B-A [--compare ...] [--out F]
+Usage: python -m research.compare_oracles --run NAME=DIR[,DIR...] [--run ...] --compare B-A [--compare ...] [--out F]
 
 Each DIR is a ``research.oracle_text_side --out`` folder; its ``oracle.json`` holds per-query outcomes (long
 captions: t2i and i2t R@1 per scene, near-twin t2i and i2t per directed pair). ``B-A`` tests B against A on
 the same queries with ``research.stats.paired_cluster_test``, clustered by twin pair (a scene, its twin and
 both directions of the pair are one cluster), and Holm's correction runs over every test of the invocation.
-A difference is called one only where the adjusted p is below 0.05. One seed per vision side: this says
-whether two trained models differ on these scenes, not how much a retrained one would.
+A difference is called one only where the adjusted p is below 0.05. A run given several folders (one per seed)
+enters each query as its hits averaged over them; with one seed per run this says whether two trained models
+differ on these scenes, not how much a retrained one would.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ from research.stats import holm, paired_cluster_test
 METRICS = ("t2i_r1", "i2t_r1", "twin_t2i", "twin_i2t")
 
 
+def _seeds(folders: str) -> dict[str, Any]:
+    """One run's per-query outcomes over its seeds' folders: each metric as (seeds, queries)."""
+    seeds = [_per_query(Path(f)) for f in folders.split(",") if f]
+    first = seeds[0]
+    if any(q["split"] != first["split"] or q["twin_pairs"] != first["twin_pairs"] for q in seeds[1:]):
+        raise SystemExit(f"the folders of {folders} were scored on different scenes: score all on the same split")
+    return {"split": first["split"], "twin_pairs": first["twin_pairs"],
+            **{m: [q[m] for q in seeds] for m in METRICS}}
+
+
 def _per_query(folder: Path) -> dict[str, Any]:
     path = folder / "oracle.json"
     if not path.is_file():
@@ -38,9 +49,10 @@ def _per_query(folder: Path) -> dict[str, Any]:
 
 
 def clusters_for(metric: str, per_query: dict[str, Any]) -> np.ndarray:
-    """Each query's cluster: scenes and directed twin pairs map to their twin group."""
+    """Each query's cluster: scenes and directed twin pairs map to their twin group (``per_query``: a run's
+    outcomes as ``_seeds`` holds them, one row per seed)."""
     pairs = per_query["twin_pairs"]
-    scene_cluster = clusters_from_pairs(len(per_query["t2i_r1"]), pairs)
+    scene_cluster = clusters_from_pairs(len(per_query["t2i_r1"][0]), pairs)
     if metric.startswith("twin_"):
         return scene_cluster[[a for a, _ in pairs]]
     return scene_cluster
@@ -54,7 +66,7 @@ def compare(runs: dict[str, dict[str, Any]], comparisons: list[tuple[str, str]])
         if qa["split"] != qb["split"] or qa["twin_pairs"] != qb["twin_pairs"]:
             raise SystemExit(f"{b} and {a} were scored on different scenes: score both on the same split")
         for metric in METRICS:
-            t = paired_cluster_test(np.array([qb[metric]]), np.array([qa[metric]]), clusters_for(metric, qa))
+            t = paired_cluster_test(np.array(qb[metric]), np.array(qa[metric]), clusters_for(metric, qa))
             entries.append({"b": b, "a": a, "metric": metric, "split": qa["split"], "b_mean": t.mean_a,
                             "a_mean": t.mean_b, "difference": t.difference, "ci95": list(t.ci95), "p": t.p,
                             "n_clusters": t.n_clusters, "b_ahead": t.a_ahead, "a_ahead": t.b_ahead,
@@ -85,13 +97,13 @@ def _pair(text: str, sep: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", action="append", required=True, type=lambda t: _pair(t, "="), metavar="NAME=DIR",
-                    help="a vision side: an oracle_text_side output folder")
+    ap.add_argument("--run", action="append", required=True, type=lambda t: _pair(t, "="), metavar="NAME=DIR[,DIR...]",
+                    help="a vision side: its oracle_text_side output folder, one per seed")
     ap.add_argument("--compare", action="append", required=True, type=lambda t: _pair(t, "-"), metavar="B-A",
                     help="test run B against run A (positive: B ahead)")
     ap.add_argument("--out", type=Path, help="write the entries as JSON here")
     args = ap.parse_args(argv)
-    runs = {name: _per_query(Path(folder)) for name, folder in args.run}
+    runs = {name: _seeds(folders) for name, folders in args.run}
     missing = {n for pair in args.compare for n in pair} - set(runs)
     if missing:
         raise SystemExit(f"--compare names runs without --run: {', '.join(sorted(missing))}")

@@ -44,7 +44,7 @@ import torch
 from safetensors.torch import save_file
 
 from llm2clip.cliargs import non_negative_int, positive_int
-from llm2clip.config import VISION_ARCHS, TextCfg, VisionCfg
+from llm2clip.config import VISION_ARCHS, AdapterCfg, TextCfg, VisionCfg
 from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
 from llm2clip.dinov2 import DEPTH as DINOV2_DEPTH
 from research.fact_probe import attribute_value, bound_values
@@ -171,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="the CLIP loss's initial logit scale (1 / temperature; default CLIP's 1/0.07 = 14.3, max 100)")
     ap.add_argument("--caption-keys", type=drawn_keys, help="the captions stage 2 draws from, comma-separated, a "
                     "key listed k times drawn k times as often (default: the repro's, long,short)")
+    ap.add_argument("--seed", type=non_negative_int, help="stage 2's seed (default: the repro's, 0)")
+    ap.add_argument("--adapter-blocks", type=non_negative_int,
+                    help=f"residual MLP blocks of the adapter (default {AdapterCfg.blocks}; 0: LayerNorm and a linear map)")
+    ap.add_argument("--text-geometry", type=float, help="weight of stage 2's term that keeps the adapter's "
+                    "cosines within a batch close to its input's (default 0: off)")
     ap.add_argument("--token-cache", type=Path, help="frozen-prefix token cache folder (default: OUT/ckpt/token_cache)")
     ap.add_argument("--bound-only", action="store_true",
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
@@ -184,7 +189,8 @@ def _command(args: argparse.Namespace) -> str:
                "--vision-arch": args.vision_arch, "--image-size": args.image_size,
                "--trainable-blocks": args.trainable_blocks, "--vision-depth": args.vision_depth,
                "--pool-heads": args.pool_heads, "--pool-queries": args.pool_queries, "--logit-scale": args.logit_scale,
-               "--caption-keys": ",".join(args.caption_keys) if args.caption_keys else None}
+               "--caption-keys": ",".join(args.caption_keys) if args.caption_keys else None,
+               "--adapter-blocks": args.adapter_blocks, "--text-geometry": args.text_geometry, "--seed": args.seed}
     return ("python -m research.oracle_text_side --repro DIR --out OUT"
             + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
             + (" --bound-only" if args.bound_only else ""))
@@ -218,9 +224,15 @@ def main(argv: list[str] | None = None) -> None:
     tcfg = stage2_cfg(cfg, len(train), epochs)
     if args.caption_keys:
         tcfg = replace(tcfg, caption_keys=args.caption_keys)
+    if args.text_geometry:
+        tcfg = replace(tcfg, text_geometry=args.text_geometry)
+    if args.seed is not None:
+        tcfg = replace(tcfg, seed=args.seed)
     vision = _vision(args, cfg)
     mcfg = default_model_cfg(cfg.embed_dim, DIM, args.image_size or cfg.image_size, "oracle-scene-graph",
                              TextCfg.max_tokens, vision)
+    if args.adapter_blocks is not None:
+        mcfg.adapter = replace(mcfg.adapter, blocks=args.adapter_blocks)
     if args.logit_scale:
         mcfg.init_logit_scale = math.log(args.logit_scale)
     run = Stage2Run(train, emb, args.out / "ckpt", model_cfg=mcfg, token_cache=args.token_cache)
@@ -229,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"command": _command(args), "split": args.split,
               "vision": {"arch": v.arch, "image_size": v.image_size, "trainable_blocks": v.trainable_blocks,
                          "depth": v.depth, "pool_heads": v.pool_heads, "pool_queries": v.pool_queries},
-              "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3), "caption_keys": list(tcfg.caption_keys),
+              "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3), "adapter_blocks": mcfg.adapter.blocks,
+              "text_geometry": tcfg.text_geometry, "seed": tcfg.seed, "caption_keys": list(tcfg.caption_keys),
               "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},
               **evaluate_oracle(args.out / "ckpt", test, presence)}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ from training.checkpoint import is_checkpoint, load_checkpoint, load_state, save
 from training.clip_recipe import (
     caption_picks,
     clip_loss,
+    drawable,
+    geometry_loss,
     param_groups,
     set_drop_path,
     set_train_mode,
@@ -160,13 +161,6 @@ def train_clip(run: Stage2Run, cfg: TrainCfg | None = None) -> dict[str, Any]:
         raise LLM2CLIPError("per-epoch validation needs caption embeddings; a jointly trained text tower has none")
     with process_group() as dist_info:
         return Stage2Trainer(run, cfg or TrainCfg(), dist_info).fit()
-
-
-def drawable(available: Iterable[str], caption_keys: Sequence[str]) -> list[str]:
-    """The keys a sample of this item draws from, uniformly: ``caption_keys`` in their order, repeats kept (a key
-    listed twice is drawn twice as often), less those the item has no caption for."""
-    have = set(available)
-    return [k for k in caption_keys if k in have]
 
 
 def _text_side(run: Stage2Run, cfg: TrainCfg, out: Path) -> _TextSide:
@@ -356,6 +350,8 @@ class Stage2Trainer:
         with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             img_emb, txt_emb, logit_scale = self.step_fn(pixels, *text)
         loss = clip_loss(gather_with_grad(img_emb.float()), gather_with_grad(txt_emb.float()), logit_scale)
+        if self.cfg.text_geometry and self.tokenizer is None:  # this process's share of the batch only
+            loss = loss + self.cfg.text_geometry * geometry_loss(text[0], txt_emb.float())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -1,8 +1,10 @@
 """The pieces of the stage-2 recipe (``training.clip``): the CLIP loss, layer-wise learning rates and AdamW
-groups, frozen BatchNorm, stochastic depth, and the random choices derived from (seed, step)."""
+groups, frozen BatchNorm, stochastic depth, the random choices derived from (seed, step), which caption keys a
+sample draws from, and the optional term that keeps the adapter's similarities close to the text encoder's."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,23 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -
     logits = logit_scale.exp().clamp(max=100.0) * img @ txt.t()
     labels = torch.arange(len(img), device=img.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def geometry_loss(inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """How far the adapter's output similarities within a batch are from its input's: the mean squared difference
+    of the two cosine matrices off the diagonal. The input is centred on its batch mean first (an LLM's caption
+    embeddings share one large common component, so their raw cosines are all near 1)."""
+    x = F.normalize(inp - inp.mean(0, keepdim=True), dim=-1)
+    y = F.normalize(out, dim=-1)
+    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    return ((x @ x.t() - y @ y.t())[off] ** 2).mean()
+
+
+def drawable(available: Iterable[str], caption_keys: Sequence[str]) -> list[str]:
+    """The keys a sample of this item draws from, uniformly: ``caption_keys`` in their order, repeats kept (a key
+    listed twice is drawn twice as often), less those the item has no caption for."""
+    have = set(available)
+    return [k for k in caption_keys if k in have]
 
 
 def layer_ids(model: LLM2CLIP) -> tuple[dict[str, int], int]:

@@ -58,6 +58,10 @@ class TrainCfg:
     caption_keys: tuple[str, ...] = field(default=("long", "short"), metadata=opt(
         "comma-separated caption keys a sample draws its caption from, uniformly among those its item has; a "
         "key listed k times is drawn k times as often (the demo preset: long,long,long,short)", drawn_keys))
+    text_geometry: float = field(default=0.0, metadata=opt(
+        "weight of a term that keeps the adapter's output cosines within a batch close to its input's (mean "
+        "squared difference, the input centred on its batch mean): an adapter that cannot pull captions together "
+        "that the frozen text encoder keeps apart, or push apart those it keeps together; 0: off (the paper)"))
     log_every: int = field(default=10, metadata=opt("history entry every N steps (and at epoch ends)",
                                                     positive_int))
 

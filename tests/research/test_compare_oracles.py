@@ -39,6 +39,22 @@ def test_a_clear_gain_survives_holm_and_equal_runs_do_not(tmp_path, capsys):
     assert "| B - A | twin_t2i | 1.000 |" in capsys.readouterr().out
 
 
+def test_a_run_over_seeds_enters_each_query_averaged(tmp_path):
+    """Two seeds of B, one all hits and one all misses, average to B's half; against A's single seed of halves
+    hit and half missed, per cluster, the difference is zero."""
+    n = 8
+    half = [1, 1, 0, 0, 1, 1, 0, 0]  # hits on whole clusters (scenes 2k, 2k+1)
+    a = _run(tmp_path, "A", half, half)
+    b1, b2 = _run(tmp_path, "B1", [1] * n, [1] * n), _run(tmp_path, "B0", [0] * n, [0] * n)
+    out = tmp_path / "cmp.json"
+    co.main(["--run", a, "--run", f"B={b1.split('=')[1]},{b2.split('=')[1]}", "--compare", "B-A", "--out", str(out)])
+    entries = {e["metric"]: e for e in json.loads(out.read_text())}
+    assert entries["t2i_r1"]["b_mean"] == pytest.approx(0.5) and entries["t2i_r1"]["difference"] == pytest.approx(0)
+    c = _run(tmp_path, "C", [1] * n, [1] * n, split="test")
+    with pytest.raises(SystemExit, match="different scenes"):
+        co.main(["--run", f"A={b1.split('=')[1]},{c.split('=')[1]}", "--run", a, "--compare", "A-A"])
+
+
 def test_runs_scored_on_other_scenes_are_refused(tmp_path):
     r1 = [1, 0, 1, 0]
     a = _run(tmp_path, "A", r1, r1, split="val")

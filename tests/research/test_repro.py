@@ -249,3 +249,24 @@ def test_without_select_llm_cc_is_the_presets_and_the_report_says_where_it_comes
             repro / key / f"seed-{k}" / "stage2.json").read_text()
     md = (out / "report.md").read_text()
     assert f"| llm_cc = {label} | {LLM_CC_SOURCE} |" in md
+
+
+def test_adapter_probe_trains_a_rows_stage2_again_with_another_adapter(repro, report, tmp_path):
+    """research.adapter_probe: the row's own embeddings, seed, preset and token cache; only the adapter differs."""
+    from research import adapter_probe
+    from training.checkpoint import load_state
+
+    caches = sorted((repro / "token_cache").glob("tokens-*.npy"))
+    out = tmp_path / "probe"
+    adapter_probe.main(["--repro", str(repro), "--row", "llm_nocc", "--out", str(out), "--adapter-blocks", "0",
+                        "--text-geometry", "1"])
+    config = json.loads((out / "bundle" / "config.json").read_text())
+    own = json.loads((repro / "llm_nocc" / "seed-0" / "bundle" / "config.json").read_text())
+    assert config["adapter"]["blocks"] == 0 and own["adapter"]["blocks"] > 0
+    assert config["vision"] == own["vision"]
+    state = load_state(out / "ckpt")
+    assert state["train_cfg"]["text_geometry"] == 1.0 and state["train_cfg"]["seed"] == QUICK.seed
+    assert state["step"] == json.loads((repro / "llm_nocc" / "seed-0" / "stage2.json").read_text())["steps"]
+    assert sorted((repro / "token_cache").glob("tokens-*.npy")) == caches  # read, not made again
+    with pytest.raises(SystemExit, match="no adapter"):
+        adapter_probe.main(["--repro", str(repro), "--row", "clip77", "--out", str(tmp_path / "x")])

@@ -12,7 +12,7 @@ from llm2clip.errors import BundleError, DatasetError, LLM2CLIPError
 from llm2clip.model import LLM2CLIP
 from training.checkpoint import load_checkpoint, load_state
 from training.clip import Stage2Run, train_clip
-from training.clip_recipe import clip_loss, layer_ids, param_groups
+from training.clip_recipe import clip_loss, geometry_loss, layer_ids, param_groups
 from training.config import EmbedCfg, ModelShape, TrainCfg
 from training.embed import CaptionEmbeddings, embed_captions
 from training.recipes import STAGE2_PRESETS, stage2_preset
@@ -113,6 +113,41 @@ def test_clip_loss_prefers_matching_pairs():
     e = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     scale = torch.tensor(np.log(20.0))
     assert clip_loss(e, e, scale) < clip_loss(e, e.roll(1, dims=0), scale)
+
+
+def test_geometry_loss_is_zero_only_when_the_adapter_keeps_the_cosines():
+    torch.manual_seed(0)
+    x = torch.randn(16, 32) + 5.0  # a large common component, as an LLM's embeddings have
+    q, _ = torch.linalg.qr(torch.randn(32, 32))
+    kept = (x - x.mean(0)) @ q * 3.0  # a rotation and a scale of the centred input keeps every cosine
+    assert geometry_loss(x, kept) < 1e-6
+    assert geometry_loss(x + 100.0, kept) < 1e-6  # the common component does not count
+    out = (torch.ones(16, 32) + 0.01 * torch.randn(16, 32)).requires_grad_()  # a collapsed adapter
+    before = geometry_loss(x, out)
+    assert before > 0.01
+    opt = torch.optim.Adam([out], lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        geometry_loss(x, out).backward()
+        opt.step()
+    assert geometry_loss(x, out) < before / 2
+
+
+def test_text_geometry_keeps_the_encoders_cosines_through_the_adapter(scenes, shards, tmp_path):
+    """With the term on, the trained adapter's cosines over the training captions stay closer to the text
+    encoder's than the same run's without it."""
+    caps = CaptionEmbeddings(shards)
+    x = torch.stack([caps.get(item.id, "long") for item in scenes]).float()
+    errors = {}
+    for weight in (0.0, 20.0):
+        run = Stage2Run(scenes, shards, tmp_path / f"w{weight}", shape=ModelShape(image_size=32, embed_dim=16),
+                        progress=False)
+        train_clip(run, TrainCfg(epochs=10, batch_size=8, warmup_steps=2, lr=5e-3, text_geometry=weight))
+        model, _ = load_checkpoint(tmp_path / f"w{weight}")
+        assert load_state(tmp_path / f"w{weight}")["train_cfg"]["text_geometry"] == weight
+        with torch.no_grad():
+            errors[weight] = float(geometry_loss(x, model.encode_text_embedding(x)))
+    assert errors[20.0] < 0.5 * errors[0.0], errors
 
 
 def test_schedule_warms_up_then_decays():
