@@ -8,6 +8,12 @@ What it checks, each only when present, each reported as ok / skipped (why) / fa
    exported graph with each, and compares with the CPU provider.
 3. FAISS GPU: a flat inner-product index on the GPU against the CPU one (same neighbours).
 4. The capability probe's choice on this machine (``preferred_precisions``).
+5. A stage-2 training step on the GPU (``training.clip_recipe``: the layer-decayed AdamW groups, bf16 autocast,
+   the CLIP loss and the adapter's geometry term) on DINOv2 ViT-S/14's shapes at 224 px, random weights: images/s,
+   and that 30 steps on one batch bring its loss down.
+6. A stage-1 step on the GPU (``training.stage1``: LoRA on the top 15 of a SmolLM2-shaped Llama's 30 layers,
+   bf16 frozen weights, SupCon over mean-pooled captions) at the repro's batch: seconds per step. Stage 1's own
+   loop runs on the CPU today (its autocast is the CPU's); this measures what a GPU would give it.
 Prints one table and writes $OUT/device_check.json when OUT is set.
 """
 
@@ -46,13 +52,14 @@ class SkipCheck(Exception):
 def _best(fn, repeats: int = 5) -> float:
     import torch
 
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
-    torch.cuda.synchronize()
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -184,12 +191,88 @@ def probe_choice() -> dict:
     return {"machine": caps.summary(), "preferred": preferred_precisions(caps)}
 
 
+def stage2_train_step(device: str = "cuda", batch: int = 256) -> dict:
+    import torch
+
+    from llm2clip.config import AdapterCfg, ModelCfg, VisionCfg
+    from llm2clip.model import LLM2CLIP
+    from training.clip_recipe import clip_loss, geometry_loss, param_groups
+    from training.config import TrainCfg
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SkipCheck("no CUDA device")
+    torch.manual_seed(0)
+    cfg = ModelCfg(embed_dim=256, vision=VisionCfg(arch="dinov2-s14", image_size=224, pretrained=False),
+                   adapter=AdapterCfg(in_dim=576))
+    model = LLM2CLIP(cfg).to(device).train()
+    opt = torch.optim.AdamW(param_groups(model, TrainCfg()), betas=(0.9, 0.98), eps=1e-6, fused=True)
+    pixels = torch.randn(batch, 3, 224, 224, device=device)
+    caps = torch.randn(batch, 576, device=device) + 3.0
+
+    def step() -> float:
+        with torch.autocast(device, dtype=torch.bfloat16):
+            img, txt = model.encode_image(pixels), model.encode_text_embedding(caps)
+        loss = clip_loss(img.float(), txt.float(), model.logit_scale) + geometry_loss(caps, txt.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    first = step()
+    seconds = _best(step, repeats=5)
+    for _ in range(25):
+        last = step()
+    return {"batch": batch, "img_s": round(batch / seconds), "loss_first": round(first, 3), "loss_after_30": round(last, 3),
+            "learns": last < first}
+
+
+def stage1_lora_step(device: str = "cuda", views: int = 32) -> dict:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.stage1.config import Stage1Cfg
+    from training.stage1.lora import add_lora, base_of
+    from training.stage1.losses import supcon_loss
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SkipCheck("no CUDA device")
+    torch.manual_seed(0)
+    lcfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, attn_implementation="sdpa")
+    causal = LlamaForCausalLM(lcfg).to(device)
+    peft_model = add_lora(causal, Stage1Cfg(lora_layers=15, grad_checkpointing=False))
+    base = base_of(causal)  # the LoRA layers are injected into it in place
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    tokens = 160  # the repro's 8 scenes and their twins, 2 views each (32 views); captions of ~160 tokens
+    ids = torch.randint(100, 40000, (views, tokens), device=device)
+    mask = torch.ones_like(ids)
+    labels = torch.arange(views, device=device) // 2
+
+    def step() -> float:
+        with torch.autocast(device, dtype=torch.bfloat16):
+            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+            emb = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            loss = supcon_loss(emb, labels, 0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    first = step()
+    seconds = _best(step, repeats=5)
+    return {"views": views, "tokens": tokens, "trainable_m": round(sum(p.numel() for p in params) / 1e6, 2),
+            "s_per_step": round(seconds, 4), "loss_first": round(first, 3)}
+
+
 def main() -> int:
     record("torch_cuda", torch_cuda)
     record("torch_text_backend_bf16", torch_text_backend)
     record("onnxruntime_gpu", onnxruntime_gpu)
     record("faiss_gpu", faiss_gpu)
     record("capability_probe", probe_choice)
+    record("stage2_train_step_bf16", stage2_train_step)
+    record("stage1_lora_step_bf16", stage1_lora_step)
     out = os.environ.get("OUT")
     if out:
         Path(out, "device_check.json").write_text(json.dumps(RESULTS, indent=2))
