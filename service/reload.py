@@ -123,6 +123,11 @@ class IndexReloader:
         if not retry and stat == self._seen[modality]:
             return None
         self._seen[modality] = stat
+        if stat is None and not retry:
+            # no manifest: a publish between its two renames (the old version moved away, the new not yet in),
+            # or the index removed. Nothing to load; the version served stays, and the poll that finds a
+            # manifest looks at it. Only the admin call reports a missing index (as refused).
+            return None
         served = self._served(modality)
         version = read_version(path)
         if version == served.version:

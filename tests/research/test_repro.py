@@ -260,8 +260,9 @@ def test_adapter_probe_trains_a_rows_stage2_again_with_another_adapter(repro, re
     out = tmp_path / "probe"
     adapter_probe.main(["--repro", str(repro), "--row", "llm_nocc", "--out", str(out), "--adapter-blocks", "0",
                         "--text-geometry", "1"])
-    config = json.loads((out / "bundle" / "config.json").read_text())
-    own = json.loads((repro / "llm_nocc" / "seed-0" / "bundle" / "config.json").read_text())
+    assert (out / "bundle" / "manifest.json").is_file()
+    config = json.loads((out / "ckpt" / "config.json").read_text())
+    own = json.loads((repro / "llm_nocc" / "seed-0" / "ckpt" / "config.json").read_text())
     assert config["adapter"]["blocks"] == 0 and own["adapter"]["blocks"] > 0
     assert config["vision"] == own["vision"]
     state = load_state(out / "ckpt")

@@ -263,6 +263,25 @@ def test_the_watcher_does_not_retry_a_refused_version(make_app, live, rows, fing
         assert reloads(c, "image", "ok") == 1
 
 
+def test_a_publish_caught_between_its_renames_is_no_refusal(make_app, live, rows, fingerprint):
+    """The watcher that looks while the served folder is moved away (a publish's first rename) keeps serving,
+    counts no refusal, and takes the version that then appears."""
+    paths, first = live
+    with TestClient(make_app()) as c:
+        reloader = c.app.state.service.runtime.reloader
+        aside = paths["text"].with_name("text-aside")
+        paths["text"].rename(aside)
+        assert reloader.poll() == [] and reloader.poll() == []
+        assert reloads(c, "text", "refused") == 0
+        assert c.post("/search", json={"text": "a red circle", "k": 3}).status_code == 200
+        # asked on demand, a missing index is reported
+        assert c.post("/admin/reload", headers=AUTH, json={"index": "text"}).status_code == 409
+        aside.rename(paths["text"])
+        second = write_version(paths["text"], "text", rows, 2, fingerprint)
+        [outcome] = reloader.poll()
+        assert (outcome.status, outcome.version, outcome.previous) == ("loaded", second.version, first["text"].version)
+
+
 def test_admin_api_is_off_without_a_token(make_app):
     with TestClient(make_app(admin_token=None)) as c:
         error = assert_error(c.post("/admin/reload", headers=AUTH), 404, "not_found")
