@@ -191,6 +191,14 @@ def probe_choice() -> dict:
     return {"machine": caps.summary(), "preferred": preferred_precisions(caps)}
 
 
+def _update(opt, loss) -> float:
+    """One optimizer step on ``loss``; its value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
 def stage2_train_step(device: str = "cuda", batch: int = 256) -> dict:
     import torch
 
@@ -212,11 +220,7 @@ def stage2_train_step(device: str = "cuda", batch: int = 256) -> dict:
     def step() -> float:
         with torch.autocast(device, dtype=torch.bfloat16):
             img, txt = model.encode_image(pixels), model.encode_text_embedding(caps)
-        loss = clip_loss(img.float(), txt.float(), model.logit_scale) + geometry_loss(caps, txt.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return _update(opt, clip_loss(img.float(), txt.float(), model.logit_scale) + geometry_loss(caps, txt.float()))
 
     first = step()
     seconds = _best(step, repeats=5)
@@ -254,10 +258,7 @@ def stage1_lora_step(device: str = "cuda", views: int = 32) -> dict:
             hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
             emb = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
             loss = supcon_loss(emb, labels, 0.05)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return _update(opt, loss)
 
     first = step()
     seconds = _best(step, repeats=5)

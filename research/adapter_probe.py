@@ -25,7 +25,7 @@ from llm2clip.config import AdapterCfg
 from llm2clip.data import read_dataset
 from llm2clip.errors import LLM2CLIPError
 from research.repro_config import ReproCfg, stage2_cfg, vision_cfg
-from research.repro_rows import RowSpec, row_spec
+from research.repro_rows import RowSpec, embeddings_dir, row_spec
 
 
 def config_of(repro: Path) -> ReproCfg:
@@ -50,8 +50,7 @@ def spec_of(row: str, cfg: ReproCfg) -> RowSpec:
 
 
 def embeddings_of(repro: Path, spec: RowSpec, seed: int) -> Path:
-    base = repro / "embeddings" / spec.key
-    folder = base / f"seed-{seed}" if spec.stage1 is not None else base
+    folder = embeddings_dir(repro, spec, seed)
     if not (folder / "manifest.json").is_file():
         raise SystemExit(f"{folder} holds no caption embeddings: run `llm2clip repro --out {repro}` with this row "
                          "first (it keeps each row's train embeddings)")

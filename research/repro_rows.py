@@ -111,6 +111,12 @@ def stage1_cfg(cfg: ReproCfg, c: Candidate, seed: int) -> Stage1Cfg:
                      grad_checkpointing=False)
 
 
+def embeddings_dir(out: Path, spec: RowSpec, k: int) -> Path:
+    """Where a run in ``out`` keeps row ``spec``'s train caption embeddings (a stage-1 row: one per seed)."""
+    base = out / "embeddings" / spec.key
+    return base / f"seed-{k}" if spec.stage1 is not None else base
+
+
 @dataclass
 class Work:
     """What every row and seed of one invocation shares."""
@@ -144,8 +150,7 @@ class Work:
         return self.out / "token_cache"
 
     def embeddings_dir(self, spec: RowSpec, k: int) -> Path:
-        base = self.out / "embeddings" / spec.key
-        return base / f"seed-{k}" if spec.stage1 is not None else base
+        return embeddings_dir(self.out, spec, k)
 
 
 def shared_prefix(out: Path, cfg: ReproCfg) -> PrefixStates | None:
