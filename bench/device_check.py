@@ -12,8 +12,10 @@ What it checks, each only when present, each reported as ok / skipped (why) / fa
    the CLIP loss and the adapter's geometry term) on DINOv2 ViT-S/14's shapes at 224 px, random weights: images/s,
    and that 30 steps on one batch bring its loss down.
 6. A stage-1 step on the GPU (``training.stage1``: LoRA on the top 15 of a SmolLM2-shaped Llama's 30 layers,
-   bf16 frozen weights, SupCon over mean-pooled captions) at the repro's batch: seconds per step. Stage 1's own
-   loop runs on the CPU today (its autocast is the CPU's); this measures what a GPU would give it.
+   bf16 frozen weights, SupCon over mean-pooled captions) at the repro's batch: seconds per step.
+7. Stage 1's own loop on the GPU (``bench/device_stage1.py``: ``train_text`` with ``--device cuda``, MNTP then
+   contrastive, checkpointed, resumed, validated) on a SmolLM2-shaped random base: samples/s, the resumed run's
+   losses against the uninterrupted one's, and the first steps against the same run on the CPU.
 Prints one table and writes $OUT/device_check.json when OUT is set.
 """
 
@@ -266,6 +268,16 @@ def stage1_lora_step(device: str = "cuda", views: int = 32) -> dict:
             "s_per_step": round(seconds, 4), "loss_first": round(first, 3)}
 
 
+def stage1_loop_cuda() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SkipCheck("no CUDA device")
+    from device_stage1 import stage1_loop
+
+    return stage1_loop(device="cuda", shape="smollm2", steps=12, cpu_steps=4)
+
+
 def main() -> int:
     record("torch_cuda", torch_cuda)
     record("torch_text_backend_bf16", torch_text_backend)
@@ -274,6 +286,7 @@ def main() -> int:
     record("capability_probe", probe_choice)
     record("stage2_train_step_bf16", stage2_train_step)
     record("stage1_lora_step_bf16", stage1_lora_step)
+    record("stage1_loop_cuda", stage1_loop_cuda)
     out = os.environ.get("OUT")
     if out:
         Path(out, "device_check.json").write_text(json.dumps(RESULTS, indent=2))

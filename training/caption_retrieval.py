@@ -98,14 +98,16 @@ class MemoEncoder:
 
 
 def folder_encoder(text_encoder_dir: str | Path, max_tokens: int = MAX_TOKENS, precision: str = "bf16",
-                   prefix: Any = None) -> MemoEncoder:
+                   prefix: Any = None, device: str | None = None) -> MemoEncoder:
     """The text encoder in a Hugging Face folder, unit-norm, as ``caption_retrieval_of`` and
     ``paraphrase_twin_accuracy`` take it, loaded once for both; ``prefix`` shares its first layers' states
-    with other models that have the same ones (``llm2clip.encoders.prefix_states``)."""
+    with other models that have the same ones (``llm2clip.encoders.prefix_states``); ``device`` None: CUDA
+    when present."""
     from llm2clip.encoders.torch_backend import TorchTextEncoder
     from training.embed import text_encoder_info
 
-    encoder = TorchTextEncoder.from_folder(text_encoder_dir, max_tokens, precision=precision, normalize=True)
+    encoder = TorchTextEncoder.from_folder(text_encoder_dir, max_tokens, precision=precision, normalize=True,
+                                           device=device)
     if prefix is not None:
         encoder.share_prefix(prefix)
     return MemoEncoder(encoder, {"text_encoder": text_encoder_info(text_encoder_dir), "max_tokens": max_tokens,

@@ -62,6 +62,8 @@ STAGE1_OPTIONS = {
     "fused_adam": Opt("AdamW as one fused kernel over the LoRA tensors"),
     "attention": Opt("attention kernel while training: sdpa (torch's fused kernel) or eager (matmuls + softmax)",
                      choices=ATTENTIONS),
+    "device": Opt("torch device to train and validate on: cpu, cuda or cuda:N (default: cuda when present, else "
+                  "cpu); a run resumes on another device"),
 }
 
 

@@ -65,14 +65,21 @@ def _overhead(max_chunks: int) -> int:
     return CHUNK_OVERHEAD if max_chunks > 2 else 0
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights are: where its batches go."""
+    return next(model.parameters()).device
+
+
 def encode(enc: LLMEncoder, tok: Tokenizer, texts: list[str], max_chunks: int = 2) -> torch.Tensor:
-    """Embeddings (N, D) of ``texts``, in their order, each length chunk padded only to its own longest text."""
+    """Embeddings (N, D) of ``texts``, in their order, each length chunk padded only to its own longest text;
+    on the model's device."""
     ids, mask, _ = tok(texts)
-    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+    device = model_device(enc)
+    ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
     order, parts = [], []
     for chunk in length_chunks(mask.sum(axis=1).tolist(), max_chunks, _overhead(max_chunks)):
         width = int(mask[chunk].sum(axis=1).max())
-        idx = torch.tensor(chunk)
+        idx = torch.tensor(chunk, device=device)
         order.append(idx)
         parts.append(enc(ids_t[idx, :width], mask_t[idx, :width]).float())
     return torch.cat(parts)[torch.argsort(torch.cat(order))]
@@ -89,7 +96,7 @@ class ContrastiveLoss:
     def __call__(self, m: int) -> torch.Tensor:
         texts, labels = self.sampler(m)
         emb = encode(self.enc, self.tok, texts, self.length_buckets)
-        return supcon_loss(emb, labels, self.temperature, same_text(texts))
+        return supcon_loss(emb, labels.to(emb.device), self.temperature, same_text(texts).to(emb.device))
 
 
 class MntpLoss:
@@ -106,13 +113,16 @@ class MntpLoss:
     def __call__(self, m: int) -> torch.Tensor:
         self.gen.manual_seed(int(np.random.SeedSequence([self.seed, 2, m]).generate_state(1)[0]))
         ids, mask, _ = self.tok(self.sampler(m)[0])
+        # drawn on the CPU from the seeded generator: the same masks whichever device trains
         inputs, labels = self.masking(torch.from_numpy(ids), torch.from_numpy(mask), self.gen)
-        mask_t = torch.from_numpy(mask)
-        total, count = torch.zeros(()), 0
+        device = model_device(self.base)
+        inputs, labels, mask_t = inputs.to(device), labels.to(device), torch.from_numpy(mask).to(device)
+        total, count = torch.zeros((), device=device), 0
         for chunk in length_chunks(mask.sum(axis=1).tolist(), self.length_buckets, _overhead(self.length_buckets)):
             width = int(mask[chunk].sum(axis=1).max())
-            idx = torch.tensor(chunk)
-            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+            idx = torch.tensor(chunk, device=device)
+            on = device.type
+            dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else torch.float32
             hidden = self.base(input_ids=inputs[idx, :width],
                                attention_mask=bidirectional_mask(mask_t[idx, :width], dtype),
                                use_cache=False).last_hidden_state

@@ -24,7 +24,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 # a rerun may change these without invalidating the checkpoint; anything else in the recipe must match
 FREE = ("steps", "save_every", "bf16", "grad_checkpointing", "bf16_weights", "length_buckets",
-        "cast_once", "fused_adam", "attention")
+        "cast_once", "fused_adam", "attention", "device")
 
 
 def _replace_dir(tmp: Path, folder: Path) -> None:
@@ -41,13 +41,16 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
 
 def save_phase(folder: Path, peft_model: nn.Module, opt: torch.optim.Optimizer, step: int, history: list,
                done: bool) -> None:
-    """The phase's adapter and optimizer after ``step`` steps, with the torch RNG to go on from."""
+    """The phase's adapter and optimizer after ``step`` steps, with the torch RNG to go on from (and the CUDA
+    device's, for a run there: LoRA dropout draws from it)."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     peft_model.save_pretrained(str(tmp))
+    device = next(peft_model.parameters()).device
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     torch.save({"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                "history": history, "done": done}, tmp / "state.pt")
+                "cuda_rng": cuda_rng, "history": history, "done": done}, tmp / "state.pt")
     _replace_dir(tmp, folder)
 
 

@@ -69,3 +69,6 @@ class Stage1Cfg:
     attention: str = "eager"
     # AdamW as one fused kernel over the LoRA tensors rather than a loop of small ops per tensor
     fused_adam: bool = True
+    # the torch device the model, its batches and its loss run on: "cpu", "cuda" or "cuda:N"; None: CUDA when
+    # torch sees a device, else the CPU. The validation's caption retrieval runs there too
+    device: str | None = None

@@ -15,9 +15,30 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from llm2clip.errors import DatasetError
 from training.schedule import lr_factor
 from training.stage1.checkpoint import load_adapter, save_phase
 from training.stage1.config import CHECKPOINT, HISTORY, PHASES, Stage1Cfg
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``Stage1Cfg.device`` as a torch device: None is CUDA when torch sees one, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise DatasetError(f"unknown device {name!r}: choose cpu, cuda or cuda:N (or leave it out: CUDA when present)")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DatasetError(f"device {name!r} asked for, but torch sees no CUDA device: use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise DatasetError(f"device {name!r} asked for, but torch sees {count} CUDA device(s): "
+                               f"choose cuda:0 .. cuda:{count - 1}")
+    return device
 
 
 @dataclass
@@ -30,6 +51,8 @@ class Run:
     # states of the base's first layers shared with other models (llm2clip.encoders.prefix_states): the val
     # caption retrieval before and after training, where the LoRA leaves those layers as they are
     prefix: Any = None
+    # where the model and its batches are (``resolve_device(cfg.device)``, set when the run opens)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     histories: dict[str, list] = field(default_factory=lambda: {name: [] for name in PHASES})
 
     @property
@@ -62,19 +85,22 @@ def _optimizer(run: Run, phase: Phase, peft_model: nn.Module,
         opt.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and run.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], run.device)
     run.histories[phase.name] = history
     return opt, step
 
 
-def _step(cfg: Stage1Cfg, phase: Phase, opt: torch.optim.AdamW, step: int) -> dict[str, Any]:
+def _step(run: Run, phase: Phase, opt: torch.optim.AdamW, step: int) -> dict[str, Any]:
     """Optimizer step ``step`` (from 0) over ``grad_accum`` micro-batches; -> its history entry."""
+    cfg = run.cfg
     t0 = time.perf_counter()
     for g in opt.param_groups:
         g["lr"] = phase.lr * lr_factor(step, phase.total, cfg.warmup_steps)
     opt.zero_grad(set_to_none=True)
     losses = []
     for a in range(cfg.grad_accum):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = phase.loss(step * cfg.grad_accum + a)
         (loss / cfg.grad_accum).backward()
         losses.append(float(loss.detach()))
@@ -96,7 +122,7 @@ def run_phase(run: Run, phase: Phase, peft_model: nn.Module, state: dict[str, An
     history = run.histories[phase.name]
     bar = tqdm(total=phase.total, initial=step, desc=f"stage 1 {phase.name}", unit="step", disable=not run.progress)
     while step < phase.total:
-        entry = _step(run.cfg, phase, opt, step)
+        entry = _step(run, phase, opt, step)
         step += 1
         history.append(entry)
         bar.update(1)

@@ -20,12 +20,12 @@ from torch import nn
 from llm2clip.data import Dataset, read_dataset
 from llm2clip.errors import BundleError, DatasetError
 from llm2clip.text import LLMEncoder, Tokenizer
-from training.caption_retrieval import caption_retrieval
+from training.caption_retrieval import caption_retrieval_of, folder_encoder
 from training.embed import text_encoder_info
 from training.stage1.batches import ContrastiveLoss, MntpLoss
 from training.stage1.checkpoint import check_recipe, load_phase, reached, write_model
 from training.stage1.config import ATTENTIONS, FORMAT, PHASES, SUMMARY, Stage1Cfg
-from training.stage1.loop import Phase, Run, run_phase
+from training.stage1.loop import Phase, Run, resolve_device, run_phase
 from training.stage1.lora import add_lora, base_of, load_causal, load_encoder_base, merge_lora
 from training.stage1.losses import mask_token_id
 from training.stage1.views import load_views
@@ -69,9 +69,13 @@ class _Trainer:
         if done and (out / SUMMARY).is_file():
             log.info("%s is already trained for %d contrastive steps", out, cfg.steps)
             return json.loads((out / SUMMARY).read_text())
-        model = self._mntp(states) if cfg.mntp_steps > 0 else load_encoder_base(self.base, cfg.attention)
+        device = self.run.device
+        model = self._mntp(states) if cfg.mntp_steps > 0 else load_encoder_base(self.base, cfg.attention).to(device)
         merged = self._contrastive(model, states["contrastive"])
-        write_model(merged.eval(), self.base, out, f"{self.base_info['name']}-llm2clip-cc")
+        write_model(merged.cpu().eval(), self.base, out, f"{self.base_info['name']}-llm2clip-cc")
+        del model, merged
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the validation loads the written model again
         self.run.write_histories()
         summary = self._summary(record, states)
         (out / SUMMARY).write_text(json.dumps(summary, indent=2))
@@ -94,8 +98,7 @@ class _Trainer:
         record["base"] = self.base_info
         self.views = load_views(ckpt, self.ds, self.run.cfg, self.run.progress)
         if self.val is not None and "val_before" not in record:
-            record["val_before"] = caption_retrieval(self.base, self.val, max_tokens=self.run.cfg.max_tokens,
-                                                     progress=self.run.progress, prefix=self.run.prefix)
+            record["val_before"] = self._val(self.base)
         run_file.write_text(json.dumps(record, indent=2))
         return record
 
@@ -105,7 +108,7 @@ class _Trainer:
         if states["contrastive"] is not None and (state is None or not state["done"]):
             raise BundleError(f"{self.run.ckpt} has contrastive training without a finished MNTP phase: choose "
                               "another output folder")
-        causal = load_causal(self.base, cfg.attention)
+        causal = load_causal(self.base, cfg.attention).to(self.run.device)
         LLMEncoder(base_of(causal))  # bidirectional attention for MNTP as well
         peft_model = add_lora(causal, cfg)
         sampler = self.views.sampler(cfg.batch_size, cfg.seed, stream=1)
@@ -127,12 +130,14 @@ class _Trainer:
         self.steps_run["contrastive"] = run_phase(self.run, phase, peft_model, state)
         return merge_lora(peft_model)
 
+    def _val(self, folder: Path) -> dict[str, Any]:
+        """Caption retrieval on the validation set of the text encoder in ``folder``, on the run's device."""
+        encoder = folder_encoder(folder, self.run.cfg.max_tokens, prefix=self.run.prefix, device=str(self.run.device))
+        return caption_retrieval_of(encoder, self.val, self.run.progress)
+
     def _summary(self, record: dict[str, Any], states: dict[str, State]) -> dict[str, Any]:
         cfg, pools, val = self.run.cfg, self.views.pools, self.val
-        val_after = None
-        if val is not None:
-            val_after = caption_retrieval(self.run.out, val, max_tokens=cfg.max_tokens, progress=self.run.progress,
-                                          prefix=self.run.prefix)
+        val_after = None if val is None else self._val(self.run.out)
         return {
             "format": FORMAT,
             "base": self.base_info,
@@ -147,6 +152,7 @@ class _Trainer:
                                              "after": val_after},
             "resumed_from": {name: state["step"] if state else 0 for name, state in states.items()},
             "steps_run": self.steps_run,
+            "device": str(self.run.device),
             "seconds": round(time.perf_counter() - self.t_start, 1),
         }
 
@@ -175,6 +181,7 @@ def train_text_run(run: Run, dataset: Dataset | str | Path, base: str | Path | N
         from llm2clip.defaults import smollm2_dir
 
         base = smollm2_dir()
+    run.device = resolve_device(cfg.device)
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset)
     val_ds = None if val is None else val if isinstance(val, Dataset) else read_dataset(val)
     return _Trainer(run, Path(base), ds, val_ds).train()
