@@ -29,3 +29,47 @@ def test_rows_map_to_the_repros_folders():
         adapter_probe.spec_of("clip77", cfg)
     with pytest.raises(SystemExit, match="unknown row 'llm_cc:nope'"):
         adapter_probe.spec_of("llm_cc:nope", cfg)
+
+
+def test_captions_in_other_words_join_the_rows_embeddings(tmp_path, tiny_llm_dir):
+    """``--other-words``: the train scenes get the captions `llm2clip data scenes --other-words` gives them, embedded
+    by the row's own text encoder next to the row's embeddings, which stay as they were."""
+    import torch
+
+    from llm2clip.data import generate_scenes, read_dataset
+    from llm2clip.data.generator import SceneCaptions
+    from training.config import EmbedCfg
+    from training.embed import CaptionEmbeddings, embed_captions
+
+    cfg = ReproCfg(seed=3)
+    generate_scenes(tmp_path / "repro" / "data" / "train", 6, "train", 3, progress=False)  # SPLIT_SEEDS["train"] 0
+    row = tmp_path / "repro" / "embeddings" / "row"
+    embed_captions(read_dataset(tmp_path / "repro" / "data" / "train"), tiny_llm_dir, row, progress=False)
+    train, both = adapter_probe.with_other_words(tmp_path / "repro", row, tmp_path / "out", 1, cfg)
+    fresh = generate_scenes(tmp_path / "w", 6, "train", 3, progress=False, captions=SceneCaptions(other_words=1))
+    assert [i.captions for i in train.items] == [i.captions for i in fresh.items]
+    assert sum(i.captions["long_w1"] != i.captions["long"] for i in train.items) >= 3
+    merged, own = CaptionEmbeddings(both), CaptionEmbeddings(row)
+    for item in train.items:
+        assert merged.keys_for(item.id) == ["long", "short", "long_w1"]
+        assert torch.equal(merged.get(item.id, "long"), own.get(item.id, "long"))
+    only_w = tmp_path / "only-w"
+    embed_captions(train, tiny_llm_dir, only_w, EmbedCfg(captions=("long_w1",)), progress=False)
+    item = train.items[0]
+    assert torch.equal(merged.get(item.id, "long_w1"), CaptionEmbeddings(only_w).get(item.id, "long_w1"))
+
+
+def test_other_words_need_the_rows_own_text_encoder(tmp_path, tiny_llm_dir):
+    import shutil
+
+    from llm2clip.data import generate_scenes, read_dataset
+    from training.embed import embed_captions
+
+    generate_scenes(tmp_path / "repro" / "data" / "train", 4, "train", 0, progress=False)
+    encoder = tmp_path / "encoder"
+    shutil.copytree(tiny_llm_dir, encoder)
+    row = tmp_path / "row"
+    embed_captions(read_dataset(tmp_path / "repro" / "data" / "train"), encoder, row, progress=False)
+    (encoder / "config.json").write_text((encoder / "config.json").read_text().replace("}", ', "changed": 1}', 1))
+    with pytest.raises(SystemExit, match="is gone or changed"):
+        adapter_probe.with_other_words(tmp_path / "repro", row, tmp_path / "out", 1, ReproCfg())
