@@ -35,6 +35,17 @@ def non_negative_int(value: str) -> int:
     return n
 
 
+def positive_float(value: str) -> float:
+    """argparse type: a finite number above 0 (a learning rate, a scale)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number above 0")
+    return x
+
+
 def _int(value: str) -> int:
     try:
         return int(value)

@@ -43,13 +43,13 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from llm2clip.cliargs import non_negative_int, positive_int
+from llm2clip.cliargs import non_negative_int, positive_float, positive_int
 from llm2clip.config import VISION_ARCHS, AdapterCfg, TextCfg, VisionCfg
 from llm2clip.data import CLASSES, COLOURS, TEXTURES, Dataset, read_dataset
 from llm2clip.dinov2 import DEPTH as DINOV2_DEPTH
 from research.fact_probe import attribute_value, bound_values
 from research.repro_config import ReproCfg, stage2_cfg, vision_cfg
-from training.config import drawn_keys
+from training.config import TrainCfg, drawn_keys
 from training.embed import FORMAT, MANIFEST
 
 MAX_OBJECTS = 9
@@ -176,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"residual MLP blocks of the adapter (default {AdapterCfg.blocks}; 0: LayerNorm and a linear map)")
     ap.add_argument("--text-geometry", type=float, help="weight of stage 2's term that keeps the adapter's "
                     "cosines within a batch close to its input's (default 0: off)")
+    ap.add_argument("--backbone-lr", type=positive_float,
+                    help="learning rate of the top trained backbone block, lower ones decayed by the preset's layer "
+                         "decay (default: the preset's lr x layer decay); with --trainable-blocks N > 0")
     ap.add_argument("--token-cache", type=Path, help="frozen-prefix token cache folder (default: OUT/ckpt/token_cache)")
     ap.add_argument("--bound-only", action="store_true",
                     help="long vectors without the unbound counts of each colour, cell, size and orientation: "
@@ -190,7 +193,8 @@ def _command(args: argparse.Namespace) -> str:
                "--trainable-blocks": args.trainable_blocks, "--vision-depth": args.vision_depth,
                "--pool-heads": args.pool_heads, "--pool-queries": args.pool_queries, "--logit-scale": args.logit_scale,
                "--caption-keys": ",".join(args.caption_keys) if args.caption_keys else None,
-               "--adapter-blocks": args.adapter_blocks, "--text-geometry": args.text_geometry, "--seed": args.seed}
+               "--adapter-blocks": args.adapter_blocks, "--text-geometry": args.text_geometry, "--seed": args.seed,
+               "--backbone-lr": args.backbone_lr}
     return ("python -m research.oracle_text_side --repro DIR --out OUT"
             + "".join(f" {k} {v}" for k, v in options.items() if v is not None)
             + (" --bound-only" if args.bound_only else ""))
@@ -203,6 +207,13 @@ def _vision(args: argparse.Namespace, cfg: ReproCfg) -> VisionCfg:
         base = VisionCfg(arch=args.vision_arch)
     given = {"trainable_blocks": args.trainable_blocks, "depth": args.vision_depth, "pool_heads": args.pool_heads,
              "pool_queries": args.pool_queries}
+    return replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
+def train_cfg(args: argparse.Namespace, base: TrainCfg) -> TrainCfg:
+    """The repro's stage-2 recipe ``base`` with the options given in place of its settings."""
+    given = {"caption_keys": args.caption_keys, "text_geometry": args.text_geometry, "seed": args.seed,
+             "backbone_lr": args.backbone_lr}
     return replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -221,13 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     train, test = read_dataset(args.repro / "data" / "train"), read_dataset(args.repro / "data" / args.split)
     presence = not args.bound_only
     emb = write_embeddings(train, args.out / "embeddings" / "train", presence)
-    tcfg = stage2_cfg(cfg, len(train), epochs)
-    if args.caption_keys:
-        tcfg = replace(tcfg, caption_keys=args.caption_keys)
-    if args.text_geometry:
-        tcfg = replace(tcfg, text_geometry=args.text_geometry)
-    if args.seed is not None:
-        tcfg = replace(tcfg, seed=args.seed)
+    tcfg = train_cfg(args, stage2_cfg(cfg, len(train), epochs))
     vision = _vision(args, cfg)
     mcfg = default_model_cfg(cfg.embed_dim, DIM, args.image_size or cfg.image_size, "oracle-scene-graph",
                              TextCfg.max_tokens, vision)
@@ -243,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
                          "depth": v.depth, "pool_heads": v.pool_heads, "pool_queries": v.pool_queries},
               "init_logit_scale": round(math.exp(mcfg.init_logit_scale), 3), "adapter_blocks": mcfg.adapter.blocks,
               "text_geometry": tcfg.text_geometry, "seed": tcfg.seed, "caption_keys": list(tcfg.caption_keys),
+              "backbone_lr": tcfg.backbone_lr,
               "epochs": epochs, "presence": presence, "train_scenes": len(train), f"{args.split}_scenes": len(test), "dim": DIM,
               "train": {k: summary.get(k) for k in ("steps", "seconds", "samples_s") if k in summary},
               **evaluate_oracle(args.out / "ckpt", test, presence)}

@@ -86,7 +86,8 @@ def test_a_run_on_val_with_a_locked_dinov2_reads_its_tokens_from_the_cache(tmp_p
 @pytest.mark.parametrize("option", [["--logit-scale", "0"], ["--logit-scale", "x"], ["--image-size", "0"],
                                     ["--trainable-blocks", "-1"], ["--split", "train"],
                                     ["--vision-depth", "6", "--vision-arch", "efficientnet-lite0"],
-                                    ["--vision-depth", "13", "--vision-arch", "dinov2-s14"], ["--caption-keys", ","]])
+                                    ["--vision-depth", "13", "--vision-arch", "dinov2-s14"], ["--caption-keys", ","],
+                                    ["--backbone-lr", "0"], ["--backbone-lr", "nan"]])
 def test_bad_options_are_refused_before_any_work(tmp_path, option, capsys):
     with pytest.raises(SystemExit) as exc:
         oracle.main(["--repro", str(tmp_path / "none"), "--out", str(tmp_path / "out"), *option])
@@ -107,3 +108,15 @@ def test_the_vision_side_is_the_repros_unless_an_option_replaces_it():
     locked = replace(cfg, vision_arch="dinov2-s14", trainable_blocks=0, vision_depth=8, image_size=224)
     v = oracle._vision(parse(["--repro", "r", "--out", "o", "--vision-depth", "6"]), locked)
     assert (v.arch, v.depth, v.trainable_blocks, v.image_size) == ("dinov2-s14", 6, 0, 224)
+
+
+def test_the_stage2_recipe_is_the_repros_unless_an_option_replaces_it():
+    from research.repro_config import ReproCfg, stage2_cfg
+
+    base = stage2_cfg(ReproCfg(), 4000)
+    parse = oracle._parser().parse_args
+    assert oracle.train_cfg(parse(["--repro", "r", "--out", "o"]), base) == base
+    got = oracle.train_cfg(parse(["--repro", "r", "--out", "o", "--backbone-lr", "1e-5", "--seed", "2",
+                                  "--caption-keys", "long"]), base)
+    assert (got.backbone_lr, got.seed, got.caption_keys) == (1e-5, 2, ("long",))
+    assert replace(got, backbone_lr=base.backbone_lr, seed=base.seed, caption_keys=base.caption_keys) == base
