@@ -33,6 +33,9 @@ def _add_data(subparsers) -> None:
                    help="add N captions per scene for training (keys long_w1..N): the long caption with each class, "
                         "size, orientation and texture word swapped, with probability 1/2, for a WordNet synonym "
                         "(purse for bag, inverted for upside down); default 0")
+    s.add_argument("--alt-captions", type=non_negative_int, default=0, metavar="N",
+                   help="add N captions per scene for training (keys long_a1..N): the scene's long caption in a "
+                        "third grammar, the same facts in other sentence orders and constructions; default 0")
     r = add_command(sub, "restyle", _run_restyle)
     r.add_argument("--data", required=True, type=Path, help="a scene corpus folder (`llm2clip data scenes`)")
     r.add_argument("--out", required=True, type=Path, help="output folder for the restyled corpus")
@@ -55,7 +58,7 @@ def _run_data(args: argparse.Namespace) -> int:
     from llm2clip.data.generator import SceneCaptions
 
     ds = generate_scenes(args.out, args.n, args.split, args.seed,
-                         captions=SceneCaptions(args.caption_style, args.other_words))
+                         captions=SceneCaptions(args.caption_style, args.other_words, args.alt_captions))
     print(f"{len(ds)} {args.split} scenes in {args.out} ({args.caption_style} captions)")
     return 0
 

@@ -49,6 +49,7 @@ from llm2clip.data.captions import (
     long_caption,
     short_caption,
 )
+from llm2clip.data.captions.alt import alt_caption
 from llm2clip.data.captions.lexical import relexicalise
 from llm2clip.data.captions.unseen import STYLE as UNSEEN_STYLE
 from llm2clip.data.captions.unseen import restyle_items
@@ -63,7 +64,7 @@ from llm2clip.data.scene_graph import (
     SceneObject,
     draw_scene,
 )
-from llm2clip.data.streams import CAPTION, EXTRA_UNIT, OTHER_WORDS, SCENE, SPLIT_CODES, split_rng
+from llm2clip.data.streams import ALT, CAPTION, EXTRA_UNIT, OTHER_WORDS, SCENE, SPLIT_CODES, split_rng
 from llm2clip.data.twins import TwinDiff, mutate
 from llm2clip.errors import DatasetError
 
@@ -215,22 +216,43 @@ def add_other_words(items: list[Item], split: str, seed: int, variants: int) -> 
             item.captions[f"long_w{k}"] = relexicalise(item.captions["long"], rng, OTHER_WORDS_P)
 
 
+def add_alt_captions(items: list[Item], split: str, seed: int, variants: int) -> None:
+    """Give each item with a scene graph ``variants`` more captions, ``long_a1`` ...: long captions of its graph in
+    the alt grammar (``captions.alt``), drawn from the item's own ALT stream."""
+    for i, item in enumerate(items):
+        if "objects" not in item.meta or "background" not in item.meta:
+            continue
+        graph = SceneGraph.from_json(item.meta)
+        rng = split_rng(seed, split, ALT, i)
+        for k in range(1, variants + 1):
+            item.captions[f"long_a{k}"] = alt_caption(graph, rng)
+
+
+def _count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DatasetError(f"{name} must be a non-negative integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class SceneCaptions:
-    """How a corpus is captioned: the grammar (``style``), and how many training captions in other words each
-    scene gets besides (``other_words``, see ``add_other_words``)."""
+    """How a corpus is captioned: the grammar (``style``), and how many training captions each scene gets
+    besides: in other words (``other_words``, see ``add_other_words``) and in the alt grammar (``alt``, see
+    ``add_alt_captions``)."""
 
     style: str = "own"
     other_words: int = 0
+    alt: int = 0
 
     def __post_init__(self) -> None:
         if self.style not in CAPTION_STYLES:
             raise DatasetError(f"unknown caption style {self.style!r}: expected one of {', '.join(CAPTION_STYLES)}")
-        if isinstance(self.other_words, bool) or not isinstance(self.other_words, int) or self.other_words < 0:
-            raise DatasetError(f"other_words must be a non-negative integer, got {self.other_words!r}")
+        _count("other_words", self.other_words)
+        _count("alt", self.alt)
         if self.other_words and self.style != "own":
             raise DatasetError("captions in other words are made from the own style's long captions: use them "
                                "with the own style")
+        if self.alt and self.style != "own":
+            raise DatasetError("alt captions are training captions: use them with the own style")
 
 
 def generate_scenes(
@@ -242,7 +264,8 @@ def generate_scenes(
     ``captions="unseen"`` (or ``SceneCaptions("unseen")``): the same scenes and image bytes, captioned by the
     evaluation-only grammar (``captions.unseen``); items are what ``restyle_items`` makes of the own style's, with
     the same seed. ``SceneCaptions(other_words=k)``: k more captions per scene in other words, for training;
-    every other caption and image stays byte for byte what it is without them."""
+    ``SceneCaptions(alt=k)``: k more in the alt grammar, for training; every other caption and image stays byte
+    for byte what it is without them."""
     _check_arguments(n, split, seed)
     opts = captions if isinstance(captions, SceneCaptions) else SceneCaptions(captions)
     out = Path(out)
@@ -255,6 +278,7 @@ def generate_scenes(
     if opts.style == UNSEEN_STYLE:
         items = restyle_items(items, seed, corpus.count_tokens, progress)
     add_other_words(items, split, seed, opts.other_words)
+    add_alt_captions(items, split, seed, opts.alt)
     # written last: a folder without items.jsonl is an unfinished run
     write_items(out, items)
     return Dataset(root=out, items=items)

@@ -6,7 +6,8 @@ from ``(seed, "test", SCENE, p)``) and its long caption from ``(seed, split, CAP
 Paraphrases and stage 1's near twins, which start from a single seed, use streams of their own; the
 unseen caption style (an evaluation-only grammar) draws a scene and its twins from
 ``(seed, split, UNSEEN, first index)``, so restyling never moves a draw of the own style. Captions in other
-words (``other_words``) draw from ``(seed, split, OTHER_WORDS, i)``, apart from everything else.
+words (``other_words``) draw from ``(seed, split, OTHER_WORDS, i)``, and captions in the alt grammar
+(``alt``) from ``(seed, split, ALT, i)``, each apart from everything else.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ PARAPHRASE = 3  # paraphrase_long: apart from the scene and caption streams
 NEAR_TWIN = 4  # near_twin_graph: stage 1's hard-negative twins
 UNSEEN = 5  # per split: the unseen-style captions of a group of twins, from its first scene's index
 OTHER_WORDS = 6  # per split and scene: the long caption's attribute words swapped for WordNet synonyms
+ALT = 7  # per split and scene: long captions in the alt grammar, for training
 EXTRA_UNIT = 2**31 - 1  # unit of the third member of test pair 0 (odd n)
 
 

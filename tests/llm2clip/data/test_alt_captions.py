@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from llm2clip.data import generate_scenes
 from llm2clip.data.captions import long_caption
 from llm2clip.data.captions.alt import alt_caption
 from llm2clip.data.scene_graph import (
@@ -306,3 +307,49 @@ def test_no_sentence_of_the_own_grammar(scenes):
         own_sentences += len(own_set)
         assert not own_set & set(re.split(r"(?<=\.)\s+", caption)), (own, caption)
     assert own_sentences > 800  # the own captions were made and compared
+
+
+# ---------------------------------------------------------------- the corpus and the command line
+
+
+def test_scenes_with_alt_captions_keep_everything_else(tmp_path, capsys):
+    from llm2clip.data import read_dataset
+    from llm2clip.data.generator import SceneCaptions
+    from llm2clip.errors import DatasetError
+    from llm2clip_cli.main import main as cli
+
+    plain = generate_scenes(tmp_path / "plain", 6, "val", seed=4, progress=False)
+    alt = generate_scenes(tmp_path / "alt", 6, "val", seed=4, progress=False, captions=SceneCaptions(alt=1))
+    assert cli(["data", "scenes", "--out", str(tmp_path / "cli"), "--n", "6", "--split", "val", "--seed", "4",
+                "--alt-captions", "2", "--other-words", "1"]) == 0
+    both = read_dataset(tmp_path / "cli")
+    for a, b, c in zip(plain, alt, both, strict=True):
+        assert set(b.captions) == {"long", "short", "long_a1"} and b.meta == a.meta
+        assert {k: b.captions[k] for k in ("long", "short")} == a.captions
+        assert (tmp_path / "alt" / b.image).read_bytes() == (tmp_path / "plain" / a.image).read_bytes()
+        assert set(c.captions) == {"long", "short", "long_w1", "long_a1", "long_a2"}
+        assert c.captions["long_a1"] == b.captions["long_a1"]  # same stream, whatever else is added
+        assert c.captions["long_a1"] != c.captions["long_a2"]
+        check(b.captions["long_a1"], SceneGraph.from_json(b.meta))
+    with pytest.raises(DatasetError, match="non-negative"):
+        SceneCaptions(alt=-1)
+    with pytest.raises(DatasetError, match="with the own style"):
+        SceneCaptions("unseen", alt=1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli(["data", "scenes", "--out", str(tmp_path / "neg"), "--n", "2", "--split", "train", "--alt-captions", "-1"])
+    assert exc.value.code == 2
+    assert "argument --alt-captions: must be at least 0" in capsys.readouterr().err
+    assert not (tmp_path / "neg").exists()
+    with pytest.raises(SystemExit):
+        cli(["data", "scenes", "--help"])
+    assert "long_a1..N" in capsys.readouterr().out
+
+
+def test_items_without_a_scene_graph_get_none():
+    from llm2clip.data import Item
+    from llm2clip.data.generator import add_alt_captions
+
+    items = [Item(id="x", image="x.png", captions={"long": "a photo"}, meta={})]
+    add_alt_captions(items, "train", 0, 2)
+    assert items[0].captions == {"long": "a photo"}
