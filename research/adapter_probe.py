@@ -1,7 +1,7 @@
 """Stage 2 of one repro row again, with another adapter: a linear one, or one held to the text side's cosines.
 
 Usage: python -m research.adapter_probe --repro DIR --row ROW --out OUT [--seed K] [--adapter-blocks N]
-       [--text-geometry W] [--other-words N --caption-keys KEYS]
+       [--text-geometry W] [--other-words N] [--alt-captions N] [--caption-keys KEYS]
 
 A `llm2clip repro --out DIR` run keeps each row's frozen caption embeddings of the train split (DIR/embeddings).
 This trains that row's stage 2 once more into OUT, exactly as the repro does (``research.repro_rows``: the same
@@ -13,8 +13,10 @@ A row whose embeddings are not in DIR is refused: run the repro (or its ``--sele
 
 ``--other-words N`` also draws captions in other words in stage 2: each train scene gets ``long_w1`` .. ``long_wN``
 (``llm2clip data scenes --other-words``: the long caption with WordNet synonyms, from the scene's own stream of the
-repro's train seed), embedded once by the row's own text encoder into OUT/embeddings-w and read with the row's
-embeddings; ``--caption-keys`` says how stage 2 draws among them (e.g. ``long,long_w1,short,short``).
+repro's train seed), embedded once by the row's own text encoder into OUT/embeddings-added and read with the row's
+embeddings; ``--alt-captions N`` does the same with ``long_a1`` .. ``long_aN``, the scene's long caption in the
+alt grammar (``llm2clip data scenes --alt-captions``); ``--caption-keys`` says how stage 2 draws among them (e.g.
+``long,long_w1,short,short``).
 """
 
 from __future__ import annotations
@@ -63,33 +65,35 @@ def embeddings_of(repro: Path, spec: RowSpec, seed: int) -> Path:
     return folder
 
 
-def with_other_words(repro: Path, emb: Path, out: Path, variants: int, cfg: ReproCfg):
-    """(the repro's train split with ``variants`` captions in other words per scene, in memory; a folder of
-    caption embeddings holding the row's and those captions', the new ones embedded by the row's text encoder)."""
+def with_extra_captions(repro: Path, emb: Path, out: Path, variants: int, cfg: ReproCfg, alt: int = 0):
+    """(the repro's train split with ``variants`` captions in other words and ``alt`` in the alt grammar per scene,
+    in memory; a folder of caption embeddings holding the row's and those captions', the new ones embedded by the
+    row's text encoder)."""
     import shutil
 
-    from llm2clip.data.generator import add_other_words
+    from llm2clip.data.generator import add_alt_captions, add_other_words
     from research.repro import SPLIT_SEEDS
     from training.config import EmbedCfg
     from training.embed import MANIFEST, embed_captions, text_encoder_info
 
     train = read_dataset(repro / "data" / "train")
     add_other_words(train.items, "train", cfg.seed + SPLIT_SEEDS["train"], variants)
+    add_alt_captions(train.items, "train", cfg.seed + SPLIT_SEEDS["train"], alt)
     row = json.loads((emb / MANIFEST).read_text())
     encoder = Path(row["text_encoder"]["path"])
     if not encoder.is_dir() or text_encoder_info(encoder)["fingerprint"] != row["text_encoder"]["fingerprint"]:
         raise SystemExit(f"{encoder}, the text encoder {emb} was embedded with, is gone or changed: the captions in "
                          "other words need it")
-    keys = tuple(f"long_w{k}" for k in range(1, variants + 1))
-    extra = embed_captions(train, encoder, out / "embeddings-w", EmbedCfg(captions=keys, max_tokens=row["max_tokens"]))
+    keys = tuple(f"long_w{k}" for k in range(1, variants + 1)) + tuple(f"long_a{k}" for k in range(1, alt + 1))
+    extra = embed_captions(train, encoder, out / "embeddings-added", EmbedCfg(captions=keys, max_tokens=row["max_tokens"]))
     both = out / "embeddings"
     both.mkdir(parents=True, exist_ok=True)
-    for tag, folder, shards in (("row", emb, row["shards"]), ("w", out / "embeddings-w", extra["shards"])):
+    for tag, folder, shards in (("row", emb, row["shards"]), ("added", out / "embeddings-added", extra["shards"])):
         for name in shards:
             for suffix in (".json", ".safetensors"):
                 shutil.copy2(folder / f"{name}{suffix}", both / f"{tag}-{name}{suffix}")
-    manifest = {**row, "count": row["count"] + extra["count"], "merged": {"row": str(emb), "other_words": list(keys)},
-                "shards": [f"row-{n}" for n in row["shards"]] + [f"w-{n}" for n in extra["shards"]]}
+    manifest = {**row, "count": row["count"] + extra["count"], "merged": {"row": str(emb), "added": list(keys)},
+                "shards": [f"row-{n}" for n in row["shards"]] + [f"added-{n}" for n in extra["shards"]]}
     (both / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return train, both
 
@@ -106,13 +110,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="weight of the term that keeps the adapter's cosines close to its input's (default 0: off)")
     ap.add_argument("--other-words", type=non_negative_int, default=0,
                     help="captions in other words per train scene (long_w1 ..), embedded by the row's text encoder")
+    ap.add_argument("--alt-captions", type=non_negative_int, default=0,
+                    help="captions in the alt grammar per train scene (long_a1 ..), embedded by the row's text encoder")
     ap.add_argument("--caption-keys", type=caption_keys, default=None,
                     help="the caption keys stage 2 draws from, comma-separated, repeats weigh (default: the repro's)")
     args = ap.parse_args(argv)
     cfg = config_of(args.repro)
     spec = spec_of(args.row, cfg)
     emb = embeddings_of(args.repro, spec, args.seed)
-    if args.other_words and spec.encoder is None:
+    if (args.other_words or args.alt_captions) and spec.encoder is None:
         raise SystemExit(f"{args.row} has no frozen text encoder to embed captions in other words")
 
     from training.clip import Stage2Run, default_model_cfg, train_clip
@@ -121,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     from training.export import export_checkpoint
 
     train = read_dataset(args.repro / "data" / "train")
-    if args.other_words:
-        train, emb = with_other_words(args.repro, emb, args.out, args.other_words, cfg)
+    if args.other_words or args.alt_captions:
+        train, emb = with_extra_captions(args.repro, emb, args.out, args.other_words, cfg, args.alt_captions)
     tcfg = replace(stage2_cfg(cfg, len(train)), seed=cfg.seed + args.seed, text_geometry=args.text_geometry)
     if args.caption_keys:
         tcfg = replace(tcfg, caption_keys=args.caption_keys)
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                                    token_cache=args.repro / "token_cache"), tcfg)
     export_checkpoint(args.out / "ckpt", args.out / "bundle", cfg=ExportCfg(precisions=("fp32",)))
     result = {"row": args.row, "seed": args.seed, "adapter_blocks": args.adapter_blocks,
-              "text_geometry": args.text_geometry, "other_words": args.other_words,
+              "text_geometry": args.text_geometry, "other_words": args.other_words, "alt_captions": args.alt_captions,
               "caption_keys": list(tcfg.caption_keys), "steps": summary["steps"],
               "final_loss": (summary["history"] or [{}])[-1].get("loss")}
     (args.out / "probe.json").write_text(json.dumps(result, indent=2))

@@ -45,13 +45,14 @@ def test_captions_in_other_words_join_the_rows_embeddings(tmp_path, tiny_llm_dir
     generate_scenes(tmp_path / "repro" / "data" / "train", 6, "train", 3, progress=False)  # SPLIT_SEEDS["train"] 0
     row = tmp_path / "repro" / "embeddings" / "row"
     embed_captions(read_dataset(tmp_path / "repro" / "data" / "train"), tiny_llm_dir, row, progress=False)
-    train, both = adapter_probe.with_other_words(tmp_path / "repro", row, tmp_path / "out", 1, cfg)
-    fresh = generate_scenes(tmp_path / "w", 6, "train", 3, progress=False, captions=SceneCaptions(other_words=1))
+    train, both = adapter_probe.with_extra_captions(tmp_path / "repro", row, tmp_path / "out", 1, cfg, alt=1)
+    fresh = generate_scenes(tmp_path / "w", 6, "train", 3, progress=False,
+                            captions=SceneCaptions(other_words=1, alt=1))
     assert [i.captions for i in train.items] == [i.captions for i in fresh.items]
     assert sum(i.captions["long_w1"] != i.captions["long"] for i in train.items) >= 3
     merged, own = CaptionEmbeddings(both), CaptionEmbeddings(row)
     for item in train.items:
-        assert merged.keys_for(item.id) == ["long", "short", "long_w1"]
+        assert merged.keys_for(item.id) == ["long", "short", "long_w1", "long_a1"]
         assert torch.equal(merged.get(item.id, "long"), own.get(item.id, "long"))
     only_w = tmp_path / "only-w"
     embed_captions(train, tiny_llm_dir, only_w, EmbedCfg(captions=("long_w1",)), progress=False)
@@ -72,4 +73,4 @@ def test_other_words_need_the_rows_own_text_encoder(tmp_path, tiny_llm_dir):
     embed_captions(read_dataset(tmp_path / "repro" / "data" / "train"), encoder, row, progress=False)
     (encoder / "config.json").write_text((encoder / "config.json").read_text().replace("}", ', "changed": 1}', 1))
     with pytest.raises(SystemExit, match="is gone or changed"):
-        adapter_probe.with_other_words(tmp_path / "repro", row, tmp_path / "out", 1, ReproCfg())
+        adapter_probe.with_extra_captions(tmp_path / "repro", row, tmp_path / "out", 1, ReproCfg())
