@@ -65,8 +65,8 @@ def embeddings_of(repro: Path, spec: RowSpec, seed: int) -> Path:
     return folder
 
 
-def with_extra_captions(repro: Path, emb: Path, out: Path, variants: int, cfg: ReproCfg, alt: int = 0):
-    """(the repro's train split with ``variants`` captions in other words and ``alt`` in the alt grammar per scene,
+def with_extra_captions(repro: Path, emb: Path, out: Path, words: int, cfg: ReproCfg, alt: int = 0):
+    """(the repro's train split with ``words`` captions in other words and ``alt`` in the alt grammar per scene,
     in memory; a folder of caption embeddings holding the row's and those captions', the new ones embedded by the
     row's text encoder)."""
     import shutil
@@ -77,14 +77,14 @@ def with_extra_captions(repro: Path, emb: Path, out: Path, variants: int, cfg: R
     from training.embed import MANIFEST, embed_captions, text_encoder_info
 
     train = read_dataset(repro / "data" / "train")
-    add_other_words(train.items, "train", cfg.seed + SPLIT_SEEDS["train"], variants)
+    add_other_words(train.items, "train", cfg.seed + SPLIT_SEEDS["train"], words)
     add_alt_captions(train.items, "train", cfg.seed + SPLIT_SEEDS["train"], alt)
     row = json.loads((emb / MANIFEST).read_text())
     encoder = Path(row["text_encoder"]["path"])
     if not encoder.is_dir() or text_encoder_info(encoder)["fingerprint"] != row["text_encoder"]["fingerprint"]:
-        raise SystemExit(f"{encoder}, the text encoder {emb} was embedded with, is gone or changed: the captions in "
-                         "other words need it")
-    keys = tuple(f"long_w{k}" for k in range(1, variants + 1)) + tuple(f"long_a{k}" for k in range(1, alt + 1))
+        raise SystemExit(f"{encoder}, the text encoder {emb} was embedded with, is gone or changed: the added "
+                         "captions need it")
+    keys = tuple(f"long_w{k}" for k in range(1, words + 1)) + tuple(f"long_a{k}" for k in range(1, alt + 1))
     extra = embed_captions(train, encoder, out / "embeddings-added", EmbedCfg(captions=keys, max_tokens=row["max_tokens"]))
     both = out / "embeddings"
     both.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = spec_of(args.row, cfg)
     emb = embeddings_of(args.repro, spec, args.seed)
     if (args.other_words or args.alt_captions) and spec.encoder is None:
-        raise SystemExit(f"{args.row} has no frozen text encoder to embed captions in other words")
+        raise SystemExit(f"{args.row} has no frozen text encoder to embed added captions with")
 
     from training.clip import Stage2Run, default_model_cfg, train_clip
     from training.config import ExportCfg

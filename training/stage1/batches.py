@@ -20,7 +20,7 @@ from torch import nn
 
 from llm2clip.text import LLMEncoder, Tokenizer, bidirectional_mask
 from training.stage1.config import Stage1Cfg
-from training.stage1.lora import base_of
+from training.stage1.lora import base_of, model_device
 from training.stage1.losses import MntpMasking, mntp_targets, same_text, supcon_loss
 from training.stage1.views import ViewSampler
 
@@ -63,11 +63,6 @@ def length_chunks(lengths: list[int], max_chunks: int = 2, overhead: int = 0) ->
 def _overhead(max_chunks: int) -> int:
     # 2 runs is the original single cut by padding alone, kept exact so that its runs reproduce
     return CHUNK_OVERHEAD if max_chunks > 2 else 0
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model``'s weights are: where its batches go."""
-    return next(model.parameters()).device
 
 
 def encode(enc: LLMEncoder, tok: Tokenizer, texts: list[str], max_chunks: int = 2) -> torch.Tensor:
@@ -118,11 +113,11 @@ class MntpLoss:
         device = model_device(self.base)
         inputs, labels, mask_t = inputs.to(device), labels.to(device), torch.from_numpy(mask).to(device)
         total, count = torch.zeros((), device=device), 0
+        on = device.type
+        dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else torch.float32
         for chunk in length_chunks(mask.sum(axis=1).tolist(), self.length_buckets, _overhead(self.length_buckets)):
             width = int(mask[chunk].sum(axis=1).max())
             idx = torch.tensor(chunk, device=device)
-            on = device.type
-            dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else torch.float32
             hidden = self.base(input_ids=inputs[idx, :width],
                                attention_mask=bidirectional_mask(mask_t[idx, :width], dtype),
                                use_cache=False).last_hidden_state

@@ -19,6 +19,7 @@ from torch import nn
 
 from llm2clip.errors import BundleError
 from training.stage1.config import Stage1Cfg
+from training.stage1.lora import model_device
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
@@ -47,7 +48,7 @@ def save_phase(folder: Path, peft_model: nn.Module, opt: torch.optim.Optimizer, 
     if tmp.exists():
         shutil.rmtree(tmp)
     peft_model.save_pretrained(str(tmp))
-    device = next(peft_model.parameters()).device
+    device = model_device(peft_model)
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     torch.save({"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": cuda_rng, "history": history, "done": done}, tmp / "state.pt")

@@ -24,7 +24,9 @@ from training.stage1.config import CHECKPOINT, HISTORY, PHASES, Stage1Cfg
 def resolve_device(name: str | None) -> torch.device:
     """``Stage1Cfg.device`` as a torch device: None is CUDA when torch sees one, else the CPU."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from llm2clip.encoders.torch_backend import torch_device
+
+        return torch.device(torch_device(None))
     try:
         device = torch.device(name)
     except RuntimeError:

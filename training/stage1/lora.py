@@ -153,6 +153,11 @@ def load_encoder_base(base: Path, attn: str) -> nn.Module:
     return AutoModel.from_pretrained(str(base), dtype=torch.float32, attn_implementation=attn)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights are: where its batches go."""
+    return next(model.parameters()).device
+
+
 def base_of(causal: nn.Module) -> nn.Module:
     """The transformer inside a causal-LM wrapper (``LlamaForCausalLM.model``)."""
     return getattr(causal, causal.base_model_prefix)
