@@ -7,7 +7,8 @@ scenes' training captions in other words (``long_w1``) and in the alt grammar (`
 their scene graphs, with the corpus's split and seed (``llm2clip data scenes``'s, so they are the captions that
 corpus would get with ``--other-words 1 --alt-captions 1``). For each n, the share of the unseen long captions'
 n-grams that also occur anywhere among each training caption kind: of the distinct n-grams, and of their
-occurrences. A training grammar written apart from the unseen one should hold little of it; what it does hold is
+occurrences. And ``new-words``: of the words the unseen captions use and the own captions (long and short) never
+do, the share each kind holds; the own captions hold none by construction. A training grammar written apart from the unseen one should hold little of it; what it does hold is
 phrasing a model can meet again at evaluation.
 """
 
@@ -44,6 +45,14 @@ def overlap(held_out: list[str], corpora: dict[str, list[str]], n: int) -> dict[
     return out
 
 
+def new_words(held_out: list[str], own: list[str], corpora: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Per corpus: the share of the words ``held_out`` uses and the own captions never do (its synonyms and
+    constructions of its own) that occur in it, of the distinct words and of their occurrences."""
+    known = {g for text in own for g in ngrams(text, 1)}
+    fresh = [" ".join(w for (w,) in ngrams(text, 1) if (w,) not in known) for text in held_out]
+    return overlap(fresh, corpora, 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--own", required=True, type=Path, help="a scene corpus in the own caption style")
@@ -60,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     add_alt_captions(own.items, args.split, args.seed, 1)
     corpora = {k: [i.captions[k] for i in own.items if k in i.captions] for k in KINDS}
     held_out = [i.captions["long"] for i in unseen.items]
-    result = {"scenes": len(own), **{f"{n}-grams": overlap(held_out, corpora, n) for n in args.n}}
+    result = {"scenes": len(own), **{f"{n}-grams": overlap(held_out, corpora, n) for n in args.n},
+              "new-words": new_words(held_out, corpora["long"] + [i.captions["short"] for i in own.items], corpora)}
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text)

@@ -18,6 +18,14 @@ def test_shares_of_distinct_ngrams_and_of_their_occurrences():
     assert got["none"] == {"distinct": 0.0, "occurrences": 0.0}
 
 
+def test_new_words_are_the_held_out_words_the_own_captions_never_use():
+    got = phrase_overlap.new_words(["a red tote and a blue tote", "a jumper"], ["a red bag", "a blue coat"],
+                                   {"alt": ["one tote"], "none": ["a red bag"]})
+    # the new words, in order: tote, and, tote, jumper; "alt" holds tote (1 of 3 distinct, 2 of 4 occurrences)
+    assert got["alt"] == {"distinct": round(1 / 3, 4), "occurrences": 0.5}
+    assert got["none"] == {"distinct": 0.0, "occurrences": 0.0}
+
+
 def test_the_training_grammars_hold_little_of_the_unseen_one(tmp_path):
     from llm2clip.data import generate_scenes
 
@@ -28,6 +36,12 @@ def test_the_training_grammars_hold_little_of_the_unseen_one(tmp_path):
     got = json.loads((tmp_path / "o.json").read_text())["4-grams"]
     assert set(got) == {"long", "long_w1", "long_a1"}
     assert all(0.0 <= v["distinct"] < 0.5 and 0.0 <= v["occurrences"] < 0.5 for v in got.values())
+    # the alt grammar was scrubbed of the unseen grammar's idioms and synonyms (its first version held 9% of the
+    # unseen 4-gram occurrences and 46% of the unseen-only words); keep it apart
+    assert got["long_a1"]["occurrences"] < 0.03, got
+    fresh = json.loads((tmp_path / "o.json").read_text())["new-words"]
+    assert fresh["long"] == {"distinct": 0.0, "occurrences": 0.0}
+    assert 0.0 < fresh["long_a1"]["occurrences"] < 0.2, fresh
     generate_scenes(tmp_path / "other", 12, "val", 2, progress=False, captions="unseen")
     with pytest.raises(SystemExit, match="does not hold the scenes"):
         phrase_overlap.main(["--own", str(tmp_path / "own"), "--unseen", str(tmp_path / "other")])

@@ -28,37 +28,38 @@ from llm2clip.data.scene_graph import (
 from llm2clip.data.twins import TwinDiff, mutate
 
 NOUNS = {
-    "t-shirt": "t-shirt", "tee": "t-shirt", "pair of trousers": "trouser", "pair of pants": "trouser",
-    "pullover": "pullover", "sweater": "pullover", "dress": "dress", "frock": "dress", "coat": "coat",
-    "sandal": "sandal", "shirt": "shirt", "sneaker": "sneaker", "trainer": "sneaker", "bag": "bag",
-    "handbag": "bag", "purse": "bag", "ankle boot": "ankle boot", "bootie": "ankle boot",
+    "t-shirt": "t-shirt", "casual top": "t-shirt", "pair of trousers": "trouser", "pair of jeans": "trouser",
+    "pullover": "pullover", "sweatshirt": "pullover", "dress": "dress", "one-piece": "dress", "coat": "coat",
+    "sandal": "sandal", "shirt": "shirt", "sneaker": "sneaker", "plimsoll": "sneaker", "bag": "bag",
+    "satchel": "bag", "clutch": "bag", "ankle boot": "ankle boot", "chelsea boot": "ankle boot",
 }
-SIZE = {"small": "small", "little": "small", "medium-sized": "medium", "mid-sized": "medium", "medium": "medium",
-        "large": "large", "big": "large"}
+SIZE = {"small": "small", "undersized": "small", "medium-sized": "medium", "moderately sized": "medium",
+        "medium": "medium", "large": "large", "sizeable": "large"}
 ORIENTATION = {
-    "upright": "upright", "unflipped": "upright", "in its normal orientation": "upright",
-    "upside down": "upside down", "upside-down": "upside down", "inverted": "upside down",
-    "flipped top to bottom": "upside down",
-    "mirrored": "mirrored", "mirror-image": "mirrored", "flipped left to right": "mirrored",
-    "reversed left to right": "mirrored",
+    "upright": "upright", "not flipped": "upright", "non-flipped": "upright", "in its usual pose": "upright",
+    "upside down": "upside down", "upside-down": "upside down", "vertically flipped": "upside down",
+    "vertically-flipped": "upside down", "turned bottom-up": "upside down",
+    "mirrored": "mirrored", "mirror-image": "mirrored", "horizontally flipped": "mirrored",
+    "flipped sideways": "mirrored",
 }
 TEXTURE = {
-    "plain": "plain", "solid": "plain", "no pattern": "plain", "without any pattern": "plain",
-    "striped": "striped", "stripy": "striped", "stripes": "striped",
-    "dotted": "dotted", "polka-dot": "dotted", "dots": "dotted",
-    "checkered": "checkered", "chequered": "checkered", "checkerboard": "checkered",
+    "plain": "plain", "patternless": "plain", "no pattern": "plain", "without any pattern": "plain",
+    "striped": "striped", "stripe-patterned": "striped", "stripes": "striped",
+    "dotted": "dotted", "speckled": "dotted", "dots": "dotted",
+    "checkered": "checkered", "chessboard-patterned": "checkered", "chessboard": "checkered",
 }
-ROW = {"top": "top", "upper": "top", "middle": "middle", "bottom": "bottom", "lower": "bottom"}
-COL = {"left": "left", "middle": "center", "centre": "center", "right": "right", "left end": "left",
-       "right end": "right", "first": "left", "second": "center", "third": "right"}
+ROW = {"top": "top", "uppermost": "top", "middle": "middle", "bottom": "bottom", "lowest": "bottom"}
+COL = {"left": "left", "middle": "center", "right": "right", "left end": "left", "midpoint": "center",
+       "right end": "right", "one": "left", "two": "center", "three": "right"}
 NUMBER = {w: i for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six"))} | {
     str(i): i for i in range(7)} | {"a single": 1, "just one": 1, "only one": 1, "that single": 1}
-_R, _C = "(top|upper|middle|bottom|lower)", "(left|middle|centre|right)"
+_R, _C = "(top|uppermost|middle|bottom|lowest)", "(left|middle|right)"
 CELL_PATTERNS = (
     (re.compile(rf"the {_R}-{_C} square"), lambda m: (ROW[m[1]], COL[m[2]])),
-    (re.compile(r"the cent(?:re|ral) square|the very centre of the grid"), lambda m: ("middle", "center")),
-    (re.compile(rf"the (left end|middle|right end) of the {_R} row"), lambda m: (ROW[m[2]], COL[m[1]])),
-    (re.compile(rf"the (first|second|third) square from the left in the {_R} row"), lambda m: (ROW[m[2]], COL[m[1]])),
+    (re.compile(r"the (?:central|innermost) square"), lambda m: ("middle", "center")),
+    (re.compile(rf"the (left end|midpoint|right end) of the {_R} row|the heart of the grid"),
+     lambda m: (ROW[m[2]], COL[m[1]]) if m[1] else ("middle", "center")),
+    (re.compile(rf"square (one|two|three) from the left in the {_R} row"), lambda m: (ROW[m[2]], COL[m[1]])),
 )
 
 
@@ -89,15 +90,15 @@ def units(caption: str) -> list[str]:
 
 _REF = re.compile(rf"^the (?:({_alternation(SIZE)}) )?(?:({'|'.join(COLOURS)}) )?({_alternation(NOUNS)})(?: (?:in|at) (.+))?$",
                   flags=re.IGNORECASE)
-_V = {"higher up": -1, "lower down": 1, "above": -1, "below": 1, "up": -1, "down": 1}
-_H = {"further left": -1, "further right": 1, "left": -1, "right": 1, "to the left": -1, "to the right": 1}
+_V = {"nearer the top": -1, "nearer the bottom": 1, "above": -1, "below": 1, "upward": -1, "downward": 1}
+_H = {"nearer the left": -1, "nearer the right": 1, "left": -1, "right": 1, "leftward": -1, "rightward": 1}
 RELATION_PATTERNS = (  # (name, pattern with groups a, b, v, h)
-    ("compare", re.compile(r"^(?P<a>.+?) is (?P<v>higher up|lower down) and (?P<h>further left|further right) than (?P<b>.+)$")),
-    ("compare", re.compile(r"^(?P<a>.+?) is in the same column as (?P<b>.+?), (?P<v>higher up|lower down)$")),
-    ("compare", re.compile(r"^(?P<a>.+?) is in the same row as (?P<b>.+?), (?P<h>further left|further right)$")),
+    ("compare", re.compile(r"^(?P<a>.+?) is (?P<v>nearer the top|nearer the bottom) and (?P<h>nearer the left|nearer the right) than (?P<b>.+)$")),
+    ("compare", re.compile(r"^(?P<a>.+?) is in the same column as (?P<b>.+?), (?P<v>nearer the top|nearer the bottom)$")),
+    ("compare", re.compile(r"^(?P<a>.+?) is in the same row as (?P<b>.+?), (?P<h>nearer the left|nearer the right)$")),
     ("has", re.compile(r"^(?P<b>.+?) has (?P<a>.+?) (?P<v>above|below) it(?: in the same column| and to its (?P<h>left|right))$")),
     ("has", re.compile(r"^(?P<b>.+?) has (?P<a>.+?) to its (?P<h>left|right) in the same row$")),
-    ("seen", re.compile(r"^seen from (?P<b>.+?), (?P<a>.+?) lies (?:straight )?(?P<v>up|down)?(?: and )?(?P<h>to the left|to the right)?$")),
+    ("seen", re.compile(r"^seen from (?P<b>.+?), (?P<a>.+?) lies (?:directly )?(?P<v>upward|downward)?(?: and )?(?P<h>leftward|rightward)?$")),
 )
 
 
@@ -123,10 +124,10 @@ def relation_of(unit: str) -> tuple[str, str, str, int, int] | None:
 
 
 OTHER = re.compile(  # sentences that state no fact of the graph: list headers, the grid, "the picture is empty"
-    r"row by row from the top|column by column from the left|from the largest down|in turn|in no particular order"
-    r"|the canvas is cut into nine squares, three across and three down"
-    r"|the layout is a grid of nine squares, in three rows of three"
-    r"|apart from it, the picture is empty|no second object appears anywhere"
+    r"reading the rows downward|reading the columns rightward|from the largest down|in turn|in no particular order"
+    r"|the canvas is split into nine squares, three by three"
+    r"|the picture forms nine squares in three rows of three"
+    r"|other than that, the picture is empty|no second object appears anywhere"
 )
 COUNT = re.compile(rf"\b({_alternation(NUMBER)}) (?:fashion )?(?:objects?|items?)\b", re.IGNORECASE)
 
@@ -161,13 +162,13 @@ def read_facts(caption: str, graph: SceneGraph) -> dict:
             facts["relations"].append(pair)
             facts["kinds"].append(relation_of(unit)[0])
             continue
-        if re.search(r"\b(nothing occupies|are empty|is empty)\b", unit, re.I) and cells(unit):
+        if re.search(r"\b(no object appears in|are empty|is empty)\b", unit, re.I) and cells(unit):
             taken = {(o.row, o.col) for o in graph.objects}
             assert set(cells(unit)) == {(r, c) for r in ROWS for c in COLS} - taken, unit
             facts["kinds"].append("empty")
             continue
         kinds = []
-        if re.search(r"\b(background|backdrop)", unit, re.I):
+        if re.search(r"\b(background|field)", unit, re.I):
             facts["background"].append((set(find(unit, {c: c for c in COLOURS})), set(find(unit, TEXTURE))))
             kinds.append("background")
         if COUNT.search(unit):

@@ -1,7 +1,7 @@
 """The alt grammar's words and sentences: one builder per kind of fact, each drawing its construction.
 
 Written apart from the own grammar (``captions.templates``): squares instead of cells, comparisons instead of
-"directly above", a backdrop instead of "the background is", and no sentence of the own grammar. Every
+"directly above", a field instead of "the background is", and no sentence of the own grammar. Every
 builder draws from ``rng`` in a fixed order.
 """
 
@@ -16,49 +16,50 @@ from llm2clip.data.captions.wording import an, cap, join, pick
 from llm2clip.data.scene_graph import COLS, ROWS, Background, SceneObject
 
 NOUNS: dict[str, tuple[str, ...]] = {  # class: singular forms, the first the own grammar's word
-    "t-shirt": ("t-shirt", "tee"), "trouser": ("pair of trousers", "pair of pants"),
-    "pullover": ("pullover", "sweater"), "dress": ("dress", "frock"), "coat": ("coat",),
-    "sandal": ("sandal",), "shirt": ("shirt",), "sneaker": ("sneaker", "trainer"),
-    "bag": ("bag", "handbag", "purse"), "ankle boot": ("ankle boot", "bootie"),
+    "t-shirt": ("t-shirt", "casual top"), "trouser": ("pair of trousers", "pair of jeans"),
+    "pullover": ("pullover", "sweatshirt"), "dress": ("dress", "one-piece"), "coat": ("coat",),
+    "sandal": ("sandal",), "shirt": ("shirt",), "sneaker": ("sneaker", "plimsoll"),
+    "bag": ("bag", "satchel", "clutch"), "ankle boot": ("ankle boot", "chelsea boot"),
 }
 SIZE_WORDS = {
-    "small": ("small", "little"), "medium": ("medium-sized", "mid-sized"), "large": ("large", "big"),
+    "small": ("small", "undersized"), "medium": ("medium-sized", "moderately sized"), "large": ("large", "sizeable"),
 }
 ORIENTATION_PREDICATES = {
-    "upright": ("upright", "unflipped", "in its normal orientation"),
-    "upside down": ("upside down", "inverted", "flipped top to bottom"),
-    "mirrored": ("mirrored", "flipped left to right", "reversed left to right"),
+    "upright": ("upright", "not flipped", "in its usual pose"),
+    "upside down": ("upside down", "vertically flipped", "turned bottom-up"),
+    "mirrored": ("mirrored", "horizontally flipped", "flipped sideways"),
 }
 ORIENTATION_ADJECTIVES = {
-    "upright": ("upright", "unflipped"), "upside down": ("upside-down", "inverted"),
+    "upright": ("upright", "non-flipped"), "upside down": ("upside-down", "vertically-flipped"),
     "mirrored": ("mirrored", "mirror-image"),
 }
-ROW_WORDS = {"top": ("top", "upper"), "middle": ("middle",), "bottom": ("bottom", "lower")}
-COL_WORDS = {"left": ("left",), "center": ("middle", "centre"), "right": ("right",)}
-ORDINALS = ("first", "second", "third")
-# "the upper-left square", "the left end of the top row", "the first square from the left in the top row"
+ROW_WORDS = {"top": ("top", "uppermost"), "middle": ("middle",), "bottom": ("bottom", "lowest")}
+SQUARE_ROWS = {"top": "top", "middle": "middle", "bottom": "bottom"}  # "the top-left square"
+COL_WORDS = {"left": ("left",), "center": ("middle",), "right": ("right",)}
+ORDINALS = ("one", "two", "three")
+# "the top-left square", "the left end of the uppermost row", "square one from the left in the top row"
 CELL_STYLES = 3
 TEXTURE_ADJECTIVES = {
-    "plain": ("plain", "solid"), "striped": ("striped", "stripy"), "dotted": ("dotted", "polka-dot"),
-    "checkered": ("checkered", "chequered"),
+    "plain": ("plain", "patternless"), "striped": ("striped", "stripe-patterned"), "dotted": ("dotted", "speckled"),
+    "checkered": ("checkered", "chessboard-patterned"),
 }
 TEXTURE_WITH = {
     "plain": "without any pattern", "striped": "with horizontal stripes", "dotted": "with a grid of dots",
-    "checkered": "with a checkerboard pattern",
+    "checkered": "with a chessboard pattern",
 }
 TEXTURE_HAS = {
     "plain": "has no pattern", "striped": "has horizontal stripes", "dotted": "is covered in a grid of dots",
-    "checkered": "is laid out like a checkerboard",
+    "checkered": "is laid out like a chessboard",
 }
 TEXTURE_DETAIL = {
-    "plain": "No pattern breaks up the {c} of the backdrop.",
-    "striped": "The backdrop's stripes run side to side, {c} alternating with a darker {c}.",
-    "dotted": "Darker {c} dots sit at even spacing across the backdrop.",
-    "checkered": "The backdrop's checkerboard alternates {c} squares with darker {c} ones.",
+    "plain": "No pattern breaks up the {c} of the field.",
+    "striped": "The field's stripes run horizontally, {c} alternating with a darker {c}.",
+    "dotted": "Darker {c} dots are spread regularly over the field.",
+    "checkered": "The field's chessboard pattern alternates {c} squares with darker {c} ones.",
 }
 GRID_SENTENCES = (
-    "The canvas is cut into nine squares, three across and three down.",
-    "The layout is a grid of nine squares, in three rows of three.",
+    "The canvas is split into nine squares, three by three.",
+    "The picture forms nine squares in three rows of three.",
 )
 _T = TypeVar("_T")
 
@@ -68,7 +69,7 @@ def choose(rng: np.random.Generator, options: Sequence[_T]) -> _T:
     return options[int(rng.integers(len(options)))]
 
 
-ALONE_SENTENCES = ("Apart from it, the picture is empty.", "No second object appears anywhere.")
+ALONE_SENTENCES = ("Other than that, the picture is empty.", "No second object appears anywhere.")
 
 
 def cell_name(row: str, col: str, style: int, rng: np.random.Generator) -> tuple[str, str]:
@@ -76,14 +77,14 @@ def cell_name(row: str, col: str, style: int, rng: np.random.Generator) -> tuple
     c = COLS.index(col)
     if style == 0:
         if (row, col) == ("middle", "center"):
-            return pick(rng, ("the centre square", "the central square")), "in"
-        return f"the {pick(rng, ROW_WORDS[row])}-{pick(rng, COL_WORDS[col])} square", "in"
+            return pick(rng, ("the central square", "the innermost square")), "in"
+        return f"the {SQUARE_ROWS[row]}-{pick(rng, COL_WORDS[col])} square", "in"
     if style == 1:
         if (row, col) == ("middle", "center"):
-            return "the very centre of the grid", "at"
-        part = ("the left end", "the middle", "the right end")[c]
+            return "the heart of the grid", "at"
+        part = ("the left end", "the midpoint", "the right end")[c]
         return f"{part} of the {pick(rng, ROW_WORDS[row])} row", "at"
-    return f"the {ORDINALS[c]} square from the left in the {pick(rng, ROW_WORDS[row])} row", "in"
+    return f"square {ORDINALS[c]} from the left in the {pick(rng, ROW_WORDS[row])} row", "in"
 
 
 class ObjectWords:
@@ -111,12 +112,12 @@ class ObjectWords:
 # one object per sentence; the own grammar's "sits", "there is", "you can see" and "is placed" are not used
 OBJECT_SENTENCES: tuple[Callable[[ObjectWords], str], ...] = (
     lambda w: f"{cap(w.place)} holds {w.np}, {w.pred}.",
-    lambda w: f"{cap(w.loc)}, {w.np} has been drawn {w.pred}.",
+    lambda w: f"{cap(w.loc)}, {w.np} is depicted {w.pred}.",
     lambda w: f"The {w.noun} {w.loc} is {w.colour}, {w.size} and {w.pred}.",
-    lambda w: f"{cap(an(w.colour))} {w.colour} {w.noun} of {w.size_base} size, {w.pred}, occupies {w.place}.",
-    lambda w: f"Occupying {w.place} is {an(w.size)} {w.size} {w.adj} {w.colour} {w.noun}.",
+    lambda w: f"{cap(an(w.colour))} {w.colour} {w.noun} of {w.size_base} proportions, {w.pred}, fills {w.place}.",
+    lambda w: f"Located {w.loc} is {an(w.size)} {w.size} {w.adj} {w.colour} {w.noun}.",
     lambda w: f"{cap(w.np)} fills {w.place} and is {w.pred}.",
-    lambda w: f"{cap(w.place)} is taken by {w.np} that appears {w.pred}.",
+    lambda w: f"{cap(w.place)} contains {w.np} that appears {w.pred}.",
 )
 # two objects in one sentence
 PAIR_SENTENCES: tuple[Callable[[ObjectWords, ObjectWords], str], ...] = (
@@ -125,8 +126,8 @@ PAIR_SENTENCES: tuple[Callable[[ObjectWords, ObjectWords], str], ...] = (
 )
 # every object in one sentence, in the order its header names
 LIST_HEADERS = {
-    "rows": "Row by row from the top",
-    "columns": "Column by column from the left",
+    "rows": "Reading the rows downward",
+    "columns": "Reading the columns rightward",
     "size": "From the largest down",
     "listed": "In turn",
     "shuffled": "In no particular order",
@@ -168,38 +169,38 @@ def number(n: int, rng: np.random.Generator) -> str:
 def count_sentence(n: int, at_end: bool, rng: np.random.Generator) -> str:
     if n == 1:
         options = (
-            ("That single object is all the picture contains.", "So the picture contains just one object.")
+            ("That single object is all the picture contains.", "Hence the picture contains just one object.")
             if at_end
-            else ("The scene has a single object in it.", "I count just one object.",
+            else ("The scene has a single object in it.", "I see only one object.",
                   "One fashion item makes up this scene.", "This picture contains only one object.")
         )
         return pick(rng, options)
     k = number(n, rng)
     if at_end:
-        return pick(rng, (f"That makes {k} objects in total.", f"So the picture contains {k} objects."))
-    template = pick(rng, ("The scene has {k} objects in it.", "I count {k} objects in total.",
+        return pick(rng, (f"That makes {k} objects overall.", f"Hence the picture contains {k} objects."))
+    template = pick(rng, ("The scene has {k} objects in it.", "I see {k} objects overall.",
                           "{K} fashion items make up this scene.", "This picture contains {k} objects."))
     # a sentence does not open with a digit
     return template.format(k=k, K=cap(NUMBER_WORDS[n]))
 
 
 def backdrop(bg: Background, rng: np.random.Generator) -> str:
-    """"striped blue backdrop" or "blue backdrop with horizontal stripes"."""
+    """"striped blue field" or "blue field with horizontal stripes"."""
     if rng.integers(2):
-        return f"{pick(rng, TEXTURE_ADJECTIVES[bg.texture])} {bg.colour} backdrop"
-    return f"{bg.colour} backdrop {TEXTURE_WITH[bg.texture]}"
+        return f"{pick(rng, TEXTURE_ADJECTIVES[bg.texture])} {bg.colour} field"
+    return f"{bg.colour} field {TEXTURE_WITH[bg.texture]}"
 
 
 def background_sentence(bg: Background, n: int, at_end: bool, rng: np.random.Generator) -> str:
-    """The background's colour and texture; "All of this rests on ..." only after the objects."""
+    """The background's colour and texture; "Beneath all of this is ..." only after the objects."""
     things = "object stands" if n == 1 else "objects stand"
     options = [
         lambda: f"The {bg.colour} background {TEXTURE_HAS[bg.texture]}.",
-        lambda: f"As for the background, it is {pick(rng, TEXTURE_ADJECTIVES[bg.texture])} and {bg.colour}.",
+        lambda: f"Regarding the background, it is {pick(rng, TEXTURE_ADJECTIVES[bg.texture])} and {bg.colour}.",
         lambda: f"The {things} against {with_a(backdrop(bg, rng))}.",
     ]
     if at_end:
-        options.append(lambda: f"All of this rests on {with_a(backdrop(bg, rng))}.")
+        options.append(lambda: f"Beneath all of this is {with_a(backdrop(bg, rng))}.")
     return options[int(rng.integers(len(options)))]()
 
 
@@ -225,5 +226,5 @@ def empty_sentence(objects: Sequence[SceneObject], style: int, rng: np.random.Ge
     taken = {o.cell for o in objects}
     names = [cell_name(ROWS[c // 3], COLS[c % 3], style, rng)[0] for c in range(9) if c not in taken]
     if rng.integers(2):
-        return f"Nothing occupies {join(names)}."
+        return f"No object appears in {join(names)}."
     return f"{cap(join(names))} {'is' if len(names) == 1 else 'are'} empty."

@@ -1,5 +1,5 @@
-"""Where one object lies relative to another, in the alt grammar: comparisons ("higher up and further left
-than"), "has ... above it" and "seen from".
+"""Where one object lies relative to another, in the alt grammar: comparisons ("nearer the top and nearer the
+left than"), "has ... above it" and "seen from".
 
 An object is named by the fewest attributes that tell it from the others, class alone first ("the bag"), then
 colour, then size; two look-alikes are told apart by their square.
@@ -43,8 +43,8 @@ def direction(a: SceneObject, b: SceneObject) -> tuple[int, int]:
 
 
 def _compare(a: str, b: str, v: int, h: int) -> str:
-    vert = {-1: "higher up", 1: "lower down"}.get(v)
-    horiz = {-1: "further left", 1: "further right"}.get(h)
+    vert = {-1: "nearer the top", 1: "nearer the bottom"}.get(v)
+    horiz = {-1: "nearer the left", 1: "nearer the right"}.get(h)
     if vert and horiz:
         return f"{cap(a)} is {vert} and {horiz} than {b}."
     if vert:
@@ -63,9 +63,9 @@ def _has(a: str, b: str, v: int, h: int) -> str:
 
 
 def _seen(a: str, b: str, v: int, h: int) -> str:
-    vert = {-1: "up", 1: "down"}.get(v)
-    horiz = {-1: "to the left", 1: "to the right"}.get(h)
-    way = f"{vert} and {horiz}" if vert and horiz else f"straight {vert or horiz}"
+    vert = {-1: "upward", 1: "downward"}.get(v)
+    horiz = {-1: "leftward", 1: "rightward"}.get(h)
+    way = f"{vert} and {horiz}" if vert and horiz else f"directly {vert or horiz}"
     return f"Seen from {b}, {a} lies {way}."
 
 
