@@ -57,11 +57,19 @@ def spec_of(row: str, cfg: ReproCfg) -> RowSpec:
     return spec
 
 
-def embeddings_of(repro: Path, spec: RowSpec, seed: int) -> Path:
+def embeddings_of(repro: Path, spec: RowSpec, seed: int, train_text: bool = False) -> Path:
+    """The row's cached train caption embeddings; with ``train_text``, a stage-1 row's missing ones are made as the
+    repro makes them (its stage 1 trained into the repro's folder, then the train captions embedded): only the
+    train split and stage 1's held-out val split are read."""
     folder = embeddings_dir(repro, spec, seed)
     if not (folder / "manifest.json").is_file():
-        raise SystemExit(f"{folder} holds no caption embeddings: run `llm2clip repro --out {repro}` with this row "
-                         "first (it keeps each row's train embeddings)")
+        if not train_text:
+            raise SystemExit(f"{folder} holds no caption embeddings: run `llm2clip repro --out {repro}` with this "
+                             "row first (it keeps each row's train embeddings), or pass --train-text")
+        from research.repro_rows import Work, embeddings
+
+        work = Work(repro, config_of(repro), read_dataset(repro / "data" / "train"), read_dataset(repro / "data" / "val"))
+        return embeddings(work, spec, seed)
     return folder
 
 
@@ -112,12 +120,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="captions in other words per train scene (long_w1 ..), embedded by the row's text encoder")
     ap.add_argument("--alt-captions", type=non_negative_int, default=0,
                     help="captions in the alt grammar per train scene (long_a1 ..), embedded by the row's text encoder")
+    ap.add_argument("--train-text", action="store_true",
+                    help="train a stage-1 row's text side into the repro folder first when it has none yet (stage 1 "
+                         "reads the train and val splits only)")
     ap.add_argument("--caption-keys", type=caption_keys, default=None,
                     help="the caption keys stage 2 draws from, comma-separated, repeats weigh (default: the repro's)")
     args = ap.parse_args(argv)
     cfg = config_of(args.repro)
     spec = spec_of(args.row, cfg)
-    emb = embeddings_of(args.repro, spec, args.seed)
+    emb = embeddings_of(args.repro, spec, args.seed, args.train_text)
     if (args.other_words or args.alt_captions) and spec.encoder is None:
         raise SystemExit(f"{args.row} has no frozen text encoder to embed added captions with")
 

@@ -24,6 +24,9 @@ STAGE1_VARIANTS: dict[str, dict[str, Any]] = {
     # hardneg with 2 more views of each scene and twin in other words (WordNet synonyms: the paper's diverse
     # captions, issue 14 item 4); a candidate since a val probe (docs/results/unseen-phrasing.md)
     "hardneg_words": {"positives": "long", "hard_negatives": True, "mntp": False, "other_words": 2},
+    # hardneg_words with 2 more views of each scene and twin in the alt grammar (other sentence orders and
+    # constructions: the paper's diverse captions beyond synonyms, issue 14 item 4)
+    "hardneg_alt": {"positives": "long", "hard_negatives": True, "mntp": False, "other_words": 2, "alt_views": 2},
 }
 CC_ROWS = tuple(f"llm_cc:{name}" for name in STAGE1_VARIANTS)
 # the paper's table, what `llm2clip repro` runs by default; minilm77: all-MiniLM-L6-v2 cut at 77 tokens, the

@@ -104,7 +104,7 @@ def stage1_cfg(cfg: ReproCfg, c: Candidate, seed: int) -> Stage1Cfg:
     return Stage1Cfg(steps=c.steps, mntp_steps=cfg.stage1_mntp_steps if recipe["mntp"] else 0,
                      batch_size=cfg.stage1_batch, paraphrases=cfg.stage1_paraphrases,
                      positives=recipe["positives"], hard_negatives=recipe["hard_negatives"], seed=seed,
-                     other_words=recipe.get("other_words", 0),
+                     other_words=recipe.get("other_words", 0), alt_views=recipe.get("alt_views", 0),
                      warmup_steps=max(1, c.steps // 10), lora_layers=c.lora_layers,
                      # SmolLM2 at 8 scenes (+ twins) holds its activations in ~6 GB: recomputing them
                      # would cost ~30% more time for memory this machine has

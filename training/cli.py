@@ -47,6 +47,8 @@ STAGE1_OPTIONS = {
                           "of one object changed), as negatives that differ in a single fact (scene corpora only)"),
     "other_words": Opt("N more views of each scene (and of its twin): a long-style view with its class, size, "
                        "orientation and texture words swapped for WordNet synonyms (half of them)", non_negative_int),
+    "alt_views": Opt("N more views of each scene (and of its twin): its long caption in the alt grammar (other "
+                     "sentence orders, constructions and synonyms)", non_negative_int),
     "save_every": Opt("checkpoint every N steps", positive_int),
     "seed": Opt("random seed"),
     "bf16": Opt("bf16 autocast on CPU (AMX) and GPU; off: fp32"),

@@ -271,3 +271,30 @@ def test_adapter_probe_trains_a_rows_stage2_again_with_another_adapter(repro, re
     assert sorted((repro / "token_cache").glob("tokens-*.npy")) == caches  # read, not made again
     with pytest.raises(SystemExit, match="no adapter"):
         adapter_probe.main(["--repro", str(repro), "--row", "clip77", "--out", str(tmp_path / "x")])
+
+
+def test_adapter_probe_trains_a_missing_stage1_row_as_the_repro_would(repro, report, tmp_path):
+    """--train-text: a stage-1 row without embeddings gets its stage 1 and train embeddings made as the repro makes
+    them (into a copy of the run, so the other tests' run is untouched), then its stage 2; nothing of test is read."""
+    import shutil
+
+    from research import adapter_probe
+    from research.repro_rows import Candidate, embeddings_dir, stage1_cfg
+
+    run = tmp_path / "run"
+    shutil.copytree(repro, run, ignore=shutil.ignore_patterns("bundle", "ckpt"))
+    (run / "data" / "test").rename(run / "data" / "test-hidden")  # anything that reads test fails
+    spec = adapter_probe.spec_of("llm_cc:hardneg_alt", QUICK)
+    assert not (embeddings_dir(run, spec, 2) / "manifest.json").exists()
+    with pytest.raises(SystemExit, match="--train-text"):
+        adapter_probe.main(["--repro", str(run), "--row", "llm_cc:hardneg_alt", "--seed", "2", "--out", str(tmp_path / "x")])
+    adapter_probe.main(["--repro", str(run), "--row", "llm_cc:hardneg_alt", "--seed", "2", "--out", str(tmp_path / "p"),
+                        "--train-text"])
+    assert (embeddings_dir(run, spec, 2) / "manifest.json").is_file() and (tmp_path / "p" / "bundle").is_dir()
+    folder = run / "stage1" / spec.stage1.folder / "seed-2"
+    summary = json.loads((folder / "stage1.json").read_text())
+    want = stage1_cfg(QUICK, Candidate("hardneg_alt", spec.stage1.steps, spec.stage1.lora_layers), QUICK.seed + 2)
+    assert summary["recipe"]["alt_views"] == 2 and summary["recipe"]["seed"] == want.seed
+    pools = json.loads((folder / "checkpoint" / "captions.json").read_text())
+    twins = json.loads((folder / "checkpoint" / "twins.json").read_text())
+    assert all(len(p) >= 4 for p in pools) and all(len(t) >= 4 for t in twins)  # 2 own-grammar + 2 alt at least

@@ -70,7 +70,9 @@ def test_a_recipes_views_in_other_words_reach_stage1(monkeypatch):
     from research.repro_rows import Candidate, stage1_cfg
 
     words = {v: stage1_cfg(ReproCfg(), Candidate(v, 400, 15), 0).other_words for v in STAGE1_VARIANTS}
-    assert words == {"hardneg": 0, "longpos": 0, "paper": 0, "mntp": 0, "hardneg_words": 2}
+    assert words == {"hardneg": 0, "longpos": 0, "paper": 0, "mntp": 0, "hardneg_words": 2, "hardneg_alt": 2}
+    alt = {v: stage1_cfg(ReproCfg(), Candidate(v, 400, 15), 0).alt_views for v in STAGE1_VARIANTS}
+    assert alt == {**dict.fromkeys(STAGE1_VARIANTS, 0), "hardneg_alt": 2}
     monkeypatch.setitem(rc.STAGE1_VARIANTS, "words", {**rc.STAGE1_VARIANTS["hardneg"], "other_words": 2})
     cfg = stage1_cfg(ReproCfg(), Candidate("words", 400, 15), 0)
     assert cfg.other_words == 2 and cfg.hard_negatives and cfg.positives == "long"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -105,3 +106,42 @@ def test_views_in_other_words_keep_the_facts_of_the_long_style_text_they_rewrite
     twins, twins_w = twin_pools(ds, 0, progress=False), twin_pools(ds, 0, progress=False, words=1)
     assert all(w[:2] == t and canonical(w[-1]) in {canonical(x) for x in t} for t, w in zip(twins, twins_w, strict=True))
     assert any(len(w) == 3 for w in twins_w)
+
+
+def test_alt_views_state_the_facts_of_the_scene_and_of_its_twin(tmp_path):
+    from llm2clip.data import generate_scenes
+    from llm2clip.data.scene_graph import SceneGraph
+    from tests.llm2clip.data.test_alt_captions import check
+    from training.stage1.views import twin_graphs, twin_pools
+
+    ds = generate_scenes(tmp_path / "train", 10, "train", seed=5, progress=False)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    cfg = Stage1Cfg(hard_negatives=True, positives="long", paraphrases=1, other_words=1, alt_views=2)
+    got = load_views(folder, ds, cfg, progress=False)
+    plain = caption_pools(ds, 1, 0, progress=False, positives="long", words=1)
+    twins_plain = twin_pools(ds, 0, progress=False, words=1)
+    for item, pool, before, twin, tw_before, tw_graph in zip(ds, got.pools, plain, got.twins, twins_plain,
+                                                             twin_graphs(ds, 0), strict=True):
+        # the alt views come after every other view, two more of the scene and two of its twin
+        assert pool[: len(before)] == before and len(pool) == len(before) + 2
+        assert twin[: len(tw_before)] == tw_before and len(twin) == len(tw_before) + 2
+        for text in pool[len(before):]:
+            check(text, SceneGraph.from_json(item.meta))  # every fact of the scene, right
+        for text in twin[len(tw_before):]:
+            check(text, SceneGraph.from_json(tw_graph))  # ... and of its twin, which differs in one
+            with pytest.raises(AssertionError):
+                check(text, SceneGraph.from_json(item.meta))
+    # a function of the seed: the same run folder's texts again, another seed's differ
+    again = tmp_path / "again"
+    again.mkdir()
+    assert load_views(again, ds, cfg, progress=False).pools == got.pools
+    other = tmp_path / "other"
+    other.mkdir()
+    drawn = load_views(other, ds, replace(cfg, seed=1), progress=False).pools
+    assert [p[-2:] for p in drawn] != [p[-2:] for p in got.pools]
+    # no alt views by default; items without a scene graph get none
+    none = tmp_path / "none"
+    none.mkdir()
+    assert load_views(none, ds, replace(cfg, alt_views=0), progress=False).pools == plain
+    assert views.with_alt([["a bag"]], [{}], 2, [0, 2]) == [["a bag"]]

@@ -44,6 +44,10 @@ class Stage1Cfg:
     # with its class, size, orientation and texture words swapped for WordNet synonyms with probability 1/2
     # (``llm2clip.data.captions.lexical.relexicalise``, the lexicon stage 2's ``--other-words`` uses)
     other_words: int = 0
+    # views in the alt grammar: this many more views of each scene (and of its twin), each its long caption as the
+    # alt grammar writes it (``llm2clip.data.captions.alt``: the facts in other sentence orders, constructions and
+    # synonyms; the grammar stage 2's ``--alt-captions`` uses)
+    alt_views: int = 0
     mntp_probability: float = 0.2
     seed: int = 0
     bf16: bool = True  # autocast on CPU (AMX) and GPU

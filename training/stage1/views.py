@@ -10,6 +10,8 @@
 - Hard negatives (``hard_negatives``): half of a micro-batch are generator near twins of the other half's
   scenes, one attribute of one object changed (``near_twin_graph``), two paraphrases each. Random scenes
   differ in many facts at once; a twin differs in one, so only an embedding that keeps it separates them.
+- Views in other words (``other_words``: WordNet synonyms) and in the alt grammar (``alt_views``: other
+  sentence orders and constructions) are more views of the scene and of its twin: the paper's diverse captions.
 - Data order and view choice are functions of (seed, step): a resumed run draws what the uninterrupted
   one would have.
 """
@@ -28,6 +30,10 @@ from tqdm import tqdm
 from llm2clip.data import Dataset
 from llm2clip.errors import DatasetError
 from training.stage1.config import POSITIVES, Stage1Cfg
+
+# the streams of the alt views: (seed, ALT_KEY, i, k) for scene i, (seed, ALT_KEY + 1, i, k) for its twin
+# (other_words draws from (seed, 0, i, k) and (seed, 1, i, k))
+ALT_KEY = 2
 
 
 def _has_graph(meta: dict) -> bool:
@@ -75,22 +81,51 @@ def other_words(longs: list[str], variants: int, key: list[int], avoid: list[str
     return out
 
 
+def twin_graphs(dataset: Dataset, seed: int) -> list[dict | None]:
+    """The near twin of every item (one attribute of one object changed), as a scene-graph meta; None for an
+    item without a scene graph."""
+    from llm2clip.data import near_twin_graph
+
+    return [near_twin_graph(item.meta, int(np.random.SeedSequence([seed, i, 2**20]).generate_state(3)[0]))
+            if _has_graph(item.meta) else None for i, item in enumerate(dataset.items)]
+
+
 def twin_pools(dataset: Dataset, seed: int, progress: bool = True, words: int = 0) -> list[list[str]]:
-    """Two generator captions of a near twin of every item (one attribute of one object changed), then ``words``
-    of them in other words (``other_words``); [] for an item without a scene graph."""
-    from llm2clip.data import near_twin_graph, paraphrase_long
+    """Two generator captions of a near twin of every item (``twin_graphs``), then ``words`` of them in other
+    words (``other_words``); [] for an item without a scene graph."""
+    from llm2clip.data import paraphrase_long
 
     pools = []
-    for i, item in enumerate(tqdm(dataset.items, desc="near-twin captions", unit="item", disable=not progress)):
-        if not _has_graph(item.meta):
+    twins = twin_graphs(dataset, seed)
+    for i, twin in enumerate(tqdm(twins, desc="near-twin captions", unit="item", disable=not progress)):
+        if twin is None:
             pools.append([])
             continue
         state = np.random.SeedSequence([seed, i, 2**20]).generate_state(3)
-        twin = near_twin_graph(item.meta, int(state[0]))
         first = paraphrase_long(twin, int(state[1]))
         pair = [first, paraphrase_long(twin, int(state[2]), avoid=[first])]
         pools.append(pair + other_words(pair, words, [seed, 1, i], pair))
     return pools
+
+
+def with_alt(pools: list[list[str]], metas: list[dict | None], variants: int, key: list[int]) -> list[list[str]]:
+    """``pools`` with ``variants`` more views of each scene graph in ``metas``: its long caption in the alt grammar
+    (``llm2clip.data.captions.alt``: the same facts in other sentence orders, constructions and synonyms), the
+    k-th of item i drawn from (*key, i, k). A text already in the pool adds nothing; no graph, no view."""
+    from llm2clip.data.captions.alt import alt_caption
+    from llm2clip.data.scene_graph import SceneGraph
+
+    out = []
+    for i, (pool, meta) in enumerate(zip(pools, metas, strict=True)):
+        texts = list(pool)
+        if variants and meta is not None and _has_graph(meta):
+            graph = SceneGraph.from_json(meta)
+            for k in range(variants):
+                text = alt_caption(graph, np.random.default_rng([*key, i, k]))
+                if text not in texts:
+                    texts.append(text)
+        out.append(texts)
+    return out
 
 
 @dataclass
@@ -116,10 +151,13 @@ def load_views(folder: Path, dataset: Dataset, cfg: Stage1Cfg, progress: bool) -
         path.write_text(json.dumps(pools))
         return pools
 
-    pools = cached("captions.json", lambda: caption_pools(dataset, cfg.paraphrases, cfg.seed, progress,
-                                                         cfg.positives, cfg.other_words))
-    twins = cached("twins.json", lambda: twin_pools(dataset, cfg.seed, progress, cfg.other_words)) \
-        if cfg.hard_negatives else None
+    metas: list[dict | None] = [item.meta for item in dataset.items]
+    pools = cached("captions.json", lambda: with_alt(
+        caption_pools(dataset, cfg.paraphrases, cfg.seed, progress, cfg.positives, cfg.other_words),
+        metas, cfg.alt_views, [cfg.seed, ALT_KEY]))
+    twins = cached("twins.json", lambda: with_alt(
+        twin_pools(dataset, cfg.seed, progress, cfg.other_words),
+        twin_graphs(dataset, cfg.seed), cfg.alt_views, [cfg.seed, ALT_KEY + 1])) if cfg.hard_negatives else None
     return Views(pools, twins)
 
 
