@@ -81,12 +81,17 @@ def other_words(longs: list[str], variants: int, key: list[int], avoid: list[str
     return out
 
 
+def _twin_state(seed: int, i: int) -> np.ndarray:
+    """Item i's twin draws: [0] the twin graph, [1] and [2] its two captions."""
+    return np.random.SeedSequence([seed, i, 2**20]).generate_state(3)
+
+
 def twin_graphs(dataset: Dataset, seed: int) -> list[dict | None]:
     """The near twin of every item (one attribute of one object changed), as a scene-graph meta; None for an
     item without a scene graph."""
     from llm2clip.data import near_twin_graph
 
-    return [near_twin_graph(item.meta, int(np.random.SeedSequence([seed, i, 2**20]).generate_state(3)[0]))
+    return [near_twin_graph(item.meta, int(_twin_state(seed, i)[0]))
             if _has_graph(item.meta) else None for i, item in enumerate(dataset.items)]
 
 
@@ -101,7 +106,7 @@ def twin_pools(dataset: Dataset, seed: int, progress: bool = True, words: int = 
         if twin is None:
             pools.append([])
             continue
-        state = np.random.SeedSequence([seed, i, 2**20]).generate_state(3)
+        state = _twin_state(seed, i)
         first = paraphrase_long(twin, int(state[1]))
         pair = [first, paraphrase_long(twin, int(state[2]), avoid=[first])]
         pools.append(pair + other_words(pair, words, [seed, 1, i], pair))
