@@ -276,13 +276,13 @@ def test_adapter_probe_trains_a_rows_stage2_again_with_another_adapter(repro, re
 def test_adapter_probe_trains_a_missing_stage1_row_as_the_repro_would(repro, report, tmp_path):
     """--train-text: a stage-1 row without embeddings gets its stage 1 and train embeddings made as the repro makes
     them (into a copy of the run, so the other tests' run is untouched), then its stage 2; nothing of test is read."""
-    import shutil
-
     from research import adapter_probe
     from research.repro_rows import Candidate, embeddings_dir, stage1_cfg
 
     run = tmp_path / "run"
-    shutil.copytree(repro, run, ignore=shutil.ignore_patterns("bundle", "ckpt"))
+    # hard links: a copy of the stage-1 models takes gigabytes; so the probe may add files but never rewrite one
+    before = {p: p.stat().st_mtime_ns for p in repro.rglob("*") if p.is_file()}
+    shutil.copytree(repro, run, ignore=shutil.ignore_patterns("bundle", "ckpt"), copy_function=os.link)
     (run / "data" / "test").rename(run / "data" / "test-hidden")  # anything that reads test fails
     spec = adapter_probe.spec_of("llm_cc:hardneg_alt", QUICK)
     assert not (embeddings_dir(run, spec, 2) / "manifest.json").exists()
@@ -298,3 +298,5 @@ def test_adapter_probe_trains_a_missing_stage1_row_as_the_repro_would(repro, rep
     pools = json.loads((folder / "checkpoint" / "captions.json").read_text())
     twins = json.loads((folder / "checkpoint" / "twins.json").read_text())
     assert all(len(p) >= 4 for p in pools) and all(len(t) >= 4 for t in twins)  # 2 own-grammar + 2 alt at least
+    assert {p: p.stat().st_mtime_ns for p in repro.rglob("*") if p.is_file()} == before  # the run is untouched
+    shutil.rmtree(run)

@@ -41,7 +41,7 @@ def test_select_and_all_rows_give_the_full_protocol(seen, tmp_path):
     assert main(["repro", "--out", str(tmp_path), "--select", "--rows", "all"]) == 0
     assert seen["select"] and seen["command"] == "llm2clip repro --out DIR --select --rows all"
     assert seen["rows"] == ("clip77", "minilm77", "minilm", "llm_nocc", "llm_cc", "llm_cc:hardneg", "llm_cc:longpos",
-                            "llm_cc:paper", "llm_cc:mntp", "llm_cc:hardneg_words")
+                            "llm_cc:paper", "llm_cc:mntp", "llm_cc:hardneg_words", "llm_cc:hardneg_alt")
 
 
 def test_the_stage1_recipe_is_a_row_not_a_flag(seen, tmp_path, capsys):
@@ -74,7 +74,8 @@ def test_unknown_rows_are_a_user_error(tmp_path, capsys):
     assert main(["repro", "--out", str(tmp_path), "--rows", "llm_cc,clip78"]) == 2
     err = capsys.readouterr().err
     assert err == ("llm2clip: error: unknown rows ['clip78']: choose among clip77, minilm77, minilm, llm_nocc, "
-                   "llm_cc, llm_cc:hardneg, llm_cc:longpos, llm_cc:paper, llm_cc:mntp, llm_cc:hardneg_words (or all)\n")
+                   "llm_cc, llm_cc:hardneg, llm_cc:longpos, llm_cc:paper, llm_cc:mntp, llm_cc:hardneg_words, "
+                   "llm_cc:hardneg_alt (or all)\n")
     assert not (tmp_path / "data").exists()  # rejected before any scene is generated
 
 
