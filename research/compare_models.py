@@ -9,6 +9,11 @@ scenes restyled, ``llm2clip data restyle``) with ``training.eval.evaluate_per_qu
 hits (averaged over its seeds) are paired with Y's on every metric below, one cluster per twin pair
 (``research.stats.paired_cluster_test``). Every comparison of the run is one family for Holm's correction. A
 difference is called one only when its Holm p is below 0.05.
+
+``--save-scores DIR`` keeps each bundle's per-query scores on both corpora as DIR/NAME-K.json (K: its place in the
+arm), a few hundred kB that can be committed beside a report. Such a file stands in for its bundle in a later
+``--arm`` (``NAME=DIR/NAME-0.json,...``), so new seeds can be compared with arms whose bundles are gone; it is
+refused unless it was scored on the very corpora given (their items.jsonl digests).
 """
 
 from __future__ import annotations
@@ -67,13 +72,19 @@ def family(arms: dict[str, dict[str, list[dict[str, Any]]]], comparisons: list[t
     return out
 
 
+SCORES_FORMAT = "llm2clip-compare-scores/1"
+
+
+def corpus_id(corpus: Path) -> str:
+    return hashlib.sha256((corpus / "items.jsonl").read_bytes()).hexdigest()[:16]
+
+
 def scored(bundle: Path, corpus: Path, cache: Path, threads: int | None) -> dict[str, Any]:
     """``evaluate_per_query``'s ``per_query`` for ``bundle`` on ``corpus``, from the cache when it is there."""
     from llm2clip.bundle import load_bundle
     from training.eval import evaluate_per_query
 
-    corpus_id = hashlib.sha256((corpus / "items.jsonl").read_bytes()).hexdigest()[:16]
-    path = cache / f"{load_bundle(bundle, verify=False).fingerprint[:16]}-{corpus_id}.json"
+    path = cache / f"{load_bundle(bundle, verify=False).fingerprint[:16]}-{corpus_id(corpus)}.json"
     if not path.is_file():
         result = evaluate_per_query(bundle, corpus, threads=threads, progress=False)
         cache.mkdir(parents=True, exist_ok=True)
@@ -81,11 +92,45 @@ def scored(bundle: Path, corpus: Path, cache: Path, threads: int | None) -> dict
     return json.loads(path.read_text())
 
 
+def arm_scores(path: Path, corpora: dict[str, Path], cache: Path, threads: int | None) -> dict[str, Any]:
+    """One seed of an arm: ``{style: per_query}`` from its bundle, or from a ``--save-scores`` file made on the same
+    corpora."""
+    if path.suffix != ".json":
+        from llm2clip.bundle import load_bundle
+
+        return {"model": load_bundle(path, verify=False).fingerprint,
+                **{style: scored(path, corpus, cache, threads) for style, corpus in corpora.items()}}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: not a readable scores file ({e.__class__.__name__}); give a bundle folder or a "
+                         "file written by --save-scores") from None
+    if not isinstance(record, dict) or record.get("format") != SCORES_FORMAT:
+        raise SystemExit(f"{path}: not a --save-scores file (format {SCORES_FORMAT} expected)")
+    for style, corpus in corpora.items():
+        if not isinstance(record.get(style), dict) or not {"corpus", "per_query"} <= record[style].keys():
+            raise SystemExit(f"{path}: a --save-scores file without its {style} scores; write it again")
+        if record[style]["corpus"] != corpus_id(corpus):
+            raise SystemExit(f"{path} was scored on another {style} corpus than {corpus}: compare on the same scenes, "
+                             "or score its bundle again")
+    return {"model": record.get("model"), **{style: record[style]["per_query"] for style in corpora}}
+
+
+def save_scores(folder: Path, name: str, scores: list[dict[str, Any]], corpora: dict[str, Path]) -> None:
+    """Each seed of arm ``name`` as folder/name-K.json (see the module's doc), with its model's fingerprint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, seed in enumerate(scores):
+        record = {"format": SCORES_FORMAT, "arm": name, "model": seed["model"],
+                  **{style: {"corpus": corpus_id(corpus), "per_query": seed[style]} for style, corpus in corpora.items()}}
+        (folder / f"{name}-{k}.json").write_text(json.dumps(record) + "\n")
+
+
 def _arm(value: str) -> tuple[str, list[Path]]:
     name, _, bundles = value.partition("=")
     paths = [Path(b) for b in bundles.split(",") if b]
-    if not name or not paths:
-        raise argparse.ArgumentTypeError(f"{value!r}: write an arm as NAME=BUNDLE[,BUNDLE...]")
+    if not name or not paths or "/" in name:
+        raise argparse.ArgumentTypeError(f"{value!r}: write an arm as NAME=BUNDLE[,BUNDLE...] (a bundle or a "
+                                         "--save-scores file per seed)")
     return name, paths
 
 
@@ -100,19 +145,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m research.compare_models", description=__doc__.split("\n\n")[0])
     p.add_argument("--own", required=True, type=Path, help="a val corpus in the own caption style")
     p.add_argument("--unseen", required=True, type=Path, help="the same scenes in the unseen style")
-    p.add_argument("--arm", required=True, action="append", type=_arm, help="NAME=BUNDLE[,BUNDLE...]: one per seed")
+    p.add_argument("--arm", required=True, action="append", type=_arm,
+                   help="NAME=BUNDLE[,BUNDLE...]: one per seed; a --save-scores file may stand for a bundle")
     p.add_argument("--compare", required=True, action="append", type=_comparison, help="X-Y: X minus Y")
     p.add_argument("--cache", type=Path, default=Path("compare-cache"), help="scores per bundle and corpus")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: every core)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.add_argument("--save-scores", type=Path, default=None,
+                   help="also keep each seed's per-query scores here as NAME-K.json, usable in a later --arm")
     args = p.parse_args(argv)
     arms = dict(args.arm)
     unknown = sorted({n for c in args.compare for n in c} - set(arms))
     if unknown:
         p.error(f"--compare names arms that no --arm gives: {', '.join(unknown)}")
-    per_query = {name: {style: [scored(b, corpus, args.cache, args.threads) for b in bundles]
-                        for style, corpus in (("own", args.own), ("unseen", args.unseen))}
-                 for name, bundles in arms.items()}
+    corpora = {"own": args.own, "unseen": args.unseen}
+    seeds = {name: [arm_scores(b, corpora, args.cache, args.threads) for b in sources] for name, sources in arms.items()}
+    if args.save_scores:
+        for name, scores in seeds.items():
+            save_scores(args.save_scores, name, scores, corpora)
+    per_query = {name: {style: [s[style] for s in scores] for style in corpora} for name, scores in seeds.items()}
     result = family(per_query, args.compare)
     text = json.dumps(result, indent=2)
     if args.json:

@@ -63,3 +63,29 @@ def test_runs_on_a_real_bundle_and_caches(tiny_bundle, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cm.main([*argv[:8], "--compare", "B-Q"])
     assert "no --arm gives: Q" in capsys.readouterr().err
+
+
+def test_saved_scores_stand_in_for_their_bundle_on_the_same_corpora_only(tiny_bundle, tmp_path, capsys):
+    generate_scenes(tmp_path / "own", 8, "val", 3, progress=False)
+    restyle_corpus(tmp_path / "own", tmp_path / "unseen", seed=3, progress=False)
+    corpora = ["--own", str(tmp_path / "own"), "--unseen", str(tmp_path / "unseen"), "--threads", "1"]
+    cache, saved = str(tmp_path / "cache"), tmp_path / "scores"
+    assert cm.main([*corpora, "--arm", f"A={tiny_bundle}", "--arm", f"B={tiny_bundle},{tiny_bundle}",
+                    "--compare", "B-A", "--cache", cache, "--save-scores", str(saved)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in saved.iterdir()) == ["A-0.json", "B-0.json", "B-1.json"]
+    record = json.loads((saved / "A-0.json").read_text())
+    assert record["arm"] == "A" and len(record["model"]) == 64 and str(tmp_path) not in (saved / "A-0.json").read_text()
+    # no bundle and no cache: the files alone give the same family
+    assert cm.main([*corpora, "--arm", f"A={saved / 'A-0.json'}", "--arm", f"B={saved / 'B-0.json'},{saved / 'B-1.json'}",
+                    "--compare", "B-A", "--cache", str(tmp_path / "empty")]) == 0
+    assert json.loads(capsys.readouterr().out) == first and not (tmp_path / "empty").exists()
+    # other scenes: refused, not paired query by query with the wrong ones
+    generate_scenes(tmp_path / "other", 8, "val", 4, progress=False)
+    with pytest.raises(SystemExit, match="another own corpus"):
+        cm.main(["--own", str(tmp_path / "other"), *corpora[2:], "--arm", f"A={saved / 'A-0.json'}",
+                 "--arm", f"B={tiny_bundle}", "--compare", "B-A", "--cache", cache])
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="not a --save-scores file"):
+        cm.main([*corpora, "--arm", f"A={tmp_path / 'bad.json'}", "--arm", f"B={tiny_bundle}", "--compare", "B-A",
+                 "--cache", cache])
