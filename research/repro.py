@@ -36,6 +36,7 @@ from llm2clip.errors import LLM2CLIPError
 from research.fact_probe import probe_caption_embeddings
 from research.report import portable, write_report
 from research.repro_config import LLM_CC_SOURCE, MAIN_ROWS, ROWS, STAGE1_VARIANTS, ReproCfg, vision_cfg
+from research.repro_records import check_records_data, drop_orphans, row_recorded, val_recorded
 from research.repro_rows import (
     STAGE2_SUMMARY,
     Candidate,
@@ -47,7 +48,7 @@ from research.repro_rows import (
     text_encoder,
     train_bundle,
 )
-from research.repro_scoring import BUNDLE_SCORING, RowScoring, ThroughAdapter, UnitView
+from research.repro_scoring import BUNDLE_SCORING, FROZEN_SCORING, RowScoring, ThroughAdapter, UnitView
 from research.repro_styles import STYLES_FILE, drops, paired_tests, style_outcomes, unseen_corpus
 from research.seed_stats import average
 from research.selection import select, selection_record
@@ -76,6 +77,7 @@ def _data(out: Path, cfg: ReproCfg, split: str) -> Path:
     if not (path / "items.jsonl").is_file():
         _say(f"scenes: {split} ({size})")
         generate_scenes(path, size, split, cfg.seed + SPLIT_SEEDS[split])
+    check_records_data(out, split)  # records carried in from another machine were made on these very scenes
     return path
 
 
@@ -140,7 +142,16 @@ def select_llm_cc(work: Work, val_dir: Path) -> tuple[Candidate, list[dict[str, 
     cfg = work.cfg
 
     def build(c: Candidate) -> Callable[[int], Path]:
-        return lambda k: train_bundle(work, candidate_spec(c), k)
+        spec = candidate_spec(c)
+        # a seed scored on val already (its val.json, kept by research.repro_records) is not trained again
+        def bundle(k: int) -> Path:
+            rdir = work.row_dir(spec, k)
+            if recorded := val_recorded(rdir):
+                return recorded
+            drop_orphans(rdir)
+            return train_bundle(work, spec, k)
+
+        return bundle
 
     recipes = {f"llm_cc:{v}": Candidate(v, cfg.stage1_steps, cfg.stage1_lora_layers) for v in STAGE1_VARIANTS}
     _say(f"choosing llm_cc's stage-1 recipe on the val split among {', '.join(recipes)}")
@@ -185,10 +196,15 @@ def _drop_stale_scores(rdir: Path, scoring: str) -> None:
 
 def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str, Any], dict[str, Any]]:
     """One row at seed ``k``: stage 2 and export (cached), the test scores, the text-only twin probe; and its
-    per-query outcomes on both caption styles (``research.repro_styles.style_outcomes``)."""
-    bundle = train_bundle(work, spec, k)
-    rdir, t0, scoring = bundle.parent, time.perf_counter(), _row_scoring(work, spec, k, bundle)
-    _drop_stale_scores(rdir, scoring.scoring)
+    per-query outcomes on both caption styles (``research.repro_styles.style_outcomes``). A seed whose records are
+    all there (``research.repro_records``) is read from them: neither its models nor its bundle are needed."""
+    rdir = work.row_dir(spec, k)
+    _drop_stale_scores(rdir, BUNDLE_SCORING if spec.encoder is None else FROZEN_SCORING)
+    scoring = None
+    if not row_recorded(rdir, spec.encoder is not None):
+        drop_orphans(rdir)
+        scoring = _row_scoring(work, spec, k, train_bundle(work, spec, k))
+    t0 = time.perf_counter()
     metrics = _cached_json(rdir / "eval.json", lambda: scoring.evaluate(test.path))
     twins = _cached_json(rdir / "text_twins.json", lambda: scoring.text_twins(test.dataset))
     styles = _cached_json(rdir / STYLES_FILE, lambda: style_outcomes(scoring, test.path, test.unseen))
@@ -222,11 +238,15 @@ def _raw_text_side(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict
     """One raw text encoder (seed ``k`` of a stage-1 row) on the test split, cut where its row cuts captions:
     caption retrieval accuracy and the paraphrase near-twin probe (cached), from the vectors its row was scored
     with (``Work.raw``)."""
-    folder, tag = text_encoder(work, spec, k), spec.key + (f"-seed-{k}" if spec.stage1 else "")
+    cache, tag = work.out / "caption_retrieval", spec.key + (f"-seed-{k}" if spec.stage1 else "")
+    acc_file, twins_file = cache / f"{tag}.json", cache / f"{tag}_twins.json"
+    if acc_file.is_file() and twins_file.is_file():  # recorded: the encoder is not needed
+        return json.loads(acc_file.read_text()), json.loads(twins_file.read_text())
+    folder = text_encoder(work, spec, k)
     assert folder is not None
-    cache, unit = work.out / "caption_retrieval", UnitView(work.raw.get(folder, spec.max_tokens))
-    acc = _cached_json(cache / f"{tag}.json", lambda: caption_retrieval_of(unit, test.dataset))
-    twins = _cached_json(cache / f"{tag}_twins.json", lambda: paraphrase_twin_accuracy(unit.encode, test.dataset))
+    unit = UnitView(work.raw.get(folder, spec.max_tokens))
+    acc = _cached_json(acc_file, lambda: caption_retrieval_of(unit, test.dataset))
+    twins = _cached_json(twins_file, lambda: paraphrase_twin_accuracy(unit.encode, test.dataset))
     return acc, twins
 
 

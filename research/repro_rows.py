@@ -169,7 +169,9 @@ def text_encoder(work: Work, spec: RowSpec, k: int) -> Path | None:
     if spec.stage1 is None:
         return minilm_dir() if spec.encoder == "minilm" else smollm2_dir()
     folder = work.stage1_dir(spec.stage1, k)
-    if (folder / "stage1.json").is_file():  # finished: not even the base's fingerprint to hash again
+    # finished: not even the base's fingerprint to hash again (a stage1.json carried alone by
+    # research.repro_records, without the model, is a record: stage 1 runs and writes both)
+    if (folder / "stage1.json").is_file() and (folder / "config.json").is_file():
         return folder
     say(f"stage 1: {spec.stage1.label}, seed {k}")
     run = Run(stage1_cfg(work.cfg, spec.stage1, work.seed(k)), folder, prefix=work.prefix)

@@ -300,3 +300,21 @@ def test_adapter_probe_trains_a_missing_stage1_row_as_the_repro_would(repro, rep
     assert all(len(p) >= 4 for p in pools) and all(len(t) >= 4 for t in twins)  # 2 own-grammar + 2 alt at least
     assert {p: p.stat().st_mtime_ns for p in repro.rglob("*") if p.is_file()} == before  # the run is untouched
     shutil.rmtree(run)
+
+
+def test_records_carry_the_whole_protocol_to_a_folder_without_its_models(repro, report, tmp_path):
+    """research.repro_records: the run's records packed, then unpacked into an empty folder (as on a machine that
+    never trained it): the whole --select protocol runs there from the records alone, trains and scores nothing,
+    and reports the same rows, choices and tests."""
+    from research import repro_records
+    from research.repro import run_repro
+
+    records, fresh = tmp_path / "records", tmp_path / "fresh"
+    assert repro_records.main(["pack", str(repro), str(records)]) == 0
+    assert not list(records.rglob("*.onnx")) and not list(records.rglob("*.safetensors"))
+    repro_records.unpack(records, fresh)
+    again = run_repro(fresh, replace(QUICK, seeds=SEEDS), tuple(ROWS), select=True)
+    assert not list(fresh.glob("*/seed-*/bundle")) and not list(fresh.glob("stage1/*/seed-*/config.json"))
+    assert not (fresh / "embeddings").exists() and not (fresh / "token_cache").exists()
+    for key in ("rows", "caption_retrieval", "text_twins", "selection", "paired_tests", "stage2_throughput"):
+        assert again[key] == report[key], key
