@@ -51,7 +51,7 @@ from research.repro_rows import (
 from research.repro_scoring import BUNDLE_SCORING, FROZEN_SCORING, RowScoring, ThroughAdapter, UnitView
 from research.repro_styles import STYLES_FILE, drops, paired_tests, style_outcomes, unseen_corpus
 from research.seed_stats import average
-from research.selection import select, selection_record
+from research.selection import score_on_val, select, selection_record
 from training.caption_retrieval import caption_retrieval_of, paraphrase_twin_accuracy
 from training.clip import default_model_cfg, load_images, normalize
 from training.clip_recipe import clip_loss
@@ -203,7 +203,10 @@ def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str,
     scoring = None
     if not row_recorded(rdir, spec.encoder is not None):
         drop_orphans(rdir)
-        scoring = _row_scoring(work, spec, k, train_bundle(work, spec, k))
+        bundle = train_bundle(work, spec, k)
+        if spec.stage1 is not None:  # a stage-1 row is also a --select candidate: its val scores are kept for one
+            score_on_val(bundle, work.out / "data" / "val")  # (val.json), chosen on only by a --select run
+        scoring = _row_scoring(work, spec, k, bundle)
     t0 = time.perf_counter()
     metrics = _cached_json(rdir / "eval.json", lambda: scoring.evaluate(test.path))
     twins = _cached_json(rdir / "text_twins.json", lambda: scoring.text_twins(test.dataset))

@@ -243,7 +243,9 @@ def test_without_select_llm_cc_is_the_presets_and_the_report_says_where_it_comes
     label = cand.label
     assert selection["fixed"][f"llm_cc = {label}"] == LLM_CC_SOURCE
     assert report["rows"]["llm_cc"]["folder"] == key and report["rows"]["llm_cc"]["chosen"] == label
-    assert not list(out.glob("*/seed-*/val.json"))  # nothing chosen, nothing scored on val
+    # nothing chosen; the row's val scores are kept for a later --select run (research.repro_records), on val only
+    assert [json.loads(p.read_text())["dataset"] for p in sorted(out.glob("*/seed-*/val.json"))] == [
+        str(out / "data" / "val")] * SEEDS
     for k in range(SEEDS):  # and nothing retrained: stage 2's record is the candidate's
         assert (out / key / f"seed-{k}" / "stage2.json").read_text() == (
             repro / key / f"seed-{k}" / "stage2.json").read_text()
