@@ -12,6 +12,12 @@ digests of the scenes they were scored on (records.json). ``unpack`` puts them i
 never over what is there: a row seed with any record of its own keeps all of its own. ``llm2clip repro --out DIR`` then reads a recorded seed instead of training it
 again, so a long protocol can go on over several machines, the records committed between them. Records made on
 other scenes are refused: the scenes are generated again from the seed, and their digests must match.
+
+A protocol in parts: each machine runs some rows with every seed (``llm2clip repro --out DIR --rows
+llm_cc:longpos,llm_cc:paper --seeds 3``; a stage-1 row keeps its val scores too), packs, and the records are
+committed; the last one unpacks them all and runs ``--select --rows all --seeds 3``, which trains only what no
+record holds (the step-count probe) and chooses on the recorded val scores. The control rows' test scores then
+exist before the choice is made; the choice reads val only, and the report should say so.
 """
 
 from __future__ import annotations
