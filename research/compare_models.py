@@ -79,12 +79,12 @@ def corpus_id(corpus: Path) -> str:
     return hashlib.sha256((corpus / "items.jsonl").read_bytes()).hexdigest()[:16]
 
 
-def scored(bundle: Path, corpus: Path, cache: Path, threads: int | None) -> dict[str, Any]:
-    """``evaluate_per_query``'s ``per_query`` for ``bundle`` on ``corpus``, from the cache when it is there."""
-    from llm2clip.bundle import load_bundle
+def scored(bundle: Path, fingerprint: str, corpus: Path, cache: Path, threads: int | None) -> dict[str, Any]:
+    """``evaluate_per_query``'s ``per_query`` for ``bundle`` (whose fingerprint is given) on ``corpus``, from the
+    cache when it is there."""
     from training.eval import evaluate_per_query
 
-    path = cache / f"{load_bundle(bundle, verify=False).fingerprint[:16]}-{corpus_id(corpus)}.json"
+    path = cache / f"{fingerprint[:16]}-{corpus_id(corpus)}.json"
     if not path.is_file():
         result = evaluate_per_query(bundle, corpus, threads=threads, progress=False)
         cache.mkdir(parents=True, exist_ok=True)
@@ -98,8 +98,8 @@ def arm_scores(path: Path, corpora: dict[str, Path], cache: Path, threads: int |
     if path.suffix != ".json":
         from llm2clip.bundle import load_bundle
 
-        return {"model": load_bundle(path, verify=False).fingerprint,
-                **{style: scored(path, corpus, cache, threads) for style, corpus in corpora.items()}}
+        model = load_bundle(path, verify=False).fingerprint  # read once for the cache names of both corpora
+        return {"model": model, **{style: scored(path, model, corpus, cache, threads) for style, corpus in corpora.items()}}
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
