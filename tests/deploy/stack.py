@@ -111,6 +111,15 @@ class Stack:
         self.start("prometheus", ["prometheus", f"--config.file={path}", f"--storage.tsdb.path={self.tmp / 'tsdb'}",
                                   f"--web.listen-address=127.0.0.1:{self.ports['prometheus']}", "--log.level=warn"])
         wait_http(f"{self.url('prometheus')}/-/ready", self, "prometheus")
+        self.wait_scraped(len(replicas))
+
+    def wait_scraped(self, n: int, timeout: float = 60) -> None:
+        """Until Prometheus has scraped all n replicas once: a counter's first sample is its baseline, so
+        traffic sent before it would never show in rate()."""
+        deadline = time.monotonic() + timeout
+        while len(self.query("up == 1")) < n:
+            assert time.monotonic() < deadline, f"Prometheus scraped fewer than {n} replicas:\n{self.log('prometheus')}"
+            time.sleep(0.3)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"

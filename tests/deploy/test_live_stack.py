@@ -69,8 +69,9 @@ def png_of_corpus(stack: Stack) -> bytes:
     return (stack.tmp / "corpus" / items[0]["image"]).read_bytes()
 
 
-def send_traffic(stack: Stack) -> dict[int, int]:
-    """Every route through the proxy, errors included; a burst at replica b for 429s. Status -> count."""
+def send_traffic(stack: Stack, rnd: int) -> dict[int, int]:
+    """Every route through the proxy, errors included; a burst at replica b for 429s. Status -> count.
+    The burst's texts are new in each round `rnd`: repeated ones would come from b's query cache, not its queue."""
     seen: dict[int, int] = {}
     png = png_of_corpus(stack)
 
@@ -93,7 +94,7 @@ def send_traffic(stack: Stack) -> dict[int, int]:
     for _ in range(3):  # the query cache: the same text again on one replica
         note(httpx.post(stack.url("a") + "/search", json={"text": CAPTION, "k": 1}, timeout=30))
     with ThreadPoolExecutor(12) as pool:  # replica b's one-item queue overflows
-        texts = [f"{CAPTION} Variant {i}." for i in range(12)]
+        texts = [f"{CAPTION} Variant {rnd}.{i}." for i in range(12)]
         for r in pool.map(lambda t: httpx.post(stack.url("b") + "/search", json={"text": t}, timeout=30), texts):
             note(r)
     return seen
@@ -101,8 +102,8 @@ def send_traffic(stack: Stack) -> dict[int, int]:
 
 def test_every_route_answers_through_the_proxy(running):
     seen = {}
-    for _ in range(3):  # rounds a scrape apart, so that rate() has two samples of every counter
-        for status, n in send_traffic(running).items():
+    for rnd in range(3):  # rounds a scrape apart, so that rate() has two samples of every counter
+        for status, n in send_traffic(running, rnd).items():
             seen[status] = seen.get(status, 0) + n
         time.sleep(1.5)
     assert seen.get(200, 0) >= 30 and seen.get(429, 0) >= 1 and seen.get(404, 0) >= 6
