@@ -112,6 +112,10 @@ def _selection(selection: dict[str, Any] | None) -> list[str]:
             mark = " (chosen)" if name == c["chosen"] else ""
             lines.append(f"| {name}{mark} | {fmt_mean_sd(s['t2i_r1']['per_seed'])} | "
                          f"{fmt_mean_sd(s['twin_t2i']['per_seed'])} | {s['seeds']} |")
+        if before := c.get("test_scored_before"):
+            lines += ["", f"Test scores of {', '.join(f'`{n}`' for n in before)} existed before this choice: they are "
+                          "control rows of this report, scored on test by an earlier part of the run (or carried in "
+                          "by `research.repro_records`). The rule reads the val scores above only."]
     fixed = selection.get("fixed") or {}
     if fixed:
         lines += ["", "Not chosen by this run:", "",

@@ -155,14 +155,25 @@ def select_llm_cc(work: Work, val_dir: Path) -> tuple[Candidate, list[dict[str, 
 
     recipes = {f"llm_cc:{v}": Candidate(v, cfg.stage1_steps, cfg.stage1_lora_layers) for v in STAGE1_VARIANTS}
     _say(f"choosing llm_cc's stage-1 recipe on the val split among {', '.join(recipes)}")
+    before = _scored_on_test(work, recipes)
     first = select("llm_cc: stage-1 recipe", {n: build(c) for n, c in recipes.items()}, cfg.seeds, val_dir)
+    first["test_scored_before"] = before
     variant = recipes[first["chosen"]].variant
     counts = {f"{s} steps": Candidate(variant, s, cfg.stage1_lora_layers)
               for s in sorted({*cfg.stage1_step_probes, cfg.stage1_steps})}
     _say(f"choosing llm_cc:{variant}'s stage-1 steps on the val split among {', '.join(counts)}")
+    before = _scored_on_test(work, counts)
     second = select(f"llm_cc: stage-1 steps of llm_cc:{variant}", {n: build(c) for n, c in counts.items()},
                     cfg.seeds, val_dir, steps={n: c.steps for n, c in counts.items()})
+    second["test_scored_before"] = before
     return counts[second["chosen"]], [first, second]
+
+
+def _scored_on_test(work: Work, candidates: dict[str, Candidate]) -> list[str]:
+    """The candidates that some seed has scored on the test split before the choice among them: control rows
+    run first, or carried in by ``research.repro_records``. The choice still reads val only; the report says so."""
+    return [name for name, c in candidates.items()
+            if any((work.row_dir(candidate_spec(c), k) / "eval.json").is_file() for k in range(work.cfg.seeds))]
 
 
 @dataclass

@@ -17,7 +17,8 @@ A protocol in parts: each machine runs some rows with every seed (``llm2clip rep
 llm_cc:longpos,llm_cc:paper --seeds 3``; a stage-1 row keeps its val scores too), packs, and the records are
 committed; the last one unpacks them all and runs ``--select --rows all --seeds 3``, which trains only what no
 record holds (the step-count probe) and chooses on the recorded val scores. The control rows' test scores then
-exist before the choice is made; the choice reads val only, and the report should say so.
+exist before the choice is made; the choice reads val only, and the report says so (each choice lists the
+candidates whose test scores came first).
 """
 
 from __future__ import annotations

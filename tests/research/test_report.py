@@ -99,6 +99,10 @@ def test_the_selection_section_lists_each_choice_its_candidates_and_split(report
     assert "| llm_cc:hardneg | 0.375 ± 0.177 | 0.500 ± 0.000 | 2 |" in lines
     assert "| stage 2 | the preset's |" in lines and "Protocol: every choice on the val split." in lines
     assert not any(line.startswith("No choice was made") for line in lines)
+    assert not any("existed before this choice" in line for line in lines)
+    report["selection"]["choices"][0]["test_scored_before"] = ["llm_cc:hardneg"]
+    said = [line for line in render_markdown(report).split("\n") if "existed before this choice" in line]
+    assert len(said) == 1 and said[0].startswith("Test scores of `llm_cc:hardneg` existed") and "val" in said[0]
     report["selection"]["choices"] = []
     assert any(line.startswith("No choice was made") for line in render_markdown(report).split("\n"))
     del report["selection"]

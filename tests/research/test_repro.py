@@ -318,5 +318,13 @@ def test_records_carry_the_whole_protocol_to_a_folder_without_its_models(repro, 
     again = run_repro(fresh, replace(QUICK, seeds=SEEDS), tuple(ROWS), select=True)
     assert not list(fresh.glob("*/seed-*/bundle")) and not list(fresh.glob("stage1/*/seed-*/config.json"))
     assert not (fresh / "embeddings").exists() and not (fresh / "token_cache").exists()
-    for key in ("rows", "caption_retrieval", "text_twins", "selection", "paired_tests", "stage2_throughput"):
+    for key in ("rows", "caption_retrieval", "text_twins", "paired_tests", "stage2_throughput"):
         assert again[key] == report[key], key
+    # the same choices; here every recipe's test scores came first (carried in), and the report says so
+    first, *_ = again["selection"]["choices"]
+    assert first["test_scored_before"] == list(first["candidates"])
+    assert all(not c["test_scored_before"] for c in report["selection"]["choices"])
+    strip = [{k: v for k, v in c.items() if k != "test_scored_before"} for c in again["selection"]["choices"]]
+    assert strip == [{k: v for k, v in c.items() if k != "test_scored_before"} for c in report["selection"]["choices"]]
+    assert again["selection"]["fixed"] == report["selection"]["fixed"]
+    assert "existed before this choice" in (fresh / "report.md").read_text()
