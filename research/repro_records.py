@@ -147,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "pack":
             n = pack(args.source, args.target)
-            sys.stdout.write(f"packed {n} records of {args.source} into {args.target}\n")
+            sys.stdout.write(f"packed {n} record files of {args.source} into {args.target}\n")
         else:
             copied, kept = unpack(args.source, args.target)
-            sys.stdout.write(f"unpacked {copied} records into {args.target} ({kept} already there, kept)\n")
+            sys.stdout.write(f"unpacked {copied} record files into {args.target} ({kept} already there, kept)\n")
     except LLM2CLIPError as e:
         sys.stderr.write(f"repro_records: error: {e}\n")
         return 2
