@@ -38,6 +38,7 @@ from research.report import portable, write_report
 from research.repro_config import LLM_CC_SOURCE, MAIN_ROWS, ROWS, STAGE1_VARIANTS, ReproCfg, vision_cfg
 from research.repro_records import check_records_data, drop_orphans, row_recorded, val_recorded
 from research.repro_rows import (
+    STAGE1_TIMED_APART,
     STAGE2_SUMMARY,
     Candidate,
     RowSpec,
@@ -231,7 +232,7 @@ def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str,
     seconds = _cached_json(rdir / "seconds.json", lambda: round(time.perf_counter() - t0, 1))
     stage2 = json.loads((rdir / STAGE2_SUMMARY).read_text())
     return {"seed": work.seed(k), "eval": metrics, "seconds": round(stage2["seconds"] + seconds, 1),
-            "text_twins": twins, "fact_probe": facts, "final_loss": stage2.get("final_loss"),
+            "stage1_in_seconds": spec.stage1 is not None and not stage2.get(STAGE1_TIMED_APART), "text_twins": twins, "fact_probe": facts, "final_loss": stage2.get("final_loss"),
             "unseen_eval": styles["unseen_eval"]}, styles
 
 
@@ -244,7 +245,7 @@ def _run_row(work: Work, name: str, spec: RowSpec, test: _Test) -> tuple[dict[st
     row = {key: average([s[key] for s in seeds]) if seeds[0][key] is not None else None
            for key in ("eval", "text_twins", "fact_probe", "final_loss", "unseen_eval")}
     row.update(folder=spec.key, seconds=round(sum(s["seconds"] for s in seeds), 1), seeds=list(seeds),
-               stage1=_stage1_summaries(work, spec), styles=drops(list(outcomes)))
+               stage1_in_seconds=any(s["stage1_in_seconds"] for s in seeds), stage1=_stage1_summaries(work, spec), styles=drops(list(outcomes)))
     return row, list(outcomes)
 
 

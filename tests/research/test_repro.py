@@ -16,7 +16,7 @@ from llm2clip.data import read_dataset
 from llm2clip_cli.main import main as cli
 from research.fact_probe import probe_caption_embeddings
 from research.repro_config import CC_ROWS, QUICK, ROWS, STAGE1_VARIANTS
-from research.repro_rows import Candidate
+from research.repro_rows import STAGE1_TIMED_APART, STAGE2_SUMMARY, Candidate
 from research.repro_scoring import BUNDLE_SCORING, FROZEN_SCORING
 from training.embed import CaptionEmbeddings
 from training.eval import twin_pairs
@@ -154,6 +154,11 @@ def test_stage1_runs_follow_their_recipes(repro, report):
             assert r["mntp_steps"] == (QUICK.stage1_mntp_steps if recipe["mntp"] else 0)
             assert r["lora_layers"] == QUICK.stage1_lora_layers
             assert summary["val"]["dataset"].endswith("data/val")
+            # stage 2's clock starts after stage 1: its seconds are not counted twice in the report's time
+            stage2 = json.loads((repro / _cand(v, 2).key / f"seed-{k}" / STAGE2_SUMMARY).read_text())
+            assert stage2[STAGE1_TIMED_APART] is True
+    assert not any(r["stage1_in_seconds"] for r in report["rows"].values())
+    assert "in seeds recorded before it was timed apart" not in (repro / "report.md").read_text()
     nocc, cc = report["caption_retrieval"]["llm_nocc"], report["caption_retrieval"]["llm_cc"]
     assert nocc["text_encoder"]["fingerprint"] != cc["text_encoder"]["fingerprint"]
 
