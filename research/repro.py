@@ -231,9 +231,10 @@ def _run_seed(work: Work, spec: RowSpec, k: int, test: _Test) -> tuple[dict[str,
     # the first, uninterrupted pass's time is kept: a resumed run re-times only what it redid
     seconds = _cached_json(rdir / "seconds.json", lambda: round(time.perf_counter() - t0, 1))
     stage2 = json.loads((rdir / STAGE2_SUMMARY).read_text())
+    stage1_in_seconds = spec.stage1 is not None and not stage2.get(STAGE1_TIMED_APART)
     return {"seed": work.seed(k), "eval": metrics, "seconds": round(stage2["seconds"] + seconds, 1),
-            "stage1_in_seconds": spec.stage1 is not None and not stage2.get(STAGE1_TIMED_APART), "text_twins": twins, "fact_probe": facts, "final_loss": stage2.get("final_loss"),
-            "unseen_eval": styles["unseen_eval"]}, styles
+            "stage1_in_seconds": stage1_in_seconds, "text_twins": twins, "fact_probe": facts,
+            "final_loss": stage2.get("final_loss"), "unseen_eval": styles["unseen_eval"]}, styles
 
 
 def _run_row(work: Work, name: str, spec: RowSpec, test: _Test) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -245,7 +246,8 @@ def _run_row(work: Work, name: str, spec: RowSpec, test: _Test) -> tuple[dict[st
     row = {key: average([s[key] for s in seeds]) if seeds[0][key] is not None else None
            for key in ("eval", "text_twins", "fact_probe", "final_loss", "unseen_eval")}
     row.update(folder=spec.key, seconds=round(sum(s["seconds"] for s in seeds), 1), seeds=list(seeds),
-               stage1_in_seconds=any(s["stage1_in_seconds"] for s in seeds), stage1=_stage1_summaries(work, spec), styles=drops(list(outcomes)))
+               stage1_in_seconds=any(s["stage1_in_seconds"] for s in seeds), stage1=_stage1_summaries(work, spec),
+               styles=drops(list(outcomes)))
     return row, list(outcomes)
 
 
