@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from research.fact_probe import BOUND_GROUPS, LONG_GROUPS, SHORT_GROUPS
+from research.repro_claims import claims_markdown
 from research.repro_styles import styles_markdown, tests_markdown
 from research.seed_stats import fmt_mean_sd
 
@@ -49,6 +50,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = _retrieval(report)
     lines += styles_markdown(rows)
     lines += tests_markdown(report.get("paired_tests"))
+    lines += claims_markdown(report.get("paired_tests"))
     lines += _selection(report.get("selection"))
     lines += _direction(rows)
     lines += _twin_breakdown(rows)

@@ -174,6 +174,10 @@ def text_encoder(work: Work, spec: RowSpec, k: int) -> Path | None:
     # research.repro_records, without the model, is a record: stage 1 runs and writes both)
     if (folder / "stage1.json").is_file() and (folder / "config.json").is_file():
         return folder
+    if (folder / "stage1.json").is_file() and not (folder / "checkpoint").exists():
+        raise LLM2CLIPError(f"{spec.stage1.label}, seed {k}: {folder} holds the records of a stage-1 run but not its "
+                            "model, which this run needs (to score the raw text side or train stage 2). Run where "
+                            "the model is, or move the folder away to train stage 1 again")
     say(f"stage 1: {spec.stage1.label}, seed {k}")
     run = Run(stage1_cfg(work.cfg, spec.stage1, work.seed(k)), folder, prefix=work.prefix)
     train_text_run(run, work.train, smollm2_dir(), val=work.val)

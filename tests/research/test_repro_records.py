@@ -101,3 +101,20 @@ def test_a_seed_whose_bundle_is_gone_loses_its_records_before_it_is_trained_agai
     (seed / "bundle" / "manifest.json").unlink()
     rr.drop_orphans(seed)
     assert not any(seed.glob("*.json"))
+
+
+def test_a_stage1_run_recorded_without_its_model_is_not_mistaken_for_one_to_train(tmp_path):
+    """Unpacked records hold stage1.json but no model: a run that needs the model says so, and what to do,
+    instead of the stage-1 trainer's refusal of a non-empty folder."""
+    from research.repro_config import ReproCfg
+    from research.repro_rows import Work, row_spec, text_encoder
+
+    rr.pack(_run(tmp_path / "run"), tmp_path / "records")
+    out = tmp_path / "other"
+    rr.unpack(tmp_path / "records", out)
+    cfg = ReproCfg()
+    work = Work(out, cfg, train=None, val=None)  # type: ignore[arg-type]
+    spec = row_spec("llm_cc:hardneg", cfg)
+    assert (work.stage1_dir(spec.stage1, 0) / "stage1.json").is_file()
+    with pytest.raises(LLM2CLIPError, match="records of a stage-1 run but not its model.*move the folder away"):
+        text_encoder(work, spec, 0)
