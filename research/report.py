@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from research.fact_probe import BOUND_GROUPS, LONG_GROUPS, SHORT_GROUPS
 from research.repro_claims import claims_markdown
 from research.repro_styles import styles_markdown, tests_markdown
@@ -291,27 +293,44 @@ def _time(report: dict[str, Any]) -> list[str]:
     return lines + [f"| this invocation (a rerun reuses every cached step) | {report['seconds']} |", ""]
 
 
+def _bars(row: dict[str, Any], style: str, key: str) -> tuple[float, float] | None:
+    """Mean and sample sd over seeds of one style's R@1 (own: the row's eval when it has no per-seed styles)."""
+    values = (row.get("styles") or {}).get(f"{style} {key}")
+    if values:
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return float(np.mean(values)), sd
+    if style == "own":
+        return float(row["eval"][f"{key}_r1"]), 0.0
+    return None
+
+
 def plot(report: dict[str, Any], png: Path) -> None:
-    """Long-caption R@1 both ways and near-twin t2i accuracy of every row, as bars."""
+    """Long-caption R@1 both ways, own-style and unseen-style (mean and sd over seeds), and near-twin t2i accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(report["rows"])
-    metrics = [("t2i_r1", "t2i R@1 (long)"), ("i2t_r1", "i2t R@1 (long)")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, (key, title) in zip(axes[:2], metrics, strict=True):
-        ax.bar(names, [report["rows"][n]["eval"][key] for n in names], color="#2458d6")
-        ax.set_title(title)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, key in zip(axes[:2], ("t2i", "i2t"), strict=True):
+        for style, shift, colour in (("own", -0.2, "#2458d6"), ("unseen", 0.2, "#9ab3ee")):
+            bars = [_bars(report["rows"][n], style, key) for n in names]
+            if not any(bars):
+                continue
+            ax.bar(x + shift, [b[0] if b else 0 for b in bars], 0.4, yerr=[b[1] if b else 0 for b in bars],
+                   color=colour, capsize=2, label=f"{style}-style captions")
+        ax.set_title(f"{key} R@1 (long)")
         ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper left")
     twins = [((report["rows"][n]["eval"].get("near_twin") or {}).get("long") or {}).get("t2i", 0) for n in names]
-    axes[2].bar(names, twins, color="#d68a24")
+    axes[2].bar(x, twins, color="#d68a24")
     axes[2].axhline(0.5, color="grey", lw=1, ls="--")
-    axes[2].set_title("near-twin t2i accuracy (long)")
+    axes[2].set_title("near-twin t2i accuracy (long, own style)")
     axes[2].set_ylim(0, 1)
-    for ax in axes:  # nine rows with long names: slanted, so that they do not overlap
-        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    for ax in axes:  # up to eleven rows with long names: slanted, so that they do not overlap
+        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

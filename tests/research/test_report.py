@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from research.report import portable, render_markdown, write_report
+from research.report import _bars, portable, render_markdown, write_report
 
 
 def _eval(r1: float, twin: dict | None) -> dict:
@@ -140,4 +140,14 @@ def test_write_report_writes_the_three_files(report, tmp_path):
     assert json.loads((tmp_path / "report.json").read_text()) == written
     assert (tmp_path / "report.md").read_text() == render_markdown(written)
     with Image.open(tmp_path / "report.png") as png:
-        assert png.format == "PNG" and png.size == (1430, 418)  # 13 x 3.8 inches at 110 dpi
+        assert png.format == "PNG" and png.size == (1540, 462)  # 14 x 4.2 inches at 110 dpi
+
+
+def test_plot_bars_come_from_the_seeds_and_fall_back_to_the_eval(report):
+    row = report["rows"]["llm_cc"]
+    assert _bars(row, "own", "t2i") == (0.5, 0.0)  # one run, no per-seed styles: the eval's R@1, no error bar
+    assert _bars(row, "unseen", "t2i") is None  # no unseen-style scores: no bar
+    row["styles"] = {"own t2i": [0.25, 0.75], "unseen t2i": [0.125], "own i2t": [0.5, 0.5, 0.5]}
+    assert _bars(row, "own", "t2i") == pytest.approx((0.5, 0.3535534))  # sample sd over seeds
+    assert _bars(row, "unseen", "t2i") == (0.125, 0.0)
+    assert _bars(row, "own", "i2t") == (0.5, 0.0)
