@@ -4,7 +4,7 @@ Usage: python -m research.oracle_text_side --repro DIR --out OUT [--epochs N] [-
        [--vision-arch A --image-size S --trainable-blocks K --vision-depth D --token-cache DIR]
 
 The repro's near twins that differ in an object's cell, size or orientation stay at chance in every row,
-and so does every text side on its own (see docs/results/repro/FINDINGS.md). That leaves open whether the
+and so does every text side on its own (see docs/results/repro/pre-protocol/FINDINGS.md). That leaves open whether the
 vision tower could see them at all. This run replaces the text encoder by an oracle: each caption's
 "embedding" is built from its scene graph: the object count, the background, counts of each class, of
 each colour, cell, size and orientation, and every binding explicit (counts of (class, colour),

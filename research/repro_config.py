@@ -36,7 +36,7 @@ ROWS = (*MAIN_ROWS, *CC_ROWS)
 # where the preset's llm_cc recipe and steps come from, for the report of a run that does not choose them itself
 # (`llm2clip repro --select` chooses them on the val split)
 LLM_CC_SOURCE = ("the preset before issue 14, which was chosen by scoring recipes on the test split "
-                 "(docs/results/repro/FINDINGS.md): not a val choice yet; `--select` chooses on the val split")
+                 "(docs/results/repro/pre-protocol/FINDINGS.md): not a val choice yet; `--select` chooses on the val split")
 
 
 @dataclass

@@ -6,7 +6,7 @@
   fewer than 2 distinct texts has no positive pair and is left out. ``positives="long"`` keeps the short
   caption out of the views: with long/short pairs the loss asks the long caption's embedding to match a
   caption that names only the count and the classes, which rewards dropping every other fact (see
-  docs/results/repro/FINDINGS.md).
+  docs/results/repro/pre-protocol/FINDINGS.md).
 - Hard negatives (``hard_negatives``): half of a micro-batch are generator near twins of the other half's
   scenes, one attribute of one object changed (``near_twin_graph``), two paraphrases each. Random scenes
   differ in many facts at once; a twin differs in one, so only an embedding that keeps it separates them.
