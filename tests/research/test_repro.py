@@ -141,7 +141,7 @@ def test_report_records_the_run_without_machine_paths(repro, report):
     from PIL import Image
 
     with Image.open(repro / "report.png") as png:
-        assert png.format == "PNG" and png.size == (1430, 418)
+        assert png.format == "PNG" and png.size == (1540, 462)  # 14 x 4.2 inches at 110 dpi
 
 
 def test_stage1_runs_follow_their_recipes(repro, report):
