@@ -58,9 +58,9 @@ def test_captions_in_other_words_join_the_rows_embeddings(tmp_path, tiny_llm_dir
     embed_captions(train, tiny_llm_dir, only_w, EmbedCfg(captions=("long_w1",)), progress=False)
     # the same caption, embedded in a batch of other lengths: equal up to bf16 rounding (AMX kernels round by shape)
     alone = CaptionEmbeddings(only_w)
+    cos = torch.nn.functional.cosine_similarity
     for item in (i for i in train.items if i.captions["long_w1"] != i.captions["long"]):
         joined = merged.get(item.id, "long_w1").float()
-        cos = torch.nn.functional.cosine_similarity
         assert cos(joined, alone.get(item.id, "long_w1").float(), dim=0) > 0.9999
         assert cos(joined, own.get(item.id, "long").float(), dim=0) < 0.995  # not the own-style caption's
 
