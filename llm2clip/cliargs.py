@@ -46,6 +46,17 @@ def positive_float(value: str) -> float:
     return x
 
 
+def share(value: str) -> float:
+    """argparse type: a number from 0 to 1 (a share of the items)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError("must be a number from 0 to 1")
+    return x
+
+
 def _int(value: str) -> int:
     try:
         return int(value)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from llm2clip import __version__
-from llm2clip.cliargs import add_command, non_negative_int, positive_int
+from llm2clip.cliargs import add_command, non_negative_int, positive_int, share
 
 
 def _add_data(subparsers) -> None:
@@ -36,6 +36,10 @@ def _add_data(subparsers) -> None:
     s.add_argument("--alt-captions", type=non_negative_int, default=0, metavar="N",
                    help="add N captions per scene for training (keys long_a1..N): the scene's long caption in a "
                         "third grammar, the same facts in other sentence orders and constructions; default 0")
+    s.add_argument("--alt-in-place", type=share, default=0.0, metavar="P",
+                   help="train split only: put the long caption of a share P of the scenes (0 to 1) in that third "
+                        "grammar instead (the caption --alt-captions 1 adds as long_a1), so that training reads "
+                        "both grammars with no more captions to embed; default 0")
     r = add_command(sub, "restyle", _run_restyle)
     r.add_argument("--data", required=True, type=Path, help="a scene corpus folder (`llm2clip data scenes`)")
     r.add_argument("--out", required=True, type=Path, help="output folder for the restyled corpus")
@@ -58,7 +62,8 @@ def _run_data(args: argparse.Namespace) -> int:
     from llm2clip.data.generator import SceneCaptions
 
     ds = generate_scenes(args.out, args.n, args.split, args.seed,
-                         captions=SceneCaptions(args.caption_style, args.other_words, args.alt_captions))
+                         captions=SceneCaptions(args.caption_style, args.other_words, args.alt_captions,
+                                                 args.alt_in_place))
     print(f"{len(ds)} {args.split} scenes in {args.out} ({args.caption_style} captions)")
     return 0
 

@@ -64,7 +64,16 @@ from llm2clip.data.scene_graph import (
     SceneObject,
     draw_scene,
 )
-from llm2clip.data.streams import ALT, CAPTION, EXTRA_UNIT, OTHER_WORDS, SCENE, SPLIT_CODES, split_rng
+from llm2clip.data.streams import (
+    ALT,
+    ALT_IN_PLACE,
+    CAPTION,
+    EXTRA_UNIT,
+    OTHER_WORDS,
+    SCENE,
+    SPLIT_CODES,
+    split_rng,
+)
 from llm2clip.data.twins import TwinDiff, mutate
 from llm2clip.errors import DatasetError
 
@@ -228,6 +237,25 @@ def add_alt_captions(items: list[Item], split: str, seed: int, variants: int) ->
             item.captions[f"long_a{k}"] = alt_caption(graph, rng)
 
 
+def put_alt_in_place(
+    items: list[Item], split: str, seed: int, share: float, count_tokens: TokenCounter
+) -> None:
+    """Replace the long caption of a share ``share`` of the items with a scene graph by its caption in the alt
+    grammar (the one ``add_alt_captions`` would add as ``long_a1``), each item deciding from its own ALT_IN_PLACE
+    stream. A replaced item's meta gets ``long_style: "alt"`` and the new ``long_tokens``; its ``relations`` stay
+    those of the own caption it replaces. Training then reads both grammars at the cost of one long caption per
+    scene."""
+    for i, item in enumerate(items):
+        if "objects" not in item.meta or "background" not in item.meta:
+            continue
+        if split_rng(seed, split, ALT_IN_PLACE, i).random() >= share:
+            continue
+        text = alt_caption(SceneGraph.from_json(item.meta), split_rng(seed, split, ALT, i))
+        item.captions["long"] = text
+        item.meta["long_style"] = "alt"
+        item.meta["long_tokens"] = count_tokens(text)
+
+
 def _count(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise DatasetError(f"{name} must be a non-negative integer, got {value!r}")
@@ -237,11 +265,13 @@ def _count(name: str, value: object) -> None:
 class SceneCaptions:
     """How a corpus is captioned: the grammar (``style``), and how many training captions each scene gets
     besides: in other words (``other_words``, see ``add_other_words``) and in the alt grammar (``alt``, see
-    ``add_alt_captions``)."""
+    ``add_alt_captions``); and the share of scenes whose long caption is the alt grammar's instead
+    (``alt_in_place``, see ``put_alt_in_place``; training splits only)."""
 
     style: str = "own"
     other_words: int = 0
     alt: int = 0
+    alt_in_place: float = 0.0
 
     def __post_init__(self) -> None:
         if self.style not in CAPTION_STYLES:
@@ -253,6 +283,14 @@ class SceneCaptions:
                                "with the own style")
         if self.alt and self.style != "own":
             raise DatasetError("alt captions are training captions: use them with the own style")
+        share = self.alt_in_place
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise DatasetError(f"alt_in_place is a share of the scenes, from 0 to 1, got {share!r}")
+        if share and self.style != "own":
+            raise DatasetError("alt captions in place are training captions: use them with the own style")
+        if share and self.alt:
+            raise DatasetError("alt captions in place are the ones --alt-captions adds as long_a1: use one or the "
+                               "other")
 
 
 def generate_scenes(
@@ -264,10 +302,14 @@ def generate_scenes(
     ``captions="unseen"`` (or ``SceneCaptions("unseen")``): the same scenes and image bytes, captioned by the
     evaluation-only grammar (``captions.unseen``); items are what ``restyle_items`` makes of the own style's, with
     the same seed. ``SceneCaptions(other_words=k)``: k more captions per scene in other words, for training;
-    ``SceneCaptions(alt=k)``: k more in the alt grammar, for training; every other caption and image stays byte
-    for byte what it is without them."""
+    ``SceneCaptions(alt=k)``: k more in the alt grammar, for training; ``SceneCaptions(alt_in_place=p)``: the
+    long caption of a share p of the train scenes in the alt grammar instead; every other caption and image
+    stays byte for byte what it is without them."""
     _check_arguments(n, split, seed)
     opts = captions if isinstance(captions, SceneCaptions) else SceneCaptions(captions)
+    if opts.alt_in_place and split in TWIN_SPLITS:
+        raise DatasetError(f"alt captions in place change the long captions that {split} scores: use them with "
+                           "the train split")
     out = Path(out)
     prepare_out(out)
     photos, _ = load_fashion_mnist(fashion_mnist_part(split))
@@ -279,6 +321,7 @@ def generate_scenes(
         items = restyle_items(items, seed, corpus.count_tokens, progress)
     add_other_words(items, split, seed, opts.other_words)
     add_alt_captions(items, split, seed, opts.alt)
+    put_alt_in_place(items, split, seed, opts.alt_in_place, corpus.count_tokens)
     # written last: a folder without items.jsonl is an unfinished run
     write_items(out, items)
     return Dataset(root=out, items=items)

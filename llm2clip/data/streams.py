@@ -7,7 +7,9 @@ Paraphrases and stage 1's near twins, which start from a single seed, use stream
 unseen caption style (an evaluation-only grammar) draws a scene and its twins from
 ``(seed, split, UNSEEN, first index)``, so restyling never moves a draw of the own style. Captions in other
 words (``other_words``) draw from ``(seed, split, OTHER_WORDS, i)``, and captions in the alt grammar
-(``alt``) from ``(seed, split, ALT, i)``, each apart from everything else.
+(``alt``) from ``(seed, split, ALT, i)``, each apart from everything else; whether a scene's long caption is
+put in the alt grammar in place (``alt_in_place``) comes from ``(seed, split, ALT_IN_PLACE, i)``, and its words
+from the ALT stream, so that it is the caption ``alt`` would add as ``long_a1``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ NEAR_TWIN = 4  # near_twin_graph: stage 1's hard-negative twins
 UNSEEN = 5  # per split: the unseen-style captions of a group of twins, from its first scene's index
 OTHER_WORDS = 6  # per split and scene: the long caption's attribute words swapped for WordNet synonyms
 ALT = 7  # per split and scene: long captions in the alt grammar, for training
+ALT_IN_PLACE = 8  # per split and scene: whether its long caption is the alt grammar's (``alt_in_place``)
 EXTRA_UNIT = 2**31 - 1  # unit of the third member of test pair 0 (odd n)
 
 

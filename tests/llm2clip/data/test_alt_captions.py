@@ -354,3 +354,45 @@ def test_items_without_a_scene_graph_get_none():
     items = [Item(id="x", image="x.png", captions={"long": "a photo"}, meta={})]
     add_alt_captions(items, "train", 0, 2)
     assert items[0].captions == {"long": "a photo"}
+
+
+def test_alt_in_place_replaces_a_share_of_the_long_captions(tmp_path, capsys):
+    from llm2clip.data import read_dataset
+    from llm2clip.data.captions import default_token_counter
+    from llm2clip.data.generator import SceneCaptions
+    from llm2clip.errors import DatasetError
+    from llm2clip_cli.main import main as cli
+
+    count = default_token_counter()
+    plain = generate_scenes(tmp_path / "plain", 40, "train", seed=3, progress=False)
+    extra = generate_scenes(tmp_path / "extra", 40, "train", seed=3, progress=False, captions=SceneCaptions(alt=1))
+    assert cli(["data", "scenes", "--out", str(tmp_path / "half"), "--n", "40", "--split", "train", "--seed", "3",
+                "--alt-in-place", "0.5"]) == 0
+    half = read_dataset(tmp_path / "half")
+    replaced = 0
+    for a, b, c in zip(plain, extra, half, strict=True):
+        assert set(c.captions) == {"long", "short"} and c.captions["short"] == a.captions["short"]
+        assert (tmp_path / "half" / c.image).read_bytes() == (tmp_path / "plain" / a.image).read_bytes()
+        if c.meta.get("long_style") == "alt":
+            replaced += 1
+            assert c.captions["long"] == b.captions["long_a1"] != a.captions["long"]
+            assert c.meta["long_tokens"] == count(c.captions["long"])
+            check(c.captions["long"], SceneGraph.from_json(c.meta))
+        else:
+            assert c.captions == a.captions and c.meta == a.meta
+    assert 10 <= replaced <= 30  # about half of 40
+    every = generate_scenes(tmp_path / "all", 5, "train", seed=3, progress=False,
+                            captions=SceneCaptions(alt_in_place=1.0))
+    assert all(it.meta["long_style"] == "alt" for it in every)
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(DatasetError, match="from 0 to 1"):
+            SceneCaptions(alt_in_place=bad)
+    with pytest.raises(DatasetError, match="one or the other"):
+        SceneCaptions(alt=1, alt_in_place=0.5)
+    with pytest.raises(DatasetError, match="with the train split"):
+        generate_scenes(tmp_path / "val", 4, "val", seed=3, progress=False, captions=SceneCaptions(alt_in_place=0.5))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli(["data", "scenes", "--out", str(tmp_path / "neg"), "--n", "2", "--split", "train", "--alt-in-place", "2"])
+    assert exc.value.code == 2
+    assert "argument --alt-in-place: must be a number from 0 to 1" in capsys.readouterr().err
