@@ -15,6 +15,7 @@ from llm2clip.cliargs import (
     non_negative_int,
     opt,
     positive_int,
+    share,
 )
 
 
@@ -100,3 +101,10 @@ def test_add_command_takes_its_texts_from_the_run_function():
     assert "do the thing, 100% of it" in parser.format_help()
     args = parser.parse_args(["thing"])
     assert args.func(args) == 7
+
+
+def test_share_takes_numbers_from_0_to_1_only():
+    assert share("0") == 0.0 and share("0.5") == 0.5 and share("1") == 1.0
+    for bad, why in (("-0.1", "from 0 to 1"), ("1.01", "from 0 to 1"), ("nan", "from 0 to 1"), ("half", "not a number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            share(bad)
