@@ -7,8 +7,9 @@ the repro's stage-1 recipe (4 scenes and their near twins per micro-batch, long 
 on the top 15 layers) plus 2 MNTP steps, it runs:
 
 1. the run on ``device``, with the validation split's caption retrieval before and after: steps/s;
-2. the same run stopped half-way and resumed in another call: its losses against the uninterrupted run's
-   (equal on a CPU; on a GPU they differ by the kernels' non-determinism only);
+2. the same run killed half-way (in the optimizer step after its half-way checkpoint) and resumed: its losses against the uninterrupted run's
+   (equal on a CPU; on a GPU they differ by the kernels' non-determinism only), and a second uninterrupted
+   run, the control that says how large that non-determinism is (``repeat_max_loss_diff``);
 3. the first steps of the same run on the CPU (``cpu_steps``, 0: none): their losses against the device's, and
    the device's step time against the CPU's in the same run.
 
@@ -18,6 +19,7 @@ on the top 15 layers) plus 2 MNTP steps, it runs:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -62,6 +64,35 @@ def _losses(summary_dir: Path) -> list[float]:
     return [h["loss"] for phase in ("mntp", "contrastive") for h in hist[phase]]
 
 
+class _Killed(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _killed_at_step(n: int):
+    """The run dies in its ``n``-th optimizer step (MNTP's count), as a killed process would: a shorter run
+    resumed with more steps would train another cosine schedule, not resume this one."""
+    import torch
+
+    step, calls = torch.optim.AdamW.step, []
+
+    def dies(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise _Killed
+        return step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = dies
+    try:
+        yield
+    finally:
+        torch.optim.AdamW.step = step
+
+
+def _max_diff(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -89,15 +120,22 @@ def stage1_loop(device: str = "cuda", shape: str = "smollm2", steps: int = 12, c
         return train_text(train, root / name, base, c, val=val, progress=False)
 
     full, seconds = _timed(lambda: run("full", cfg, root / "val"))
-    run("resumed", replace(cfg, steps=steps // 2))
-    run("resumed", cfg)
+    with _killed_at_step(REPRO["mntp_steps"] + steps // 2 + 1):  # after the half-way checkpoint
+        try:
+            run("resumed", cfg)
+        except _Killed:
+            pass
+    resumed = run("resumed", cfg)
+    run("repeat", cfg, root / "val")  # the control: what the device's own non-determinism moves
     out = {"device": full["device"], "shape": shape, "steps": steps, "seconds": round(seconds, 1),
            "contrastive_samples_s": full["contrastive"]["samples_s"], "mntp_samples_s": full["mntp"]["samples_s"],
            "loss": [full["contrastive"]["first_loss"], full["contrastive"]["last_loss"]],
            "val_caption_retrieval": [full["val"]["before"]["caption_retrieval"],
                                      full["val"]["after"]["caption_retrieval"]],
-           "resume_max_loss_diff": max(abs(a - b) for a, b in zip(_losses(root / "full"), _losses(root / "resumed"),
-                                                                  strict=True))}
+           "resumed_from": resumed["resumed_from"],
+           "resume_max_loss_diff": _max_diff(_losses(root / "full"), _losses(root / "resumed")),
+           "repeat_max_loss_diff": _max_diff(_losses(root / "full"), _losses(root / "repeat")),
+           "losses": {name: _losses(root / name) for name in ("full", "resumed", "repeat")}}
     if cpu_steps:
         cpu = run("cpu", replace(cfg, steps=cpu_steps, device="cpu"))
         # contrastive steps before the cosine schedules of the two step counts part (warmup is 2 steps)

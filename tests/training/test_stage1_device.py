@@ -122,7 +122,9 @@ def test_the_device_checks_stage1_loop_runs_here_and_resumes_exactly(tmp_path):
 
     got = stage1_loop(device="cpu", shape="tiny", steps=4, cpu_steps=2, work=tmp_path)
     assert got["device"] == "cpu" and got["steps"] == 4
-    assert got["resume_max_loss_diff"] == 0.0
+    assert got["resumed_from"] == {"mntp": 2, "contrastive": 2}  # killed after the half-way checkpoint
+    assert got["resume_max_loss_diff"] == 0.0 and got["repeat_max_loss_diff"] == 0.0
+    assert len(got["losses"]["resumed"]) == 2 + 4 and got["losses"]["full"] == got["losses"]["repeat"]
     assert got["cpu_max_loss_diff_first_steps"] == 0.0  # the same device: the same steps
     assert json.loads((tmp_path / "full" / "stage1.json").read_text())["steps_run"] == {"mntp": 2, "contrastive": 4}
     assert 0.0 <= got["val_caption_retrieval"][1] <= 1.0 and got["speedup_over_cpu"] > 0
