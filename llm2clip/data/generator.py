@@ -10,7 +10,8 @@ fmnist_index; drawn in this order), ``relations`` (``{"subject", "object", "rela
 indices, as stated in the caption), ``long_tokens`` and, for ``val`` and ``test``, ``twin_of``, ``twin_diff``
 (``{"object", "attribute"}``), ``twin_mention_token`` and ``twin_late``; with
 ``captions="unseen"`` also ``caption_style: "unseen"`` (own-style items carry no such key, so
-their bytes stay as they were).
+their bytes stay as they were); a train item whose long caption ``alt_in_place`` put in the alt grammar carries
+``long_style: "alt"``.
 
 Choices where DATASET.md is silent (see also ``scene_graph``, ``fashion_mnist`` and ``captions``):
 - ``val`` is built exactly as ``test`` (from its own random streams and its own photos, the held-out
