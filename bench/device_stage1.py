@@ -7,9 +7,10 @@ the repro's stage-1 recipe (4 scenes and their near twins per micro-batch, long 
 on the top 15 layers) plus 2 MNTP steps, it runs:
 
 1. the run on ``device``, with the validation split's caption retrieval before and after: steps/s;
-2. the same run killed half-way (in the optimizer step after its half-way checkpoint) and resumed: its losses against the uninterrupted run's
-   (equal on a CPU; on a GPU they differ by the kernels' non-determinism only), and a second uninterrupted
-   run, the control that says how large that non-determinism is (``repeat_max_loss_diff``);
+2. the same run killed half-way (in the optimizer step after its half-way checkpoint) and resumed: its losses
+   against the uninterrupted run's (equal on a CPU; on a GPU they differ by the kernels' non-determinism only),
+   and a second uninterrupted run, the control that says how large that non-determinism is
+   (``repeat_max_loss_diff``);
 3. the first steps of the same run on the CPU (``cpu_steps``, 0: none): their losses against the device's, and
    the device's step time against the CPU's in the same run.
 

@@ -37,10 +37,7 @@ def non_negative_int(value: str) -> int:
 
 def positive_float(value: str) -> float:
     """argparse type: a finite number above 0 (a learning rate, a scale)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    x = _float(value)
     if not 0 < x < float("inf"):
         raise argparse.ArgumentTypeError("must be a finite number above 0")
     return x
@@ -48,13 +45,17 @@ def positive_float(value: str) -> float:
 
 def share(value: str) -> float:
     """argparse type: a number from 0 to 1 (a share of the items)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    x = _float(value)
     if not 0.0 <= x <= 1.0:
         raise argparse.ArgumentTypeError("must be a number from 0 to 1")
     return x
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
 
 
 def _int(value: str) -> int:

@@ -246,6 +246,8 @@ def put_alt_in_place(
     stream. A replaced item's meta gets ``long_style: "alt"`` and the new ``long_tokens``; its ``relations`` stay
     those of the own caption it replaces. Training then reads both grammars at the cost of one long caption per
     scene."""
+    if not share:
+        return
     for i, item in enumerate(items):
         if "objects" not in item.meta or "background" not in item.meta:
             continue
