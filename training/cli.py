@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from llm2clip.cliargs import (
@@ -23,6 +24,8 @@ from training.config import EmbedCfg, ExportCfg, ModelShape, TrainCfg
 from training.recipes import STAGE2_PRESETS
 from training.stage1.config import ATTENTIONS, POSITIVES, Stage1Cfg
 from training.variants import CheckThresholds
+
+log = logging.getLogger(__name__)
 
 # `train text`'s options: the fields of Stage1Cfg (where their defaults are), in this order
 STAGE1_OPTIONS = {
@@ -122,8 +125,9 @@ def _add_clip(sub) -> None:
                    help="folder of the frozen blocks' token caches (default OUT/token_cache); caches are named "
                         "by what they depend on, so runs on the same images and vision side (seeds, text "
                         "encoders) can share one")
-    add_dataclass_options(c, ModelShape)
-    # the preset fills in what is not given; the defaults shown are the default preset's
+    # the preset fills in what is not given (its recipe and the vision tower it was chosen for); the defaults
+    # shown are the default preset's
+    add_dataclass_options(c, ModelShape, suppress=True)
     add_dataclass_options(c, TrainCfg, suppress=True)
 
 
@@ -222,13 +226,19 @@ def _run_clip(args: argparse.Namespace) -> int:
     """
     from llm2clip.data import read_dataset
     from training.clip import Stage2Run, train_clip
-    from training.recipes import stage2_preset
+    from training.recipes import stage2_preset, stage2_shape
 
     if (args.val is None) != (args.val_embeddings is None):
         raise LLM2CLIPError("--val and --val-embeddings go together: give both for per-epoch validation")
     dataset = read_dataset(args.data)
     cfg = stage2_preset(args.preset, train_items=len(dataset), **dataclass_values(args, TrainCfg))
-    run = Stage2Run(dataset, args.embeddings, args.out, shape=ModelShape(**dataclass_values(args, ModelShape)),
+    shape = stage2_shape(args.preset, **dataclass_values(args, ModelShape))
+    preset_arch = STAGE2_PRESETS[args.preset].shape.get("vision_arch")
+    if preset_arch not in (None, shape.vision_arch):
+        log.warning("the %s preset's recipe was chosen for %s, not %s: its rates and epochs may not suit it "
+                    "(--preset demo-e160 is the demo's recipe on efficientnet-lite0)", args.preset, preset_arch,
+                    shape.vision_arch)
+    run = Stage2Run(dataset, args.embeddings, args.out, shape=shape,
                     val=read_dataset(args.val) if args.val else None, val_embeddings=args.val_embeddings,
                     token_cache=args.token_cache)
     summary = train_clip(run, cfg)

@@ -92,7 +92,7 @@ def test_options_come_from_the_config_dataclasses(capsys):
     with pytest.raises(SystemExit):
         main(["train", "clip", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--preset {default,demo,simple,repro}" in out
+    assert "--preset {default,demo,demo-e160,simple,repro}" in out
     defaults = TrainCfg()
     assert f"passes over the training images (default {defaults.epochs})" in out
     assert f"(default {defaults.layer_decay})" in out and "--freeze-bn, --no-freeze-bn" in out

@@ -255,8 +255,13 @@ def test_training_sees_a_non_square_image_as_the_service_does(tmp_path):
 
 
 def test_presets_are_the_recipes_they_replace():
-    # the demo's recipe: the paper's for 8 epochs with the repro's scaled schedule (2,000 scenes: 248 steps)
-    assert stage2_preset("demo", train_items=2000, seed=2) == TrainCfg(
+    # the demo's recipe: the paper's for 8 epochs with the repro's scaled schedule (4,000 scenes: 496 steps), block
+    # 8 of DINOv2 at 5e-5
+    assert stage2_preset("demo", train_items=4000, seed=2) == TrainCfg(
+        epochs=8, seed=2, warmup_steps=24, log_every=4, caption_keys=("long", "long", "long", "short"),
+        backbone_lr=5e-5)
+    # the demo's recipe before it: the same on EfficientNet-Lite0 for 8 epochs (248 steps)
+    assert stage2_preset("demo-e160", train_items=2000, seed=2) == TrainCfg(
         epochs=8, seed=2, warmup_steps=12, log_every=2, caption_keys=("long", "long", "long", "short"))
     # the demo's earlier recipe: one backbone lr, BatchNorm in train mode, no stochastic depth
     assert stage2_preset("simple", epochs=3, seed=2) == TrainCfg(
@@ -268,7 +273,7 @@ def test_presets_are_the_recipes_they_replace():
         epochs=1, batch_size=8, warmup_steps=1, log_every=1)
     assert stage2_preset("repro", train_items=4000, warmup_steps=7).warmup_steps == 7  # an override wins
     assert stage2_preset("default") == TrainCfg()
-    assert set(STAGE2_PRESETS) == {"default", "demo", "simple", "repro"}
+    assert set(STAGE2_PRESETS) == {"default", "demo", "demo-e160", "simple", "repro"}
     with pytest.raises(LLM2CLIPError, match="unknown stage-2 preset 'fast'"):
         stage2_preset("fast")
     with pytest.raises(TypeError, match="lr_max"):
@@ -295,11 +300,49 @@ def test_cli_trains_the_preset_with_the_options_given(scenes, shards, tmp_path, 
     assert main([*base, "--preset", "repro", "--batch-size", "8"]) == 0
     assert calls[-1][1] == stage2_preset("repro", train_items=len(scenes), batch_size=8)
     assert main([*base, "--preset", "demo", "--caption-keys", "long,long,long_w1,short"]) == 0
-    assert calls[-1][1].caption_keys == ("long", "long", "long_w1", "short") and calls[-1][1].epochs == 8
+    assert calls[-1][1].caption_keys == ("long", "long", "long_w1", "short") and calls[-1][1].epochs == 8 and calls[-1][1].backbone_lr == 5e-5
+    # the demo's preset brings the tower it was chosen for; an option given wins over it
+    assert calls[-1][0].shape == ModelShape(vision_arch="dinov2-s14", image_size=224, vision_depth=8,
+                                            trainable_blocks=1)
+    assert main([*base, "--preset", "demo", "--image-size", "112"]) == 0
+    assert calls[-1][0].shape == ModelShape(vision_arch="dinov2-s14", image_size=112, vision_depth=8,
+                                            trainable_blocks=1)
+    assert main([*base, "--preset", "demo-e160"]) == 0
+    assert calls[-1][0].shape == ModelShape(vision_arch="efficientnet-lite0", image_size=160)
     assert "checkpoint" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*base, "--caption-keys", " , "])
     assert "at least one caption key" in capsys.readouterr().err
+
+
+def test_a_preset_brings_its_tower_unless_another_backbone_is_named(caplog):
+    from training.recipes import stage2_shape
+
+    demo = stage2_shape("demo")
+    assert (demo.vision_arch, demo.image_size, demo.vision_depth, demo.trainable_blocks) == ("dinov2-s14", 224, 8, 1)
+    assert stage2_shape("demo", trainable_blocks=0).trainable_blocks == 0
+    # another backbone takes none of the preset's tower settings (a read-out depth means nothing to EfficientNet)
+    assert stage2_shape("demo", vision_arch="efficientnet-lite0") == ModelShape(vision_arch="efficientnet-lite0")
+    assert stage2_shape("demo", vision_arch="dinov2-s14", image_size=168).vision_depth == 8  # the same one: kept
+    assert stage2_shape("default") == ModelShape() and stage2_shape("repro", image_size=64).image_size == 64
+    with pytest.raises(LLM2CLIPError, match="unknown stage-2 preset"):
+        stage2_shape("fast")
+
+
+def test_a_backbone_other_than_the_presets_is_warned_about(scenes, shards, tmp_path, monkeypatch, caplog):
+    import training.clip
+    from llm2clip_cli.main import main
+
+    monkeypatch.setattr(training.clip, "train_clip", lambda run, cfg: {"rank": 0, "steps": 0, "history": []})
+    base = ["train", "clip", "--data", str(scenes.root), "--embeddings", str(shards), "--out", str(tmp_path / "c")]
+    with caplog.at_level("WARNING", logger="training.cli"):
+        assert main([*base, "--preset", "demo", "--vision-arch", "efficientnet-lite0"]) == 0
+    assert "chosen for dinov2-s14, not efficientnet-lite0" in caplog.text and "demo-e160" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.cli"):
+        assert main([*base, "--preset", "demo-e160"]) == 0
+        assert main([*base, "--preset", "repro", "--vision-arch", "dinov2-s14"]) == 0  # no tower of its own
+    assert "chosen for" not in caplog.text
 
 
 def test_validation_needs_its_embeddings(scenes, shards, tmp_path):
