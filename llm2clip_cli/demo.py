@@ -15,6 +15,7 @@ service in seconds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llm2clip.cliargs import add_command, add_dataclass_options, dataclass_values, opt, positive_int
-from training.recipes import STAGE2_PRESETS, stage2_preset
+from training.recipes import STAGE2_PRESETS, stage2_preset, stage2_shape
 
 DEFAULT_WORKDIR = "llm2clip-work"
 DEMO_PRECISIONS = ("fp32", "bf16")
@@ -38,10 +39,11 @@ STAGE2_PRESET = "demo"  # training/recipes.py; its values are part of the train 
 class DemoCfg:
     """What the demo builds; a step reruns only when its part of this changed."""
 
-    train_scenes: int = field(default=2000, metadata=opt("training scenes", positive_int))
+    train_scenes: int = field(default=4000, metadata=opt("training scenes", positive_int))
     test_scenes: int = field(default=500, metadata=opt("scenes in the indexed test corpus", positive_int))
     epochs: int = field(default=STAGE2_PRESETS[STAGE2_PRESET].values["epochs"], metadata=opt("stage-2 epochs", positive_int))
-    image_size: int = field(default=160, metadata=opt("vision tower input side", positive_int))
+    image_size: int = field(default=STAGE2_PRESETS[STAGE2_PRESET].shape["image_size"], metadata=opt(
+        "input side of the vision tower (the demo's DINOv2 ViT-S/14: a multiple of 14)", positive_int))
     seed: int = field(default=0, metadata=opt("random seed"))
     text_encoder: str = field(default="cc", metadata=opt(
         "the frozen LLM: cc, SmolLM2 with the stage-1 (caption-contrastive) LoRA that ships with the package "
@@ -142,7 +144,7 @@ def _build_model(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, train_p: di
     from llm2clip.bundle import load_bundle
     from llm2clip.data import read_dataset
     from training.clip import Stage2Run, train_clip
-    from training.config import EmbedCfg, ExportCfg, ModelShape
+    from training.config import EmbedCfg, ExportCfg
     from training.embed import embed_captions
     from training.export import export_checkpoint
 
@@ -157,15 +159,17 @@ def _build_model(steps: Steps, paths: dict[str, Path], cfg: DemoCfg, train_p: di
     steps.run("embed", embed_p, [paths["embeddings"] / "manifest.json"],
               lambda: embed_captions(read_dataset(paths["train"]), llm_dir(), paths["embeddings"], embed_cfg))
     recipe = STAGE2_PRESETS[STAGE2_PRESET]
-    train_params = {**embed_p, "epochs": cfg.epochs, "image_size": cfg.image_size, "preset": STAGE2_PRESET,
-                    "recipe": {**recipe.values, "scaled_schedule": recipe.scaled_schedule}}
+    shape = stage2_shape(STAGE2_PRESET, image_size=cfg.image_size)
+    train_params = {**embed_p, "epochs": cfg.epochs, "preset": STAGE2_PRESET,
+                    "recipe": {**recipe.values, "scaled_schedule": recipe.scaled_schedule},
+                    "shape": dataclasses.asdict(shape)}
     if steps.changed("train", train_params):
         # other parameters: a fresh checkpoint, not a resume of the old one
         import shutil
 
         shutil.rmtree(paths["checkpoint"], ignore_errors=True)
     run = Stage2Run(read_dataset(paths["train"]), paths["embeddings"], paths["checkpoint"],
-                    shape=ModelShape(image_size=cfg.image_size))
+                    shape=shape)
     steps.run("train", train_params, [paths["checkpoint"] / "model.safetensors"],
               lambda: train_clip(run, stage2_preset(STAGE2_PRESET, train_items=len(run.dataset),
                                                     epochs=cfg.epochs, seed=cfg.seed)))
