@@ -4,7 +4,7 @@ Every artifact stays in one work folder so that it can be reused and inspected:
   WORKDIR/data/{train,test}        scene corpora (items.jsonl + images)
   WORKDIR/embeddings/train         frozen caption embeddings (bf16 shards) of SmolLM2 with the shipped stage-1
                                    LoRA merged (llm2clip/adapters/, merged once per machine into the cache)
-  WORKDIR/checkpoints/stage2       the stage-2 checkpoint (resumable)
+  WORKDIR/checkpoints/stage2       the stage-2 checkpoint (resumable) and its token cache of the frozen blocks
   WORKDIR/bundle                   the model bundle (ONNX encoders, tokenizer, manifest)
   WORKDIR/indexes/{image,text}     index bundles of the test corpus
   WORKDIR/eval.json                `llm2clip eval` of the bundle on the test corpus (with --eval)
