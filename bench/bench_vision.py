@@ -83,8 +83,8 @@ def gflop_per_image(tower: VisionTower, size: int, device: torch.device) -> floa
 class TrainStep:
     """One stage-2 step of a tower alone: CLIP loss against fixed unit text embeddings, fused AdamW."""
 
-    def __init__(self, tower: VisionTower, pixels: torch.Tensor) -> None:
-        self.tower, self.pixels = tower.train(), pixels
+    def __init__(self, tower: VisionTower, pixels: torch.Tensor, bf16: bool = True) -> None:
+        self.tower, self.pixels, self.bf16 = tower.train(), pixels, bf16
         self.text = F.normalize(torch.randn(len(pixels), EMBED, device=pixels.device), dim=-1)
         self.scale = torch.tensor(2.66, device=pixels.device)
         params = [p for p in tower.parameters() if p.requires_grad]
@@ -92,7 +92,7 @@ class TrainStep:
         self.opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
 
     def __call__(self) -> None:
-        with _autocast(self.pixels.device, True):
+        with _autocast(self.pixels.device, self.bf16):
             img = F.normalize(self.tower(self.pixels).float(), dim=-1)
         clip_loss(img, self.text, self.scale).backward()
         self.opt.step()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from llm2clip.cliargs import (
@@ -24,8 +23,6 @@ from training.config import EmbedCfg, ExportCfg, ModelShape, TrainCfg
 from training.recipes import STAGE2_PRESETS
 from training.stage1.config import ATTENTIONS, POSITIVES, Stage1Cfg
 from training.variants import CheckThresholds
-
-log = logging.getLogger(__name__)
 
 # `train text`'s options: the fields of Stage1Cfg (where their defaults are), in this order
 STAGE1_OPTIONS = {
@@ -232,13 +229,8 @@ def _run_clip(args: argparse.Namespace) -> int:
         raise LLM2CLIPError("--val and --val-embeddings go together: give both for per-epoch validation")
     dataset = read_dataset(args.data)
     cfg = stage2_preset(args.preset, train_items=len(dataset), **dataclass_values(args, TrainCfg))
-    shape = stage2_shape(args.preset, **dataclass_values(args, ModelShape))
-    preset_arch = STAGE2_PRESETS[args.preset].shape.get("vision_arch")
-    if preset_arch not in (None, shape.vision_arch):
-        log.warning("the %s preset's recipe was chosen for %s, not %s: its rates and epochs may not suit it "
-                    "(--preset demo-e160 is the demo's recipe on efficientnet-lite0)", args.preset, preset_arch,
-                    shape.vision_arch)
-    run = Stage2Run(dataset, args.embeddings, args.out, shape=shape,
+    run = Stage2Run(dataset, args.embeddings, args.out,
+                    shape=stage2_shape(args.preset, **dataclass_values(args, ModelShape)),
                     val=read_dataset(args.val) if args.val else None, val_embeddings=args.val_embeddings,
                     token_cache=args.token_cache)
     summary = train_clip(run, cfg)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from llm2clip.errors import LLM2CLIPError
 from training.config import ModelShape, TrainCfg
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,13 @@ def stage2_preset(name: str, train_items: int | None = None, **overrides: Any) -
 def stage2_shape(name: str, **given: Any) -> ModelShape:
     """The vision tower of the preset ``name`` with the ``given`` ModelShape fields on top. Another backbone than
     the preset's takes none of the preset's tower settings: they belong to its backbone (a block count, a read-out
-    depth, an input side)."""
+    depth, an input side), and a warning says that the preset's recipe was chosen for its own backbone."""
     if name not in STAGE2_PRESETS:
         raise LLM2CLIPError(f"unknown stage-2 preset {name!r}: choose among {', '.join(STAGE2_PRESETS)}")
     shape = dict(STAGE2_PRESETS[name].shape)
-    if "vision_arch" in given and given["vision_arch"] != shape.get("vision_arch", ModelShape.vision_arch):
+    if shape and given.get("vision_arch", shape["vision_arch"]) != shape["vision_arch"]:
+        log.warning("the %s preset's recipe was chosen for %s, not %s: its rates and epochs may not suit it "
+                    "(--preset demo-e160 is the demo's recipe on efficientnet-lite0)", name, shape["vision_arch"],
+                    given["vision_arch"])
         shape = {}
     return ModelShape(**{**shape, **given})

@@ -315,7 +315,7 @@ def test_cli_trains_the_preset_with_the_options_given(scenes, shards, tmp_path, 
     assert "at least one caption key" in capsys.readouterr().err
 
 
-def test_a_preset_brings_its_tower_unless_another_backbone_is_named(caplog):
+def test_a_preset_brings_its_tower_unless_another_backbone_is_named():
     from training.recipes import stage2_shape
 
     demo = stage2_shape("demo")
@@ -335,11 +335,11 @@ def test_a_backbone_other_than_the_presets_is_warned_about(scenes, shards, tmp_p
 
     monkeypatch.setattr(training.clip, "train_clip", lambda run, cfg: {"rank": 0, "steps": 0, "history": []})
     base = ["train", "clip", "--data", str(scenes.root), "--embeddings", str(shards), "--out", str(tmp_path / "c")]
-    with caplog.at_level("WARNING", logger="training.cli"):
+    with caplog.at_level("WARNING", logger="training.recipes"):
         assert main([*base, "--preset", "demo", "--vision-arch", "efficientnet-lite0"]) == 0
     assert "chosen for dinov2-s14, not efficientnet-lite0" in caplog.text and "demo-e160" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="training.cli"):
+    with caplog.at_level("WARNING", logger="training.recipes"):
         assert main([*base, "--preset", "demo-e160"]) == 0
         assert main([*base, "--preset", "repro", "--vision-arch", "dinov2-s14"]) == 0  # no tower of its own
     assert "chosen for" not in caplog.text
