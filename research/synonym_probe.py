@@ -30,7 +30,7 @@ import numpy as np
 from llm2clip.data import read_dataset
 from llm2clip.data.captions.unseen import vocabulary as V
 from llm2clip.data.captions.wording import NOUNS
-from research.unseen_factors import fix_articles
+from research.unseen_factors import fix_articles, keep_case
 
 Encode = Callable[[list[str]], np.ndarray]
 
@@ -40,8 +40,7 @@ def swap_class(text: str, cls: str, new: tuple[str, str]) -> str:
     singular, plural = NOUNS[cls]
 
     def repl(m: re.Match[str]) -> str:
-        word = new[1] if m.group(0).lower() == plural else new[0]
-        return word[0].upper() + word[1:] if m.group(0)[0].isupper() else word
+        return keep_case(m.group(0), new[1] if m.group(0).lower() == plural else new[0])
 
     pattern = rf"(?<![\w-])({re.escape(plural)}|{re.escape(singular)})(?![\w-])"
     return fix_articles(re.sub(pattern, repl, text, flags=re.IGNORECASE))

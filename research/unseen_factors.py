@@ -23,7 +23,8 @@ A scene and its near twins draw one choice per value ("bag" is "tote" in every c
 unseen grammar's plan does, so twins still differ only where their facts differ. Short captions, images (hard
 links), ids and scene graphs stay; ``long_tokens`` is measured again, the twin mention token is kept (a swap moves
 it by a few tokens at most). With ``--model``, each variant and the unseen corpus are scored against the own
-corpus by ``research.unseen_phrasing`` (one gallery, paired per query, the drop's interval over twin groups).
+corpus by ``research.unseen_phrasing`` (one gallery, paired per query, the drop's interval over twin groups);
+the images and the own captions are embedded once for all of them.
 This reads the unseen grammar's vocabulary, so its corpora are for evaluation only, never for training.
 """
 
@@ -36,7 +37,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def _sub(pattern: str, text: str, repl: Callable[[re.Match[str]], str]) -> str:
     return re.sub(rf"(?<![\w-])(?:{pattern})(?![\w-])", repl, text)
 
 
-def _keep_case(old: str, new: str) -> str:
+def keep_case(old: str, new: str) -> str:
     return new[0].upper() + new[1:] if old[0].isupper() else new
 
 
@@ -77,7 +77,7 @@ def _class(text: str, choice: Choice) -> str:
 
     def swap(m: re.Match[str]) -> str:
         cls, plural = forms[m.group(0).lower()]
-        return _keep_case(m.group(0), _pick(choice, f"class:{cls}", [p[plural] for p in V.CLASS_WORDS[cls]]))
+        return keep_case(m.group(0), _pick(choice, f"class:{cls}", [p[plural] for p in V.CLASS_WORDS[cls]]))
 
     return _sub(_words(list(forms)), text, swap)
 
@@ -85,7 +85,7 @@ def _class(text: str, choice: Choice) -> str:
 def _size(text: str, choice: Choice) -> str:
     forms = {w: size for size, words in T.SIZE_WORDS.items() for w in words}
     return _sub(_words(list(forms)), text,
-                lambda m: _keep_case(m.group(0), _pick(choice, f"size:{forms[m.group(0).lower()]}",
+                lambda m: keep_case(m.group(0), _pick(choice, f"size:{forms[m.group(0).lower()]}",
                                                        V.SIZE_ADJECTIVES[forms[m.group(0).lower()]])))
 
 
@@ -97,7 +97,7 @@ def _orientation(text: str, choice: Choice) -> str:
         o = forms[m.group(1).lower()]
         # before a word it is an adjective ("an upside-down red bag"); before punctuation, a predicate
         new = V.ORIENT_ADJECTIVES[o] if m.group(2) else _pick(choice, f"orientation:{o}", V.ORIENT_PREDICATES[o])
-        return _keep_case(m.group(1), new) + (m.group(2) or "")
+        return keep_case(m.group(1), new) + (m.group(2) or "")
 
     return re.sub(rf"(?<![\w-])({_words(list(forms))})(?![\w-])( (?=[a-z]))?", swap, text, flags=re.IGNORECASE)
 
@@ -119,7 +119,7 @@ def _cell(text: str, choice: Choice) -> str:
         groups = m.groupdict()
         row, col = groups.get("r") or "middle", groups.get("c") or "center"
         prep = {"along": "at", "at": "at", "in": "in"}[m.group("p").lower()]
-        return f"{_keep_case(m.group('p'), prep)} the {_cell_phrase(choice, row, col)}"
+        return f"{keep_case(m.group('p'), prep)} the {_cell_phrase(choice, row, col)}"
 
     for pattern in patterns:
         text = re.sub(pattern, swap, text)
@@ -149,7 +149,7 @@ def _relation(text: str, choice: Choice) -> str:
 
 def _texture(text: str, choice: Choice) -> str:
     return _sub(_words(list(V.TEXTURE_WORDS)), text,
-                lambda m: _keep_case(m.group(0), _pick(choice, f"texture:{m.group(0).lower()}",
+                lambda m: keep_case(m.group(0), _pick(choice, f"texture:{m.group(0).lower()}",
                                                        V.TEXTURE_WORDS[m.group(0).lower()])))
 
 
@@ -232,16 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.model is None:
         sys.stdout.write(f"wrote {', '.join(str(f) for f in folders.values())}\n")
         return
-    from research.unseen_phrasing import run
+    from research.unseen_phrasing import run_many
 
     if args.unseen is not None:
         folders["unseen"] = args.unseen
-    rows: dict[str, Any] = {}
+    rows = dict(zip(folders, run_many(args.model, args.data, list(folders.values()), args.threads), strict=True))
     out = sys.stdout.write
     out(f"{'variant':<12} {'t2i R@1':>8} {'drop':>6} {'95%':>13} {'i2t R@1':>8} {'drop':>6}\n")
-    for name, folder in folders.items():
-        r = run(args.model, args.data, folder, args.threads)
-        rows[name] = r
+    for name, r in rows.items():
         t, i = r["t2i_r1"], r["i2t_r1"]
         lo, hi = t["drop_ci95"]
         out(f"{name:<12} {t['unseen']:8.3f} {t['drop']:6.0%} {lo:6.0%}..{hi:<5.0%} {i['unseen']:8.3f} {i['drop']:6.0%}\n")

@@ -104,22 +104,30 @@ def compare_styles(own_hits: dict[str, np.ndarray], unseen_hits: dict[str, np.nd
 
 
 def run(model: Path, own_dir: Path, unseen_dir: Path, threads: int | None = None) -> dict[str, Any]:
+    return run_many(model, own_dir, [unseen_dir], threads)[0]
+
+
+def run_many(model: Path, own_dir: Path, unseen_dirs: list[Path], threads: int | None = None) -> list[dict[str, Any]]:
+    """``run`` for several restylings of one corpus: the bundle, the images and the own captions are embedded once."""
     from llm2clip.bundle import load_bundle
     from llm2clip.encoders import load_encoders
 
-    own, unseen = read_dataset(own_dir), read_dataset(unseen_dir)
-    same_scenes(own, unseen)
+    own = read_dataset(own_dir)
     bundle = load_bundle(model)
     img_enc, txt_enc = load_encoders(bundle, threads=threads)
     image = embed_images(img_enc, own, 32, True)
     pairs = twin_pairs(own)
-    per_style = {}
-    for name, ds in (("own", own), ("unseen", unseen)):
-        text = embed_texts(txt_enc, [it.long for it in ds.items], True, f"{name} long captions")
-        per_style[name] = hits(text, image, pairs)
-    lengths = tuple(np.array([it.meta.get("long_tokens", 0) for it in ds.items]) for ds in (own, unseen))
-    result = compare_styles(per_style["own"], per_style["unseen"], own, pairs, lengths)
-    return {"model": bundle.fingerprint, "own": str(own_dir), "unseen": str(unseen_dir), **result}
+    own_hits = hits(embed_texts(txt_enc, [it.long for it in own.items], True, "own long captions"), image, pairs)
+    own_lengths = np.array([it.meta.get("long_tokens", 0) for it in own.items])
+    results = []
+    for unseen_dir in unseen_dirs:
+        unseen = read_dataset(unseen_dir)
+        same_scenes(own, unseen)
+        text = embed_texts(txt_enc, [it.long for it in unseen.items], True, "unseen long captions")
+        lengths = (own_lengths, np.array([it.meta.get("long_tokens", 0) for it in unseen.items]))
+        result = compare_styles(own_hits, hits(text, image, pairs), own, pairs, lengths)
+        results.append({"model": bundle.fingerprint, "own": str(own_dir), "unseen": str(unseen_dir), **result})
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:

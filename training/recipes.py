@@ -75,8 +75,9 @@ def stage2_shape(name: str, **given: Any) -> ModelShape:
         raise LLM2CLIPError(f"unknown stage-2 preset {name!r}: choose among {', '.join(STAGE2_PRESETS)}")
     shape = dict(STAGE2_PRESETS[name].shape)
     if shape and given.get("vision_arch", shape["vision_arch"]) != shape["vision_arch"]:
-        log.warning("the %s preset's recipe was chosen for %s, not %s: its rates and epochs may not suit it "
-                    "(--preset demo-e160 is the demo's recipe on efficientnet-lite0)", name, shape["vision_arch"],
-                    given["vision_arch"])
+        arch = given["vision_arch"]
+        own = [n for n, p in STAGE2_PRESETS.items() if p.shape.get("vision_arch") == arch]
+        log.warning("the %s preset's recipe was chosen for %s, not %s: its rates and epochs may not suit it%s",
+                    name, shape["vision_arch"], arch, f" (chosen for {arch}: {', '.join(own)})" if own else "")
         shape = {}
     return ModelShape(**{**shape, **given})
