@@ -2,6 +2,7 @@
 
 Usage: python -m research.adapter_probe --repro DIR --row ROW --out OUT [--seed K] [--adapter-blocks N]
        [--text-geometry W] [--other-words N] [--alt-captions N] [--caption-keys KEYS]
+       [--trainable-blocks N --backbone-lr LR] [--epochs N]
 
 A `llm2clip repro --out DIR` run keeps each row's frozen caption embeddings of the train split (DIR/embeddings).
 This trains that row's stage 2 once more into OUT, exactly as the repro does (``research.repro_rows``: the same
@@ -17,6 +18,10 @@ repro's train seed), embedded once by the row's own text encoder into OUT/embedd
 embeddings; ``--alt-captions N`` does the same with ``long_a1`` .. ``long_aN``, the scene's long caption in the
 alt grammar (``llm2clip data scenes --alt-captions``); ``--caption-keys`` says how stage 2 draws among them (e.g.
 ``long,long_w1,short,short``).
+
+``--trainable-blocks N`` trains the vision backbone's last N blocks (the repro locks it, 0) with ``--backbone-lr``
+as the top block's rate, and ``--epochs`` replaces the preset's: the vision-side oracle's best tower
+(``research.oracle_text_side``, OLB1: block 8 of DINOv2-S14 trained at 5e-5) on a real row's text side.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from llm2clip.cliargs import non_negative_int
+from llm2clip.cliargs import non_negative_int, positive_float, positive_int
 from llm2clip.config import AdapterCfg
 from llm2clip.data import read_dataset
 from llm2clip.errors import LLM2CLIPError
@@ -125,7 +130,14 @@ def main(argv: list[str] | None = None) -> None:
                          "reads the train and val splits only)")
     ap.add_argument("--caption-keys", type=caption_keys, default=None,
                     help="the caption keys stage 2 draws from, comma-separated, repeats weigh (default: the repro's)")
+    ap.add_argument("--trainable-blocks", type=non_negative_int, default=None,
+                    help="train the vision backbone's last N blocks (default: the repro's, 0: locked)")
+    ap.add_argument("--backbone-lr", type=positive_float, default=None,
+                    help="learning rate of the top trained backbone block (default: the preset's lr x layer decay)")
+    ap.add_argument("--epochs", type=positive_int, default=None, help="stage 2's epochs (default: the repro's)")
     args = ap.parse_args(argv)
+    if args.backbone_lr is not None and not args.trainable_blocks:
+        ap.error("--backbone-lr is the rate of trained backbone blocks: give --trainable-blocks N > 0 with it")
     cfg = config_of(args.repro)
     spec = spec_of(args.row, cfg)
     emb = embeddings_of(args.repro, spec, args.seed, args.train_text)
@@ -140,18 +152,23 @@ def main(argv: list[str] | None = None) -> None:
     train = read_dataset(args.repro / "data" / "train")
     if args.other_words or args.alt_captions:
         train, emb = with_extra_captions(args.repro, emb, args.out, args.other_words, cfg, args.alt_captions)
-    tcfg = replace(stage2_cfg(cfg, len(train)), seed=cfg.seed + args.seed, text_geometry=args.text_geometry)
+    tcfg = replace(stage2_cfg(cfg, len(train), args.epochs), seed=cfg.seed + args.seed,
+                   text_geometry=args.text_geometry, backbone_lr=args.backbone_lr)
     if args.caption_keys:
         tcfg = replace(tcfg, caption_keys=args.caption_keys)
+    vision = vision_cfg(cfg)
+    if args.trainable_blocks is not None:
+        vision = replace(vision, trainable_blocks=args.trainable_blocks)
     mcfg = default_model_cfg(cfg.embed_dim, CaptionEmbeddings(emb).dim, cfg.image_size, spec.key, spec.max_tokens,
-                             vision_cfg(cfg))
+                             vision)
     mcfg.adapter = replace(mcfg.adapter, blocks=args.adapter_blocks)
     summary = train_clip(Stage2Run(train, emb, args.out / "ckpt", model_cfg=mcfg,
                                    token_cache=args.repro / "token_cache"), tcfg)
     export_checkpoint(args.out / "ckpt", args.out / "bundle", cfg=ExportCfg(precisions=("fp32",)))
     result = {"row": args.row, "seed": args.seed, "adapter_blocks": args.adapter_blocks,
               "text_geometry": args.text_geometry, "other_words": args.other_words, "alt_captions": args.alt_captions,
-              "caption_keys": list(tcfg.caption_keys), "steps": summary["steps"],
+              "caption_keys": list(tcfg.caption_keys), "trainable_blocks": vision.trainable_blocks,
+              "backbone_lr": tcfg.backbone_lr, "epochs": tcfg.epochs, "steps": summary["steps"],
               "final_loss": (summary["history"] or [{}])[-1].get("loss")}
     (args.out / "probe.json").write_text(json.dumps(result, indent=2))
     sys.stdout.write(f"{args.out / 'bundle'}: {json.dumps(result)}\n")

@@ -283,6 +283,37 @@ def test_adapter_probe_trains_a_rows_stage2_again_with_another_adapter(repro, re
         adapter_probe.main(["--repro", str(repro), "--row", "clip77", "--out", str(tmp_path / "x")])
 
 
+def test_adapter_probe_can_train_the_top_backbone_block_at_its_own_rate(repro, report, tmp_path):
+    """--trainable-blocks/--backbone-lr/--epochs: the oracle's best tower (a trained top block) on a real row; the
+    locked blocks below it stay the row's, the trained one moves."""
+    import torch
+    from safetensors.torch import load_file
+
+    from research import adapter_probe
+    from training.checkpoint import WEIGHTS, load_state
+
+    out = tmp_path / "tower"
+    with pytest.raises(SystemExit):  # a backbone rate without a trained block says so
+        adapter_probe.main(["--repro", str(repro), "--row", "llm_nocc", "--out", str(out), "--backbone-lr", "1e-4"])
+    adapter_probe.main(["--repro", str(repro), "--row", "llm_nocc", "--out", str(out), "--trainable-blocks", "1",
+                        "--backbone-lr", "1e-3", "--epochs", "2"])
+    config = json.loads((out / "ckpt" / "config.json").read_text())
+    own = json.loads((repro / "llm_nocc" / "seed-0" / "ckpt" / "config.json").read_text())
+    assert config["vision"]["trainable_blocks"] == 1 and own["vision"]["trainable_blocks"] == 0
+    state, row = load_state(out / "ckpt"), load_state(repro / "llm_nocc" / "seed-0" / "ckpt")
+    assert state["train_cfg"]["backbone_lr"] == 1e-3 and state["train_cfg"]["epochs"] == 2
+    assert state["step"] == 2 * json.loads((repro / "llm_nocc" / "seed-0" / "stage2.json").read_text())["steps"]
+    probe = json.loads((out / "probe.json").read_text())
+    assert (probe["trainable_blocks"], probe["backbone_lr"], probe["epochs"]) == (1, 1e-3, 2)
+    depth = config["vision"]["depth"]
+    mine, theirs = load_file(out / "ckpt" / WEIGHTS), load_file(repro / "llm_nocc" / "seed-0" / "ckpt" / WEIGHTS)
+    top = [k for k in mine if f"encoder.layer.{depth - 1}." in k and k.endswith("weight")]
+    below = [k for k in mine if f"encoder.layer.{depth - 2}." in k and k.endswith("weight")]
+    assert top and below and row is not None
+    assert any(not torch.equal(mine[k], theirs[k]) for k in top)
+    assert all(torch.equal(mine[k], theirs[k]) for k in below)
+
+
 def test_adapter_probe_trains_a_missing_stage1_row_as_the_repro_would(repro, report, tmp_path):
     """--train-text: a stage-1 row without embeddings gets its stage 1 and train embeddings made as the repro makes
     them (into a copy of the run, so the other tests' run is untouched), then its stage 2; nothing of test is read."""
