@@ -7,7 +7,8 @@ An arm is one recipe: its bundles are its seeds. Each bundle is scored on OWN (a
 scenes restyled, ``llm2clip data restyle``) with ``training.eval.evaluate_per_query``; the results are cached in
 ``--cache`` by model fingerprint and corpus, since scoring a bundle costs a minute. For each ``--compare X-Y``, X's
 hits (averaged over its seeds) are paired with Y's on every metric below, one cluster per twin pair
-(``research.stats.paired_cluster_test``). Every comparison of the run is one family for Holm's correction. A
+(``research.stats.paired_cluster_test``); ``--near-twins`` adds own-style long near-twin accuracy both ways, each ordered
+twin pair a query in its pair's cluster. Every comparison of the run is one family for Holm's correction. A
 difference is called one only when its Holm p is below 0.05.
 
 ``--save-scores DIR`` keeps each bundle's per-query scores on both corpora as DIR/NAME-K.json (K: its place in the
@@ -37,37 +38,50 @@ METRICS: tuple[tuple[str, str, str, int], ...] = (
     ("unseen", "long", "t2i", 1), ("unseen", "long", "i2t", 1), ("unseen", "long", "t2i", 5),
     ("unseen", "long", "i2t", 5),
 )
+# --near-twins adds these: own-style long captions, each ordered twin pair told apart or not (k 0: an accuracy)
+TWIN_METRICS: tuple[tuple[str, str, str, int], ...] = (("own", "long", "twin-t2i", 0), ("own", "long", "twin-i2t", 0))
 ALPHA = 0.05
 
 
 def metric_name(metric: tuple[str, str, str, int]) -> str:
     style, caption, direction, k = metric
+    if direction.startswith("twin-"):
+        return f"{style} {caption} near-twin {direction.removeprefix('twin-')}"
     return f"{style} {caption} {direction} R@{k}"
 
 
 def hits(per_query: dict[str, Any], metric: tuple[str, str, str, int]) -> np.ndarray:
     _, caption, direction, k = metric
+    if direction.startswith("twin-"):
+        return np.asarray(per_query["twin_hits"][caption][direction.removeprefix("twin-")]) > 0
     return np.asarray(per_query["ranks"][caption][direction]) < k
 
 
-def family(arms: dict[str, dict[str, list[dict[str, Any]]]], comparisons: list[tuple[str, str]]) -> dict[str, Any]:
+def clusters(per_query: dict[str, Any], metric: tuple[str, str, str, int]) -> np.ndarray:
+    """Each query's twin group: a scene's, or for a near-twin metric the group of the ordered pair's scenes."""
+    pairs = per_query["twin_pairs"]
+    scene = clusters_from_pairs(len(per_query["ranks"]["long"]["t2i"]), pairs)
+    return scene[[a for a, _ in pairs]] if metric[2].startswith("twin-") else scene
+
+
+def family(arms: dict[str, dict[str, list[dict[str, Any]]]], comparisons: list[tuple[str, str]],
+           metrics: tuple[tuple[str, str, str, int], ...] = METRICS) -> dict[str, Any]:
     """``arms[name][style]``: per seed, ``evaluate_per_query``'s ``per_query``. Every (comparison, metric) test and
     its Holm p over all of them."""
     tests = {}
     for x, y in comparisons:
-        for metric in METRICS:
+        for metric in metrics:
             style = metric[0]
             hx = np.stack([hits(pq, metric) for pq in arms[x][style]])
             hy = np.stack([hits(pq, metric) for pq in arms[y][style]])
-            cl = clusters_from_pairs(hx.shape[1], arms[x][style][0]["twin_pairs"])
-            tests[(f"{x}-{y}", metric_name(metric))] = paired_cluster_test(hx, hy, cl)
+            tests[(f"{x}-{y}", metric_name(metric))] = paired_cluster_test(hx, hy, clusters(arms[x][style][0], metric))
     adjusted = holm({f"{c}\t{m}": t.p for (c, m), t in tests.items()})
     out: dict[str, Any] = {"alpha": ALPHA, "correction": "holm", "family": len(tests), "comparisons": {}}
     for (comp, metric), t in tests.items():
         p_holm = adjusted[f"{comp}\t{metric}"]
         out["comparisons"].setdefault(comp, {})[metric] = {**t.as_dict(), "p_holm": p_holm,
                                                             "significant": bool(p_holm < ALPHA)}
-    out["means"] = {name: {metric_name(m): [float(hits(pq, m).mean()) for pq in styles[m[0]]] for m in METRICS}
+    out["means"] = {name: {metric_name(m): [float(hits(pq, m).mean()) for pq in styles[m[0]]] for m in metrics}
                     for name, styles in arms.items()}
     return out
 
@@ -153,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.add_argument("--save-scores", type=Path, default=None,
                    help="also keep each seed's per-query scores here as NAME-K.json, usable in a later --arm")
+    p.add_argument("--near-twins", action="store_true",
+                   help="also test own-style long-caption near-twin accuracy, both ways (2 more tests per comparison)")
     args = p.parse_args(argv)
     arms = dict(args.arm)
     unknown = sorted({n for c in args.compare for n in c} - set(arms))
@@ -164,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, scores in seeds.items():
             save_scores(args.save_scores, name, scores, corpora)
     per_query = {name: {style: [s[style] for s in scores] for style in corpora} for name, scores in seeds.items()}
-    result = family(per_query, args.compare)
+    result = family(per_query, args.compare, METRICS + TWIN_METRICS if args.near_twins else METRICS)
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

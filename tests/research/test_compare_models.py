@@ -37,6 +37,32 @@ def test_a_clear_difference_survives_holm_and_equal_arms_do_not_differ():
     assert r["means"]["X"]["unseen long t2i R@5"][0] == pytest.approx(np.mean(np.array(bad[0]["ranks"]["long"]["t2i"]) < 5))
 
 
+def test_near_twins_join_the_family_one_cluster_per_twin_group():
+    """--near-twins: each ordered twin pair is a query; both orders of a pair fall in one cluster."""
+    n = 40
+    pairs = [[i, i + 1] for i in range(0, n, 2)] + [[i + 1, i] for i in range(0, n, 2)]
+
+    def with_twins(told: np.ndarray) -> dict:
+        pq = _per_query(np.zeros(n, dtype=int), n)
+        pq["twin_pairs"] = pairs
+        pq["twin_hits"] = {"long": {"t2i": told.astype(int).tolist(), "i2t": [1] * len(pairs)},
+                           "short": {"t2i": [0] * len(pairs), "i2t": [0] * len(pairs)}}
+        return pq
+
+    good = with_twins(np.ones(len(pairs), dtype=bool))
+    half = with_twins(np.arange(len(pairs)) % 2 == 0)
+    arms = {"X": {"own": [good], "unseen": [good]}, "Y": {"own": [half], "unseen": [half]}}
+    plain = cm.family(arms, [("X", "Y")])
+    r = cm.family(arms, [("X", "Y")], cm.METRICS + cm.TWIN_METRICS)
+    assert r["family"] == plain["family"] + 2 == len(cm.METRICS) + 2
+    twin = r["comparisons"]["X-Y"]["own long near-twin t2i"]
+    assert twin["difference"] == pytest.approx(0.5) and twin["n_clusters"] == n // 2
+    assert r["comparisons"]["X-Y"]["own long near-twin i2t"]["difference"] == 0
+    assert r["means"]["Y"]["own long near-twin t2i"] == [0.5]
+    clusters = cm.clusters(good, cm.TWIN_METRICS[0])
+    assert len(clusters) == len(pairs) and clusters[0] == clusters[n // 2]  # (0, 1) and (1, 0): one group
+
+
 def test_holm_grows_with_the_family():
     rng = np.random.default_rng(1)
     a = [_per_query(np.where(rng.random(40) < 0.6, 0, 7))]
