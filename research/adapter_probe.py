@@ -136,9 +136,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="learning rate of the top trained backbone block (default: the preset's lr x layer decay)")
     ap.add_argument("--epochs", type=positive_int, default=None, help="stage 2's epochs (default: the repro's)")
     args = ap.parse_args(argv)
-    if args.backbone_lr is not None and not args.trainable_blocks:
-        ap.error("--backbone-lr is the rate of trained backbone blocks: give --trainable-blocks N > 0 with it")
     cfg = config_of(args.repro)
+    vision = vision_cfg(cfg)
+    if args.trainable_blocks is not None:
+        vision = replace(vision, trainable_blocks=args.trainable_blocks)
+    if args.backbone_lr is not None and not vision.trainable_blocks:
+        ap.error("--backbone-lr is the rate of trained backbone blocks: give --trainable-blocks N > 0 with it")
     spec = spec_of(args.row, cfg)
     emb = embeddings_of(args.repro, spec, args.seed, args.train_text)
     if (args.other_words or args.alt_captions) and spec.encoder is None:
@@ -156,9 +159,6 @@ def main(argv: list[str] | None = None) -> None:
                    text_geometry=args.text_geometry, backbone_lr=args.backbone_lr)
     if args.caption_keys:
         tcfg = replace(tcfg, caption_keys=args.caption_keys)
-    vision = vision_cfg(cfg)
-    if args.trainable_blocks is not None:
-        vision = replace(vision, trainable_blocks=args.trainable_blocks)
     mcfg = default_model_cfg(cfg.embed_dim, CaptionEmbeddings(emb).dim, cfg.image_size, spec.key, spec.max_tokens,
                              vision)
     mcfg.adapter = replace(mcfg.adapter, blocks=args.adapter_blocks)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from research.outcomes import clusters_from_pairs
+from research.outcomes import clusters_from_pairs, pair_clusters
 from research.stats import holm, paired_cluster_test
 
 # (caption style, caption, direction, k): the long-caption R@1 both ways in both styles, the short-caption T2I
@@ -61,7 +61,7 @@ def clusters(per_query: dict[str, Any], metric: tuple[str, str, str, int]) -> np
     """Each query's twin group: a scene's, or for a near-twin metric the group of the ordered pair's scenes."""
     pairs = per_query["twin_pairs"]
     scene = clusters_from_pairs(len(per_query["ranks"]["long"]["t2i"]), pairs)
-    return scene[[a for a, _ in pairs]] if metric[2].startswith("twin-") else scene
+    return pair_clusters(scene, pairs) if metric[2].startswith("twin-") else scene
 
 
 def family(arms: dict[str, dict[str, list[dict[str, Any]]]], comparisons: list[tuple[str, str]],

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from research.outcomes import clusters_from_pairs
+from research.outcomes import clusters_from_pairs, pair_clusters
 from research.stats import holm, paired_cluster_test
 
 METRICS = ("t2i_r1", "i2t_r1", "twin_t2i", "twin_i2t")
@@ -54,7 +54,7 @@ def clusters_for(metric: str, per_query: dict[str, Any]) -> np.ndarray:
     pairs = per_query["twin_pairs"]
     scene_cluster = clusters_from_pairs(len(per_query["t2i_r1"][0]), pairs)
     if metric.startswith("twin_"):
-        return scene_cluster[[a for a, _ in pairs]]
+        return pair_clusters(scene_cluster, pairs)
     return scene_cluster
 
 

@@ -51,6 +51,11 @@ def clusters_from_pairs(n: int, pairs: Sequence[Sequence[int]]) -> np.ndarray:
     return np.array([root(i) for i in range(n)], dtype=np.int64)
 
 
+def pair_clusters(scene_clusters: np.ndarray, pairs: Sequence[Sequence[int]]) -> np.ndarray:
+    """Each ordered twin pair's cluster: its scenes' (so (a, b) and (b, a) share one)."""
+    return scene_clusters[[a for a, _ in pairs]]
+
+
 def metric_outcomes(per_query: Sequence[Mapping[str, Any]], metric: str) -> Outcomes | None:
     """``metric``'s outcomes over the seeds' ``per_query`` blocks (see ``METRICS``); None for a twin metric
     on a split without twins."""
@@ -67,8 +72,7 @@ def metric_outcomes(per_query: Sequence[Mapping[str, Any]], metric: str) -> Outc
             return None
         caption, direction = ("short" if twin[1] else "long"), twin[2]
         hits = [np.asarray(q["twin_hits"][caption][direction]) for q in per_query]
-        pair_clusters = scene_clusters[[a for a, _ in first["twin_pairs"]]]
-        return Outcomes(np.stack(hits), pair_clusters)
+        return Outcomes(np.stack(hits), pair_clusters(scene_clusters, first["twin_pairs"]))
     raise StatsError(f"unknown metric {metric!r}: choose among {METRICS}")
 
 
