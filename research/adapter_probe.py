@@ -111,7 +111,7 @@ def with_extra_captions(repro: Path, emb: Path, out: Path, words: int, cfg: Repr
     return train, both
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repro", required=True, type=Path, help="a `llm2clip repro --out` folder")
     ap.add_argument("--row", required=True, help="minilm77, minilm, llm_nocc or llm_cc:<recipe>, e.g. llm_cc:hardneg")
@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backbone-lr", type=positive_float, default=None,
                     help="learning rate of the top trained backbone block (default: the preset's lr x layer decay)")
     ap.add_argument("--epochs", type=positive_int, default=None, help="stage 2's epochs (default: the repro's)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = _parser()
     args = ap.parse_args(argv)
     cfg = config_of(args.repro)
     vision = vision_cfg(cfg)
